@@ -1,0 +1,218 @@
+"""Flax NNX models for the course, with every width a constructor argument.
+
+Later notebooks rebuild smaller copies of these models (fewer neurons, fewer channels),
+so each model records the arguments it was built with in ``model.config``; that dict is
+what :func:`pruning_kit.train.save_model` stores next to the weights, and
+:func:`build` turns it back into a model.
+
+* :class:`MLP` -- LeNet-300-100 (784-300-100-10) and any other widths.
+* :class:`SmallCNN` -- two conv stages with BatchNorm, one residual block, a linear head;
+  under 100k parameters at the default widths.
+* :func:`student_mlp`, :func:`student_cnn` -- the small students of the distillation notebook.
+
+All models take NHWC ``float32`` images (``(N, H, W, C)``) and return logits ``(N, classes)``.
+Introduced in ``notebooks/00_compression_and_measurement.ipynb``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+class _Configured(nnx.Module):
+    """Keeps the constructor arguments as a hashable tuple (so ``nnx.split``'s graphdef
+    stays hashable under ``jax.jit``) and exposes them as the ``config`` dict."""
+
+    _config: tuple = ()
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """Constructor arguments (widths as lists), enough to rebuild the architecture."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in self._config}
+
+
+def _check_widths(name: str, widths: Sequence[int], *, allow_empty: bool = False) -> tuple:
+    widths = tuple(widths)
+    if not widths and not allow_empty:
+        raise ValueError(f"{name} needs at least one width, got an empty sequence.")
+    for w in widths:
+        if not isinstance(w, (int,)) or isinstance(w, bool) or w < 1:
+            raise ValueError(f"{name} must be positive integers, got {widths!r}. "
+                             "Use e.g. (300, 100); a layer cannot have zero units.")
+    return widths
+
+
+def _check_positive(name: str, value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    return value
+
+
+class MLP(_Configured):
+    """A fully connected ReLU network; ``MLP()`` is LeNet-300-100.
+
+    Args:
+        in_features: flattened input size (784 for 28x28 images, 64 for digits).
+        hidden: widths of the hidden layers; may be empty (a linear classifier).
+        num_classes: number of output logits.
+        rngs: ``nnx.Rngs`` used to initialise the weights.
+
+    The layers are ``self.layers[0..L]``, the last one the classifier.
+
+    Examples:
+        >>> from flax import nnx
+        >>> model = MLP(rngs=nnx.Rngs(0))
+        >>> model(jnp.zeros((2, 28, 28, 1))).shape
+        (2, 10)
+        >>> sum(p.size for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
+        266610
+    """
+
+    def __init__(self, in_features: int = 784, hidden: Sequence[int] = (300, 100),
+                 num_classes: int = 10, *, rngs: nnx.Rngs):
+        in_features = _check_positive("in_features", in_features)
+        num_classes = _check_positive("num_classes", num_classes)
+        hidden = _check_widths("hidden", hidden, allow_empty=True)
+        self._config = (("in_features", in_features), ("hidden", hidden),
+                        ("num_classes", num_classes))
+        sizes = (in_features, *hidden, num_classes)
+        self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes, sizes[1:])])
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = x.reshape((x.shape[0], -1))
+        if x.shape[1] != self.config["in_features"]:
+            raise ValueError(f"MLP expects {self.config['in_features']} input features, got "
+                             f"inputs of shape {x.shape}; build it with in_features="
+                             f"{x.shape[1]}.")
+        for layer in self.layers[:-1]:
+            x = jax.nn.relu(layer(x))
+        return self.layers[-1](x)
+
+
+class SmallCNN(_Configured):
+    """A small residual CNN with BatchNorm (about 38k parameters at the default widths).
+
+    Layout (28x28x1 input)::
+
+        conv1 3x3 -> bn1 -> relu -> maxpool 2     (28 -> 14, widths[0] channels)
+        conv2 3x3 -> bn2 -> relu -> maxpool 2     (14 -> 7,  widths[1] channels)
+        res_conv1 3x3 -> res_bn1 -> relu -> res_conv2 3x3 -> res_bn2 (+ skip) -> relu
+        flatten -> head (linear)
+
+    The residual add couples ``conv2``/``bn2``'s output channels with ``res_bn2``'s: a
+    channel-removal tool must shrink them together (notebook 04).
+
+    Args:
+        in_channels: image channels (1 for grey-scale).
+        widths: ``(stage1_channels, stage2_channels)``.
+        image_size: input height = width, used to size the head (28 or 8).
+        num_classes: number of output logits.
+        rngs: ``nnx.Rngs`` for initialisation.
+
+    Call ``model.train()`` before training and ``model.eval()`` for inference (BatchNorm
+    uses batch statistics in train mode, running averages in eval mode).
+
+    Examples:
+        >>> from flax import nnx
+        >>> model = SmallCNN(rngs=nnx.Rngs(0))
+        >>> model.eval()
+        >>> model(jnp.zeros((2, 28, 28, 1))).shape
+        (2, 10)
+    """
+
+    def __init__(self, in_channels: int = 1, widths: Sequence[int] = (16, 32),
+                 image_size: int = 28, num_classes: int = 10, *, rngs: nnx.Rngs):
+        in_channels = _check_positive("in_channels", in_channels)
+        num_classes = _check_positive("num_classes", num_classes)
+        image_size = _check_positive("image_size", image_size)
+        widths = _check_widths("widths", widths)
+        if len(widths) != 2:
+            raise ValueError(f"SmallCNN takes two widths (stage 1, stage 2), got {widths!r}.")
+        if image_size % 4:
+            raise ValueError(f"image_size must be divisible by 4 (two 2x2 pools), got "
+                             f"{image_size}.")
+        self._config = (("in_channels", in_channels), ("widths", widths),
+                        ("image_size", image_size), ("num_classes", num_classes))
+        c1, c2 = widths
+        conv = dict(kernel_size=(3, 3), padding="SAME", rngs=rngs)
+        bn = dict(momentum=0.9, rngs=rngs)
+        self.conv1 = nnx.Conv(in_channels, c1, use_bias=False, **conv)
+        self.bn1 = nnx.BatchNorm(c1, **bn)
+        self.conv2 = nnx.Conv(c1, c2, use_bias=False, **conv)
+        self.bn2 = nnx.BatchNorm(c2, **bn)
+        self.res_conv1 = nnx.Conv(c2, c2, use_bias=False, **conv)
+        self.res_bn1 = nnx.BatchNorm(c2, **bn)
+        self.res_conv2 = nnx.Conv(c2, c2, use_bias=False, **conv)
+        self.res_bn2 = nnx.BatchNorm(c2, **bn)
+        side = image_size // 4
+        self.head = nnx.Linear(side * side * c2, num_classes, rngs=rngs)
+
+    def features(self, x: jax.Array) -> dict[str, jax.Array]:
+        """Intermediate activations by name (used for feature distillation)."""
+        if x.ndim != 4 or x.shape[-1] != self.config["in_channels"]:
+            raise ValueError(f"SmallCNN expects NHWC images with {self.config['in_channels']} "
+                             f"channel(s), got shape {x.shape}.")
+        out = {}
+        x = nnx.max_pool(jax.nn.relu(self.bn1(self.conv1(x))), (2, 2), (2, 2))
+        out["stage1"] = x
+        x = nnx.max_pool(jax.nn.relu(self.bn2(self.conv2(x))), (2, 2), (2, 2))
+        out["stage2"] = x
+        h = jax.nn.relu(self.res_bn1(self.res_conv1(x)))
+        x = jax.nn.relu(x + self.res_bn2(self.res_conv2(h)))
+        out["residual"] = x
+        out["logits"] = self.head(x.reshape((x.shape[0], -1)))
+        return out
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.features(x)["logits"]
+
+
+MODEL_CLASSES: dict[str, type[nnx.Module]] = {"MLP": MLP, "SmallCNN": SmallCNN}
+
+
+def lenet_300_100(in_features: int = 784, num_classes: int = 10, *, seed: int = 0) -> MLP:
+    """The 784-300-100-10 MLP of LeCun et al. (1998) and Han et al. (2015)."""
+    return MLP(in_features, (300, 100), num_classes, rngs=nnx.Rngs(seed))
+
+
+def small_cnn(widths: Sequence[int] = (16, 32), *, image_size: int = 28,
+              num_classes: int = 10, seed: int = 0) -> SmallCNN:
+    """The course's baseline CNN (see :class:`SmallCNN`)."""
+    return SmallCNN(1, widths, image_size, num_classes, rngs=nnx.Rngs(seed))
+
+
+def student_mlp(in_features: int = 784, num_classes: int = 10, *, seed: int = 0) -> MLP:
+    """A narrow student MLP (784-32-10, about 25k parameters)."""
+    return MLP(in_features, (32,), num_classes, rngs=nnx.Rngs(seed))
+
+
+def student_cnn(*, image_size: int = 28, num_classes: int = 10, seed: int = 0) -> SmallCNN:
+    """A tiny student CNN (4/8 channels, under 5k parameters)."""
+    return SmallCNN(1, (4, 8), image_size, num_classes, rngs=nnx.Rngs(seed))
+
+
+def build(kind: str, config: dict[str, Any], *, seed: int = 0) -> nnx.Module:
+    """Rebuild a model from its class name and ``model.config`` (fresh weights).
+
+    Examples:
+        >>> m = build("MLP", {"in_features": 64, "hidden": [32], "num_classes": 10})
+        >>> m.config["hidden"]
+        [32]
+    """
+    if kind not in MODEL_CLASSES:
+        raise ValueError(f"Unknown model class {kind!r}; known: {sorted(MODEL_CLASSES)}. "
+                         "Register your own in pruning_kit.models.MODEL_CLASSES.")
+    try:
+        return MODEL_CLASSES[kind](**config, rngs=nnx.Rngs(seed))
+    except TypeError as err:
+        raise ValueError(f"Config {config!r} does not fit {kind}: {err}") from err
+
+
+def num_params(model: nnx.Module) -> int:
+    """Number of trainable parameters (``nnx.Param`` leaves) in ``model``."""
+    return int(sum(jnp.size(p) for p in jax.tree.leaves(nnx.state(model, nnx.Param))))
