@@ -389,3 +389,17 @@ def holdout(x: np.ndarray, y: np.ndarray, n: int, *, seed: int = 0
     order = np.random.default_rng(seed).permutation(len(x))
     keep, held = order[n:], order[:n]
     return (x[keep], y[keep]), (x[held], y[held])
+
+
+def main() -> None:
+    """``python -m pruning_kit.data``: find (or download and verify) every local data set."""
+    for name in ("fashion_mnist", "digits"):
+        print(load(name))
+    try:
+        print(load_mnist(download=False))
+    except FileNotFoundError:
+        print("mnist: not present (optional; load_mnist() downloads and verifies it)")
+
+
+if __name__ == "__main__":
+    main()

@@ -81,7 +81,8 @@ class MLP(_Configured):
         self._config = (("in_features", in_features), ("hidden", hidden),
                         ("num_classes", num_classes))
         sizes = (in_features, *hidden, num_classes)
-        self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes, sizes[1:])])
+        pairs = zip(sizes[:-1], sizes[1:], strict=True)
+        self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in pairs])
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = x.reshape((x.shape[0], -1))

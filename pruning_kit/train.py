@@ -27,7 +27,6 @@ import io
 import json
 import os
 import platform
-import tempfile
 import time
 import zipfile
 from collections.abc import Callable
@@ -229,8 +228,7 @@ def save_model(model: nnx.Module, path: str | os.PathLike, *,
     never leaves a half-written checkpoint.
 
     Examples:
-        >>> import tempfile
-        >>> m = models_lib.MLP(64, (8,), rngs=nnx.Rngs(0))
+        >>>         >>> m = models_lib.MLP(64, (8,), rngs=nnx.Rngs(0))
         >>> p = save_model(m, Path(tempfile.mkdtemp()) / "m.npz", metadata={"note": "demo"})
         >>> load_model(p).config["hidden"]
         [8]
@@ -286,8 +284,9 @@ def load_model(path: str | os.PathLike) -> nnx.Module:
     state = nnx.state(model)
     expected = _flatten(nnx.to_pure_dict(state))
     if set(expected) != set(flat):
+        differ = sorted(set(expected) ^ set(flat))
         raise ValueError(f"{path} does not match a {header['class']} with config "
-                         f"{header['config']}: arrays differ ({sorted(set(expected) ^ set(flat))}).")
+                         f"{header['config']}: arrays differ ({differ}).")
     for k, v in expected.items():
         if v.shape != flat[k].shape:
             raise ValueError(f"{path}: array {k} has shape {flat[k].shape}, the model expects "
@@ -308,7 +307,8 @@ def _shift_augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 RECIPES: dict[str, dict[str, Any]] = {
-    "mlp_fashion": dict(dataset="fashion_mnist", build=lambda s: models_lib.lenet_300_100(seed=s),
+    "mlp_fashion": dict(dataset="fashion_mnist",
+                        build=lambda s: models_lib.lenet_300_100(seed=s),
                         epochs=20, batch_size=128, learning_rate=1e-3, augment=None),
     "cnn_fashion": dict(dataset="fashion_mnist", build=lambda s: models_lib.small_cnn(seed=s),
                         epochs=12, batch_size=128, learning_rate=2e-3, augment=_shift_augment),
@@ -319,8 +319,12 @@ RECIPES: dict[str, dict[str, Any]] = {
 
 
 def checkpoint_path(name: str, seed: int = 0) -> Path:
-    """Where the cached baseline ``name`` (a key of :data:`RECIPES`) for ``seed`` lives."""
-    return CHECKPOINT_DIR / f"{name}_seed{seed}.npz"
+    """Where the cached baseline ``name`` (a key of :data:`RECIPES`) for ``seed`` lives.
+
+    The folder is ``$PRUNING_KIT_CHECKPOINTS`` when set, else ``data/checkpoints/``.
+    """
+    folder = Path(os.environ.get("PRUNING_KIT_CHECKPOINTS", CHECKPOINT_DIR))
+    return folder / f"{name}_seed{seed}.npz"
 
 
 def train_baseline(name: str, seed: int = 0, *, dataset: data_lib.Dataset | None = None,
@@ -341,6 +345,7 @@ def train_baseline(name: str, seed: int = 0, *, dataset: data_lib.Dataset | None
         meta = {"baseline": name, "seed": seed, "dataset": recipe["dataset"],
                 "test_accuracy": acc, "epochs": recipe["epochs"],
                 "train_seconds": round(seconds, 1), "final_loss": history["loss"][-1],
+                "history": {k: [round(v, 5) for v in vs] for k, vs in history.items()},
                 "trained_on": f"{platform.machine()} {jax.default_backend()} "
                               f"({os.cpu_count()} CPUs), jax {jax.__version__}",
                 "date": _dt.date.today().isoformat(),

@@ -1,0 +1,80 @@
+"""Self-check cells for the notebooks ("Check your understanding").
+
+Each check takes the learner's answer, raises :class:`CheckFailed` with a hint when it is
+wrong, and prints one fixed line when it is right, so a notebook re-run (and nbval) sees
+the same output every time.
+
+Examples:
+    >>> check_param_count(784 * 300 + 300 + 300 * 100 + 100 + 100 * 10 + 10)
+    Correct: 266,610 parameters (weights plus one bias per output unit).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class CheckFailed(AssertionError):
+    """A self-check answer was wrong; the message carries a hint."""
+
+
+def _layer_sizes(in_features: int, hidden: Sequence[int], num_classes: int) -> list[int]:
+    return [in_features, *hidden, num_classes]
+
+
+def _number(answer, what: str) -> float:
+    try:
+        return float(answer)
+    except (TypeError, ValueError):
+        raise CheckFailed(f"Answer with a number for {what}, got {answer!r}.") from None
+
+
+def check_param_count(answer, in_features: int = 784, hidden: Sequence[int] = (300, 100),
+                      num_classes: int = 10) -> None:
+    """Parameters of a ReLU MLP with the given widths (weights and biases)."""
+    sizes = _layer_sizes(in_features, hidden, num_classes)
+    weights = sum(a * b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+    total = weights + sum(sizes[1:])
+    got = _number(answer, "the parameter count")
+    if got == weights:
+        raise CheckFailed("Close: that is the weights only. Each output unit also has a bias.")
+    if got != total:
+        raise CheckFailed("Not quite. A dense layer from a to b units has a*b weights and b "
+                          "biases; add that up over the layers.")
+    print(f"Correct: {total:,} parameters (weights plus one bias per output unit).")
+
+
+def check_macs(answer, in_features: int = 784, hidden: Sequence[int] = (300, 100),
+               num_classes: int = 10) -> None:
+    """Multiply-accumulates per example of the MLP's dense layers."""
+    sizes = _layer_sizes(in_features, hidden, num_classes)
+    macs = sum(a * b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+    got = _number(answer, "the MAC count")
+    if got == 2 * macs:
+        raise CheckFailed("That is FLOPs (a multiply and an add each). One MAC is one "
+                          "multiply-accumulate, so halve it.")
+    if got != macs:
+        raise CheckFailed("Not quite. Each of the b outputs of an a->b layer needs a "
+                          "multiply-accumulates; biases and ReLUs are not counted.")
+    print(f"Correct: {macs:,} MACs per example, one per weight.")
+
+
+def check_bytes(answer, num_params: int, bits: int) -> None:
+    """Bytes needed to store ``num_params`` values at ``bits`` bits each (packed)."""
+    expected = num_params * bits / 8
+    got = _number(answer, "the byte count")
+    if got == num_params * bits:
+        raise CheckFailed("That is bits, not bytes: divide by 8.")
+    if abs(got - expected) > 0.5:
+        raise CheckFailed(f"Not quite. Each value takes {bits} bits and a byte has 8 bits.")
+    print(f"Correct: {expected:,.0f} bytes for {num_params:,} values at {bits} bits.")
+
+
+def check_choice(answer, correct: str, options: dict[str, str]) -> None:
+    """A multiple-choice question: ``options`` maps each letter to its explanation."""
+    key = str(answer).strip().lower()
+    if key not in options:
+        raise CheckFailed(f"Answer with one of {sorted(options)}, got {answer!r}.")
+    if key != correct:
+        raise CheckFailed(f"Not this one: {options[key]}")
+    print(f"Correct: {options[key]}")

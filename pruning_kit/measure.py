@@ -1,0 +1,436 @@
+"""Measuring a model: size, sparsity, compute, latency and accuracy in one table.
+
+Every notebook ends its experiments the same way: build a row per model with
+:func:`measure`, then print :func:`compare` of the rows, so a pruned or quantized model is
+always judged against its baseline with the same yardsticks:
+
+* **size** -- :func:`count_params`, :func:`count_nonzero`, :func:`dense_bytes` (as if
+  every parameter were ``float32``) and :func:`serialized_bytes` (the file
+  :func:`pruning_kit.train.save_model` actually writes);
+* **compute** -- :func:`cost`, XLA's own FLOP count of the compiled forward pass;
+* **speed** -- :func:`latency`, the median wall time of the ``jax.jit``-compiled forward;
+* **where the parameters are** -- :func:`layer_table`, one row per layer.
+
+Everything is generic over any Flax NNX model returning logits (and, for the counts, over
+any pytree of arrays). :func:`machine_info` records where a timing was taken.
+
+Introduced in ``notebooks/00_compression_and_measurement.ipynb``.
+
+Examples:
+    >>> from pruning_kit import models
+    >>> model = models.lenet_300_100()
+    >>> count_params(model), dense_bytes(model)
+    (266610, 1066440)
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import functools
+import importlib.metadata
+import math
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from pruning_kit import models as models_lib
+from pruning_kit import train as train_lib
+from pruning_kit.table import Table, compare, format_table, format_value
+
+__all__ = [
+    "LatencyResult", "Table", "compare", "cost", "count_nonzero", "count_params",
+    "dense_bytes", "format_table", "format_value", "latency", "layer_table", "machine_info",
+    "machine_summary", "measure", "named_params", "serialized_bytes",
+]
+
+Params = Any
+ModelOrFn = nnx.Module | Callable[[jax.Array], jax.Array]
+
+
+# --------------------------------------------------------------------------- counting
+def _key_name(key: Any) -> str:
+    for attr in ("key", "idx", "name"):
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
+
+
+def named_params(tree_or_model: Params | nnx.Module) -> list[tuple[str, jax.Array]]:
+    """``(dotted path, array)`` for every parameter, in a stable order.
+
+    For an NNX model these are its ``nnx.Param`` values (BatchNorm statistics excluded);
+    for a pytree, every leaf, which must be an array.
+
+    Raises:
+        ValueError: ``tree_or_model`` is neither a model nor a pytree of arrays.
+
+    Examples:
+        >>> from pruning_kit import models
+        >>> [name for name, _ in named_params(models.MLP(64, (8,), rngs=nnx.Rngs(0)))]
+        ['layers.0.bias', 'layers.0.kernel', 'layers.1.bias', 'layers.1.kernel']
+    """
+    tree = nnx.state(tree_or_model, nnx.Param) if isinstance(tree_or_model, nnx.Module) \
+        else tree_or_model
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    if not leaves and not isinstance(tree_or_model, nnx.Module):
+        raise ValueError(f"Expected an NNX model or a pytree of arrays, got "
+                         f"{type(tree_or_model).__name__} {tree_or_model!r:.60} with no arrays.")
+    out = []
+    for path, leaf in leaves:
+        if not isinstance(leaf, (jax.Array, np.ndarray, np.generic)):
+            raise ValueError(f"Expected an NNX model or a pytree of arrays, but leaf "
+                             f"{jax.tree_util.keystr(path)!r} is a {type(leaf).__name__}. "
+                             "Pass the model itself or nnx.state(model, nnx.Param).")
+        if path and isinstance(path[-1], jax.tree_util.GetAttrKey) and path[-1].name == "value":
+            path = path[:-1]  # nnx.Variable wrapper
+        out.append((".".join(_key_name(k) for k in path), leaf))
+    return out
+
+
+def count_params(tree_or_model: Params | nnx.Module) -> int:
+    """Number of parameter entries (``nnx.Param`` leaves of a model, or all array leaves).
+
+    Examples:
+        >>> count_params({"w": jnp.ones((3, 4)), "b": jnp.zeros(4)})
+        16
+    """
+    return int(sum(np.size(a) for _, a in named_params(tree_or_model)))
+
+
+def count_nonzero(tree_or_model: Params | nnx.Module) -> int:
+    """Number of non-zero parameter entries (what a sparse format would have to store).
+
+    Examples:
+        >>> count_nonzero({"w": jnp.array([[0.0, 1.0], [2.0, 0.0]])})
+        2
+    """
+    return int(sum(np.count_nonzero(np.asarray(a)) for _, a in named_params(tree_or_model)))
+
+
+def dense_bytes(tree_or_model: Params | nnx.Module) -> int:
+    """Bytes if every parameter were stored densely as ``float32``: ``4 * count_params``."""
+    return 4 * count_params(tree_or_model)
+
+
+def serialized_bytes(model_or_path: nnx.Module | str | os.PathLike | Params) -> int:
+    """Bytes as actually serialized: the size of the checkpoint file.
+
+    Args:
+        model_or_path: a model registered in ``pruning_kit.models.MODEL_CLASSES`` (saved
+            with :func:`pruning_kit.train.save_model` to a temporary file, measured, and
+            deleted); any other NNX model or pytree of arrays (saved as an ``.npz`` of
+            its state, the same layout without the header); or the path of an existing
+            file, whose size is returned.
+
+    Returns:
+        File size in bytes.
+
+    Raises:
+        FileNotFoundError: a path that does not exist.
+        ValueError: something that is not a model, pytree of arrays or path.
+    """
+    if isinstance(model_or_path, (str, os.PathLike)):
+        path = Path(model_or_path)
+        if not path.is_file():
+            raise FileNotFoundError(f"No file at {path}; pass a model or the path of a "
+                                    "saved checkpoint.")
+        return path.stat().st_size
+    with tempfile.TemporaryDirectory(prefix="pruning_kit_measure_") as tmp:
+        path = Path(tmp) / "model.npz"
+        if (isinstance(model_or_path, nnx.Module)
+                and type(model_or_path).__name__ in models_lib.MODEL_CLASSES):
+            train_lib.save_model(model_or_path, path)
+        else:
+            tree = (nnx.state(model_or_path) if isinstance(model_or_path, nnx.Module)
+                    else model_or_path)
+            arrays = {name.replace(".", "/"): np.asarray(a) for name, a in named_params(tree)}
+            np.savez(path, **arrays)
+        return path.stat().st_size
+
+
+# --------------------------------------------------------------------------- compute
+@functools.partial(jax.jit, static_argnums=(0,))
+def _apply(graphdef, state, x):
+    return nnx.merge(graphdef, state)(x)
+
+
+def _as_batch(x: Any, name: str = "x") -> jax.Array:
+    x = jnp.asarray(x)
+    if x.ndim == 0 or x.shape[0] == 0:
+        raise ValueError(f"{name} must be a non-empty batch (first axis = examples), got "
+                         f"shape {x.shape}; use x[:1] for a single example.")
+    return x
+
+
+def _check_int(name: str, value: Any, minimum: int) -> int:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+    return int(value)
+
+
+def _compiled_forward(model_or_fn: ModelOrFn) -> tuple[Callable, Callable]:
+    """``(call, lower)``: a jitted ``call(x)`` and ``lower(x)`` giving its lowering."""
+    if isinstance(model_or_fn, nnx.Module):
+        model_or_fn.eval()
+        graphdef, state = nnx.split(model_or_fn)
+        return (lambda x: _apply(graphdef, state, x),
+                lambda x: _apply.lower(graphdef, state, x))
+    if callable(model_or_fn):
+        fn = jax.jit(model_or_fn)
+        return fn, fn.lower
+    raise ValueError(f"Expected an NNX model or a callable fn(x), got "
+                     f"{type(model_or_fn).__name__}.")
+
+
+class LatencyResult(NamedTuple):
+    """Wall time of one forward call on a batch, over ``runs`` timed calls."""
+
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    runs: int
+    batch_size: int
+
+    @property
+    def per_example_us(self) -> float:
+        """Median time per example in microseconds."""
+        return 1000.0 * self.median_ms / self.batch_size
+
+
+def latency(model_or_fn: ModelOrFn, x: Any, *, runs: int = 50, warmup: int = 5
+            ) -> LatencyResult:
+    """Median wall time of the ``jax.jit``-compiled forward pass on batch ``x``.
+
+    A model is put in eval mode and split with ``nnx.split`` into a static graph and a
+    state, and a pure jitted ``forward(state, x)`` is timed (the functional NNX pattern,
+    no Python module overhead per call). Each call is timed with ``time.perf_counter()``
+    around ``.block_until_ready()``, after ``warmup`` untimed calls (the first compiles).
+
+    Args:
+        model_or_fn: an NNX model, or any function ``fn(x)`` (it is jitted).
+        x: the input batch; its first axis is the batch size.
+        runs: timed calls, ``>= 1``; the median is robust to a few slow ones.
+        warmup: untimed calls first, ``>= 0``.
+
+    Returns:
+        A :class:`LatencyResult` (``median_ms``, ``p10_ms``, ``p90_ms``, ``runs``,
+        ``batch_size``).
+
+    Raises:
+        ValueError: ``runs < 1``, ``warmup < 0``, an empty ``x``, or not a model/callable.
+
+    Examples:
+        >>> r = latency(lambda x: x @ x.T, jnp.ones((8, 8)), runs=5)
+        >>> r.batch_size, r.median_ms > 0
+        (8, True)
+    """
+    runs = _check_int("runs", runs, 1)
+    warmup = _check_int("warmup", warmup, 0)
+    x = _as_batch(x)
+    call, _ = _compiled_forward(model_or_fn)
+    for _ in range(max(warmup, 1)):
+        jax.block_until_ready(call(x))
+    times = np.empty(runs)
+    for i in range(runs):
+        start = time.perf_counter()
+        jax.block_until_ready(call(x))
+        times[i] = (time.perf_counter() - start) * 1000.0
+    p10, median, p90 = np.percentile(times, [10, 50, 90])
+    return LatencyResult(float(median), float(p10), float(p90), runs, int(x.shape[0]))
+
+
+def cost(model_or_fn: ModelOrFn, x: Any) -> dict[str, float]:
+    """FLOPs of the compiled forward pass on ``x``, from XLA's own cost analysis.
+
+    Counts what XLA compiles (matmuls, convolutions, bias adds, activations); a
+    multiply-accumulate is two FLOPs, so ``macs = flops / 2``. Zeros in the weights do not
+    lower the count: dense kernels do the same work whatever their sparsity.
+
+    Args:
+        model_or_fn: an NNX model (run in eval mode) or a function ``fn(x)``.
+        x: an input batch.
+
+    Returns:
+        ``{"flops", "macs", "flops_per_example", "macs_per_example", "batch_size"}``; the
+        counts are NaN if this backend's cost analysis does not report FLOPs.
+
+    Raises:
+        ValueError: an empty ``x`` or not a model/callable.
+
+    Examples:
+        >>> c = cost(lambda x: x @ jnp.ones((4, 3)), jnp.ones((2, 4)))
+        >>> c["macs_per_example"]
+        12.0
+    """
+    x = _as_batch(x)
+    _, lower = _compiled_forward(model_or_fn)
+    analysis = lower(x).compile().cost_analysis()
+    if isinstance(analysis, (list, tuple)):  # older JAX: one dict per device program
+        analysis = analysis[0] if analysis else None
+    flops = float((analysis or {}).get("flops", math.nan))
+    batch = int(x.shape[0])
+    return {"flops": flops, "macs": flops / 2, "flops_per_example": flops / batch,
+            "macs_per_example": flops / 2 / batch, "batch_size": batch}
+
+
+# --------------------------------------------------------------------------- per layer
+def layer_table(model: nnx.Module) -> Table:
+    """One row per module that owns parameters: where the parameters of ``model`` live.
+
+    Rows (dicts) have ``name`` (path such as ``layers.0`` or ``conv1``), ``type``
+    (``Linear``, ``Conv``, ``BatchNorm``, ...), ``shape`` (of the kernel, else of the
+    largest parameter), ``params``, ``nonzeros``, ``sparsity`` (percent) and
+    ``dense_bytes`` (``float32``). The ``params`` column sums to :func:`count_params`.
+
+    Raises:
+        ValueError: ``model`` is not an NNX module.
+
+    Examples:
+        >>> from pruning_kit import models
+        >>> [(r["name"], r["shape"], r["params"]) for r in layer_table(models.lenet_300_100())]
+        [('layers.0', (784, 300), 235500), ('layers.1', (300, 100), 30100), \
+('layers.2', (100, 10), 1010)]
+    """
+    if not isinstance(model, nnx.Module):
+        raise ValueError(f"layer_table needs an NNX model, got {type(model).__name__}; for a "
+                         "params pytree use named_params().")
+    modules, order = {}, {}
+    for path, module in nnx.iter_modules(model):
+        name = ".".join(str(k) for k in path)
+        modules[name], order[name] = module, _definition_order(model, modules, path)
+    groups: dict[str, dict[str, jax.Array]] = {}
+    for name, array in named_params(model):
+        owner, _, leaf = name.rpartition(".")
+        groups.setdefault(owner, {})[leaf] = array
+    rows = []
+    for owner, arrays in groups.items():
+        node = modules.get(owner)
+        main = arrays.get("kernel", max(arrays.values(), key=np.size))
+        params = int(sum(np.size(a) for a in arrays.values()))
+        nonzeros = int(sum(np.count_nonzero(np.asarray(a)) for a in arrays.values()))
+        rows.append({"name": owner or "(model)",
+                     "type": type(node).__name__ if node is not None else "?",
+                     "shape": tuple(main.shape), "params": params, "nonzeros": nonzeros,
+                     "sparsity": 100.0 * (1 - nonzeros / params) if params else 0.0,
+                     "dense_bytes": 4 * params})
+    rows.sort(key=lambda r: order.get(r["name"], ()))  # stable: unknown owners keep place
+    return Table(rows)
+
+
+def _definition_order(model: nnx.Module, modules: dict[str, Any], path: tuple) -> tuple:
+    """Sort key listing layers in the order ``__init__`` assigned them (conv1, bn1, ...)."""
+    key, node = [], model
+    for depth, k in enumerate(path):
+        attrs = list(vars(node)) if node is not None and hasattr(node, "__dict__") else []
+        key.append(attrs.index(str(k)) if str(k) in attrs else len(attrs))
+        node = modules.get(".".join(str(p) for p in path[:depth + 1]))
+    return tuple(key)
+
+
+# --------------------------------------------------------------------------- one row
+def _tile(x: np.ndarray, n: int) -> np.ndarray:
+    return x[:n] if len(x) >= n else x[np.arange(n) % len(x)]
+
+
+def measure(model: nnx.Module, x_test: Any, y_test: Any, *, name: str | None = None,
+            batch_sizes: Sequence[int] = (1, 256), runs: int = 50, warmup: int = 5
+            ) -> dict[str, Any]:
+    """Everything the course compares, for one model, as one table row.
+
+    Args:
+        model: an NNX classifier (put in eval mode).
+        x_test, y_test: test inputs and integer labels.
+        name: the row's label; default the model's class name.
+        batch_sizes: batch sizes to time; batches are the first examples of ``x_test``,
+            tiled if ``x_test`` is smaller.
+        runs, warmup: passed to :func:`latency`.
+
+    Returns:
+        A dict with ``name``, ``accuracy`` (percent), ``params``, ``nonzeros``,
+        ``sparsity`` (percent of zero parameters), ``dense_bytes`` (``float32``),
+        ``serialized_bytes`` (the saved file), ``macs`` (per example, from XLA) and
+        ``latency_b{B}_ms`` (median) for each batch size ``B``.
+
+    Raises:
+        ValueError: empty or mismatched test data, a batch size < 1, ``runs < 1``.
+
+    Examples:
+        >>> from pruning_kit import data, models
+        >>> ds = data.load_digits()
+        >>> row = measure(models.MLP(64, (32,), rngs=nnx.Rngs(0)), ds.x_test, ds.y_test,
+        ...               batch_sizes=(1,), runs=3)
+        >>> row["params"], row["macs"]     # 64*32 + 32*10 multiply-adds, plus bias and ReLU
+        (2410, 2405.0)
+    """
+    if not isinstance(model, nnx.Module):
+        raise ValueError(f"measure needs an NNX model, got {type(model).__name__}.")
+    x_test = np.asarray(x_test)
+    if x_test.ndim == 0 or len(x_test) == 0:
+        raise ValueError("x_test is empty; pass at least one test example.")
+    batch_sizes = [_check_int("batch size", b, 1) for b in batch_sizes]
+    _check_int("runs", runs, 1)
+    params, nonzeros = count_params(model), count_nonzero(model)
+    row: dict[str, Any] = {
+        "name": name if name is not None else type(model).__name__,
+        "accuracy": 100.0 * train_lib.evaluate(model, x_test, np.asarray(y_test)),
+        "params": params,
+        "nonzeros": nonzeros,
+        "sparsity": 100.0 * (1 - nonzeros / params) if params else 0.0,
+        "dense_bytes": 4 * params,
+        "serialized_bytes": serialized_bytes(model),
+        "macs": cost(model, x_test[:1])["macs_per_example"],
+    }
+    for b in batch_sizes:
+        row[f"latency_b{b}_ms"] = latency(model, _tile(x_test, b), runs=runs,
+                                          warmup=warmup).median_ms
+    return row
+
+
+# --------------------------------------------------------------------------- machine
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith(("model name", "hardware", "cpu model")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def machine_info() -> dict[str, Any]:
+    """Where a measurement was taken: CPU, cores, JAX backend and device, versions, date."""
+    device = jax.devices()[0]
+    return {
+        "cpu": _cpu_model(), "cores": os.cpu_count(), "machine": platform.machine(),
+        "os": platform.system(), "backend": jax.default_backend(),
+        "device": device.device_kind, "devices": jax.device_count(),
+        "python": platform.python_version(), "jax": jax.__version__,
+        "jaxlib": _version("jaxlib"), "flax": _version("flax"), "optax": _version("optax"),
+        "numpy": np.__version__, "date": _dt.date.today().isoformat(),
+    }
+
+
+def machine_summary() -> str:
+    """:func:`machine_info` in two lines, for the top of a benchmark's output."""
+    i = machine_info()
+    return (f"{i['cpu']} ({i['cores']} cores, {i['os']} {i['machine']}), JAX backend "
+            f"{i['backend']} [{i['device']} x{i['devices']}], {i['date']}\n"
+            f"python {i['python']}, jax {i['jax']}, jaxlib {i['jaxlib']}, flax {i['flax']}, "
+            f"optax {i['optax']}, numpy {i['numpy']}")

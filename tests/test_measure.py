@@ -1,0 +1,249 @@
+"""Tests for pruning_kit.measure: counts, sizes, FLOPs, latency, per-layer table, rows."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from pruning_kit import data, measure, models, train
+
+LENET_MACS = 784 * 300 + 300 * 100 + 100 * 10  # 266,200 multiply-accumulates per example
+
+
+@pytest.fixture(scope="module")
+def lenet():
+    return models.lenet_300_100()
+
+
+@pytest.fixture(scope="module")
+def cnn():
+    return models.small_cnn(image_size=8)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return data.load_digits()
+
+
+def small_mlp(seed: int = 0) -> models.MLP:
+    return models.MLP(64, (32,), rngs=nnx.Rngs(seed))
+
+
+class Unregistered(nnx.Module):
+    def __init__(self, rngs: nnx.Rngs):
+        self.dense = nnx.Linear(4, 3, rngs=rngs)
+
+    def __call__(self, x):
+        return self.dense(x)
+
+
+# --------------------------------------------------------------------------- counting
+def test_count_params_lenet(lenet):
+    assert measure.count_params(lenet) == 266610
+    assert measure.dense_bytes(lenet) == 4 * 266610
+
+
+def test_count_params_pytree_and_batchnorm_stats_excluded(cnn):
+    assert measure.count_params({"w": jnp.ones((3, 4)), "b": np.zeros(4)}) == 16
+    # A model counts nnx.Param only; its full state also holds BatchNorm mean/var.
+    n_stats = sum(2 * c for c in (16, 32, 32, 32))
+    assert measure.count_params(nnx.state(cnn)) == measure.count_params(cnn) + n_stats
+
+
+def test_count_nonzero_drops_after_zeroing_a_kernel():
+    model = small_mlp()
+    before = measure.count_nonzero(model)
+    model.layers[0].kernel[...] = 0.0
+    assert measure.count_nonzero(model) == before - 64 * 32
+    assert measure.count_params(model) == 64 * 32 + 32 + 32 * 10 + 10
+
+
+def test_named_params_names(lenet):
+    names = [n for n, _ in measure.named_params(lenet)]
+    assert names[:2] == ["layers.0.bias", "layers.0.kernel"]
+    assert len(names) == 6
+
+
+@pytest.mark.parametrize("bad", [None, "model.npz", 3, {"w": "not an array"}, [1.0, 2.0]])
+def test_not_a_model_nor_pytree_raises(bad):
+    with pytest.raises(ValueError, match="NNX model or a pytree of arrays"):
+        measure.count_params(bad)
+
+
+# --------------------------------------------------------------------------- bytes
+def test_serialized_bytes_close_to_dense(lenet):
+    size = measure.serialized_bytes(lenet)
+    assert 4 * 266610 <= size <= 4 * 266610 + 8_000
+
+
+def test_serialized_bytes_of_a_path_is_the_file_size(tmp_path):
+    path = train.save_model(small_mlp(), tmp_path / "m.npz")
+    assert measure.serialized_bytes(path) == path.stat().st_size
+    assert measure.serialized_bytes(str(path)) == measure.serialized_bytes(small_mlp())
+    with pytest.raises(FileNotFoundError, match="No file"):
+        measure.serialized_bytes(tmp_path / "missing.npz")
+
+
+def test_serialized_bytes_of_unregistered_model_and_pytree():
+    assert measure.serialized_bytes(Unregistered(nnx.Rngs(0))) >= 4 * (4 * 3 + 3)
+    assert measure.serialized_bytes({"w": np.ones((100, 10), np.float32)}) >= 4000
+
+
+# --------------------------------------------------------------------------- cost
+def test_cost_lenet_macs_match_analytic_count(lenet):
+    c = measure.cost(lenet, jnp.zeros((2, 28, 28, 1)))
+    assert c["batch_size"] == 2
+    assert c["macs"] == pytest.approx(2 * c["macs_per_example"])
+    assert 1.0 <= c["macs_per_example"] / LENET_MACS <= 1.05
+
+
+def test_cost_of_a_plain_function():
+    c = measure.cost(lambda x: x @ jnp.ones((4, 3)), jnp.ones((2, 4)))
+    assert c["macs_per_example"] == 12.0
+    assert c["flops"] == 48.0
+
+
+@pytest.mark.parametrize("reported, expected", [([{"flops": 8.0}], 8.0), ({}, float("nan")),
+                                               (None, float("nan"))])
+def test_cost_handles_list_dict_and_missing_key(monkeypatch, reported, expected):
+    monkeypatch.setattr(jax.stages.Compiled, "cost_analysis", lambda self: reported)
+    c = measure.cost(lambda x: x * 2, jnp.ones((2, 3)))
+    np.testing.assert_equal(c["flops"], expected)
+    np.testing.assert_equal(c["flops_per_example"], expected / 2)
+
+
+# --------------------------------------------------------------------------- latency
+def test_latency_model_and_function():
+    r = measure.latency(small_mlp(), np.zeros((7, 8, 8, 1), np.float32), runs=4, warmup=1)
+    assert isinstance(r, measure.LatencyResult)
+    assert (r.runs, r.batch_size) == (4, 7)
+    assert 0 < r.p10_ms <= r.median_ms <= r.p90_ms
+    r = measure.latency(jnp.tanh, jnp.ones((3, 5)), runs=2, warmup=0)
+    assert r.batch_size == 3 and r.median_ms > 0
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(runs=0), "runs must be an integer >= 1"),
+    (dict(warmup=-1), "warmup must be an integer >= 0"),
+    (dict(x=np.zeros((0, 8, 8, 1))), "non-empty batch"),
+    (dict(model_or_fn="lenet"), "NNX model or a callable"),
+])
+def test_latency_bad_input(kwargs, match):
+    args = dict(model_or_fn=small_mlp(), x=np.zeros((2, 8, 8, 1), np.float32), runs=2)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        measure.latency(args.pop("model_or_fn"), args.pop("x"), **args)
+
+
+# --------------------------------------------------------------------------- layers
+def test_layer_table_lenet(lenet):
+    rows = measure.layer_table(lenet)
+    assert [r["name"] for r in rows] == ["layers.0", "layers.1", "layers.2"]
+    assert [r["shape"] for r in rows] == [(784, 300), (300, 100), (100, 10)]
+    assert {r["type"] for r in rows} == {"Linear"}
+    assert sum(r["params"] for r in rows) == measure.count_params(lenet)
+
+
+def test_layer_table_cnn_in_definition_order(cnn):
+    rows = measure.layer_table(cnn)
+    assert [r["name"] for r in rows] == ["conv1", "bn1", "conv2", "bn2", "res_conv1",
+                                         "res_bn1", "res_conv2", "res_bn2", "head"]
+    assert rows[0]["shape"] == (3, 3, 1, 16) and rows[0]["type"] == "Conv"
+    assert rows[1]["type"] == "BatchNorm" and rows[1]["params"] == 32
+    assert sum(r["params"] for r in rows) == measure.count_params(cnn)
+    assert sum(r["dense_bytes"] for r in rows) == measure.dense_bytes(cnn)
+
+
+def test_layer_table_shows_sparsity_of_a_zeroed_layer():
+    model = small_mlp()
+    model.layers[1].kernel[...] = 0.0
+    row = measure.layer_table(model)[1]
+    assert row["nonzeros"] == 0 and row["sparsity"] == 100.0
+    with pytest.raises(ValueError, match="needs an NNX model"):
+        measure.layer_table({"w": jnp.ones(3)})
+
+
+# --------------------------------------------------------------------------- measure
+MEASURE_KEYS = {"name", "accuracy", "params", "nonzeros", "sparsity", "dense_bytes",
+                "serialized_bytes", "macs"}
+
+
+def test_measure_row_has_every_key_and_tiles_small_test_sets(digits):
+    model = small_mlp()
+    row = measure.measure(model, digits.x_test, digits.y_test, name="mlp",
+                          batch_sizes=(1, 1000), runs=2, warmup=1)
+    assert set(row) == MEASURE_KEYS | {"latency_b1_ms", "latency_b1000_ms"}
+    assert row["name"] == "mlp" and row["params"] == measure.count_params(model)
+    expected = 100 * train.evaluate(model, digits.x_test, digits.y_test)
+    assert row["accuracy"] == pytest.approx(expected)
+    assert row["latency_b1_ms"] > 0 and row["latency_b1000_ms"] > 0
+    assert row["macs"] == pytest.approx(64 * 32 + 32 * 10, rel=0.05)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(batch_sizes=(0,)), "batch size must be an integer >= 1"),
+    (dict(runs=0), "runs must be"),
+    (dict(x_test=np.zeros((0, 8, 8, 1))), "x_test is empty"),
+    (dict(model=lambda x: x), "needs an NNX model"),
+])
+def test_measure_bad_input(digits, kwargs, match):
+    args = dict(model=small_mlp(), x_test=digits.x_test, y_test=digits.y_test, runs=1)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        measure.measure(args.pop("model"), args.pop("x_test"), args.pop("y_test"), **args)
+
+
+# --------------------------------------------------------------------------- tables
+ROWS = [
+    {"name": "dense", "accuracy": 90.0, "serialized_bytes": 4000, "latency_b1_ms": 2.0},
+    {"name": "pruned", "accuracy": 89.5, "serialized_bytes": 1000, "latency_b1_ms": 1.0},
+]
+
+
+def test_format_table_contains_names_and_units():
+    text = measure.format_table(ROWS)
+    assert "dense" in text and "pruned" in text
+    assert "4.0 KB" in text and "89.50%" in text and "2.00 ms" in text
+    lines = text.splitlines()
+    assert len(lines) == 4 and len({len(line) for line in lines[:2]}) == 1
+    assert measure.format_table(ROWS, ["name"]).splitlines()[2] == "dense"
+    with pytest.raises(ValueError, match="in no row"):
+        measure.format_table(ROWS, ["name", "speed"])
+    with pytest.raises(ValueError, match="must be dicts"):
+        measure.Table([("dense", 90.0)])
+
+
+def test_compare_adds_ratios_against_the_baseline():
+    table = measure.compare(ROWS)
+    base, pruned = table.rows
+    assert base["compression"] == 1.0 and base["accuracy_delta"] == 0.0
+    assert pruned["compression"] == 4.0 and pruned["speedup_b1"] == 2.0
+    assert pruned["accuracy_delta"] == pytest.approx(-0.5)
+    assert "4.00x" in str(table) and "-0.50 pts" in str(table)
+    html = table._repr_html_()
+    assert html.startswith("<table") and "pruned" in html
+    assert table.to_markdown().count("\n") == 3
+    assert measure.compare(ROWS, baseline_index=1)[0]["compression"] == 0.25
+    with pytest.raises(ValueError, match="out of range"):
+        measure.compare(ROWS, baseline_index=2)
+    with pytest.raises(ValueError, match="at least one row"):
+        measure.compare([])
+
+
+def test_format_value_units():
+    assert measure.format_value("dense_bytes", 1066440) == "1,066.4 KB"
+    assert measure.format_value("latency_b256_ms", 12.345) == "12.3 ms"
+    assert measure.format_value("sparsity", 90) == "90.00%"
+    assert measure.format_value("params", 266610) == "266,610"
+    assert measure.format_value("macs", float("nan")) == "-"
+
+
+def test_machine_info():
+    info = measure.machine_info()
+    assert {"cpu", "cores", "backend", "device", "jax", "jaxlib", "flax", "optax", "python",
+            "date"} <= set(info)
+    assert info["jax"] == jax.__version__
+    assert jax.__version__ in measure.machine_summary()

@@ -1,0 +1,153 @@
+"""Models, the training loop, checkpoints and the committed baselines."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from pruning_kit import data, models, train
+
+
+def test_model_sizes_and_shapes():
+    assert models.num_params(models.lenet_300_100()) == 266_610
+    cnn = models.small_cnn()
+    assert models.num_params(cnn) < 100_000
+    cnn.eval()
+    assert cnn(jnp.zeros((3, 28, 28, 1))).shape == (3, 10)
+    digits_cnn = models.small_cnn(image_size=8)
+    digits_cnn.eval()
+    assert digits_cnn(jnp.zeros((2, 8, 8, 1))).shape == (2, 10)
+    assert models.num_params(models.student_mlp()) * 5 <= models.num_params(cnn) * 5
+    assert 5 * models.num_params(models.student_cnn()) <= models.num_params(cnn)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(hidden=(300, 0)), "positive integers"),
+    (dict(hidden=(300, -5)), "positive integers"),
+    (dict(hidden=(30.5,)), "positive integers"),
+    (dict(in_features=0), "in_features"),
+])
+def test_bad_mlp_widths(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        models.MLP(**kwargs, rngs=nnx.Rngs(0))
+
+
+def test_bad_cnn_arguments():
+    with pytest.raises(ValueError, match="two widths"):
+        models.SmallCNN(widths=(8, 16, 32), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="divisible by 4"):
+        models.SmallCNN(image_size=30, rngs=nnx.Rngs(0))
+    cnn = models.small_cnn()
+    with pytest.raises(ValueError, match="NHWC"):
+        cnn(jnp.zeros((2, 1, 28, 28)))
+    with pytest.raises(ValueError, match="in_features=64"):
+        models.lenet_300_100()(jnp.zeros((2, 8, 8, 1)))
+    with pytest.raises(ValueError, match="Unknown model class"):
+        models.build("ResNet50", {})
+    with pytest.raises(ValueError, match="does not fit"):
+        models.build("MLP", {"widths": [3]})
+
+
+def test_fit_learns_digits_and_is_reproducible(digits):
+    def run():
+        model = models.MLP(64, (32,), rngs=nnx.Rngs(1))
+        hist = train.fit(model, digits.x_train, digits.y_train, epochs=6, batch_size=32,
+                         learning_rate=3e-3, seed=5, progress=False,
+                         validation=(digits.x_test, digits.y_test))
+        return model, hist
+    m1, h1 = run()
+    m2, h2 = run()
+    assert h1["loss"][-1] < h1["loss"][0]
+    assert h1["val_acc"][-1] > 0.85
+    assert h1["loss"] == h2["loss"]
+    for a, b in zip(jax.tree.leaves(nnx.state(m1)), jax.tree.leaves(nnx.state(m2)), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_fit_with_custom_loss_tuple_targets_and_optimizer(digits):
+    """A loss handed in gets the extra aligned arrays; any optax optimizer works."""
+    soft = np.eye(10, dtype=np.float32)[digits.y_train]
+
+    def soft_loss(model, x, y):
+        labels, targets = y
+        logits = model(x)
+        return optax.softmax_cross_entropy(logits, targets).mean(), logits
+
+    model = models.MLP(64, (32,), rngs=nnx.Rngs(0))
+    hist = train.fit(model, digits.x_train, (digits.y_train, soft), epochs=3, batch_size=64,
+                     loss_fn=soft_loss, tx=optax.sgd(0.1, momentum=0.9), progress=False)
+    assert hist["train_acc"][-1] > 0.8
+
+
+def test_cnn_batchnorm_statistics_update(digits):
+    model = models.small_cnn(image_size=8, widths=(4, 8))
+    before = np.asarray(model.bn1.mean[...]).copy()
+    train.fit(model, digits.x_train, digits.y_train, epochs=1, batch_size=64, progress=False)
+    assert not np.allclose(before, model.bn1.mean[...])
+    assert model.bn1.use_running_average  # fit leaves the model in eval mode
+
+
+def test_fit_bad_input(digits):
+    model = models.MLP(64, (8,), rngs=nnx.Rngs(0))
+    x, y = digits.x_train, digits.y_train
+    with pytest.raises(ValueError, match="batch_size"):
+        train.fit(model, x, y, batch_size=0, progress=False)
+    with pytest.raises(ValueError, match="larger than the data set"):
+        train.fit(model, x[:10], y[:10], batch_size=32, progress=False)
+    with pytest.raises(ValueError, match="epochs"):
+        train.fit(model, x, y, epochs=0, progress=False)
+    with pytest.raises(ValueError, match="labels have"):
+        train.fit(model, x, y[:-1], progress=False)
+    with pytest.raises(FloatingPointError, match="diverged"):
+        train.fit(model, x * np.nan, y, epochs=1, progress=False)
+
+
+def test_save_load_round_trip_keeps_widths_and_outputs(tmp_path, digits):
+    model = models.SmallCNN(widths=(3, 5), image_size=8, rngs=nnx.Rngs(2))
+    train.fit(model, digits.x_train, digits.y_train, epochs=1, batch_size=64, progress=False)
+    path = train.save_model(model, tmp_path / "cnn.npz", metadata={"note": "x"})
+    back = train.load_model(path)
+    assert back.config == model.config
+    np.testing.assert_array_equal(train.predict(model, digits.x_test),
+                                  train.predict(back, digits.x_test))
+    assert train.read_checkpoint_header(path)["metadata"] == {"note": "x"}
+    assert [p.name for p in tmp_path.iterdir()] == ["cnn.npz"]  # no temp files left
+
+
+def test_truncated_or_missing_checkpoint(tmp_path):
+    model = models.MLP(64, (8,), rngs=nnx.Rngs(0))
+    path = train.save_model(model, tmp_path / "m.npz")
+    raw = path.read_bytes()
+    for cut in (10, len(raw) // 2, len(raw) - 3):
+        path.write_bytes(raw[:cut])
+        with pytest.raises(ValueError, match="m.npz"):
+            train.load_model(path)
+    with pytest.raises(FileNotFoundError, match="Train the model first"):
+        train.load_model(tmp_path / "none.npz")
+
+
+def test_unknown_baseline():
+    with pytest.raises(ValueError, match="Unknown baseline"):
+        train.baseline("vgg16")
+
+
+# Committed checkpoints are only trusted because this test re-measures them.
+TARGETS = {"mlp_fashion": 0.890, "cnn_fashion": 0.910, "mlp_digits": 0.970}
+
+
+@pytest.mark.parametrize("name", sorted(TARGETS))
+def test_committed_baselines_reach_their_accuracy(name):
+    paths = [train.checkpoint_path(name, s) for s in range(3)]
+    if not all(p.exists() for p in paths):
+        pytest.skip(f"{name} checkpoints not present; run python -m pruning_kit.train {name}")
+    ds = data.load(train.RECIPES[name]["dataset"])
+    accs = []
+    for p in paths:
+        model = train.load_model(p)
+        acc = train.evaluate(model, ds.x_test, ds.y_test)
+        recorded = train.read_checkpoint_header(p)["metadata"]["test_accuracy"]
+        assert acc == pytest.approx(recorded, abs=1e-4), "checkpoint differs from its record"
+        accs.append(acc)
+    assert np.mean(accs) >= TARGETS[name]

@@ -1,0 +1,55 @@
+"""Notebook-facing helpers: widgets driven headlessly, self-check cells."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import pytest  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from pruning_kit import checks, models, widgets  # noqa: E402
+
+
+def test_latency_explorer_reacts_to_controls(digits):
+    mlps = {"small": models.MLP(64, (8,), rngs=nnx.Rngs(0)),
+            "wide": models.MLP(64, (256, 256), rngs=nnx.Rngs(0))}
+    ex = widgets.LatencyExplorer(mlps, digits.x_test[:10], batch_sizes=(1, 4, 32), runs=3,
+                                 progress=False)
+    assert set(ex.results) == {(n, b) for n in mlps for b in (1, 4, 32)}
+    assert ex.readout.startswith("small, batch 32:")
+    ex.batch_slider.value = 4
+    assert ex.readout.startswith("small, batch 4:")
+    ex.model_dropdown.value = "wide"
+    assert ex.readout.startswith("wide, batch 4:")
+    assert ex.results[("wide", 32)].batch_size == 32  # tiled past the 10 inputs
+    assert all(v > 0 for v in ex.per_example_us("wide"))
+
+
+def test_latency_explorer_bad_input(digits):
+    with pytest.raises(ValueError, match="at least one model"):
+        widgets.LatencyExplorer({}, digits.x_test)
+    with pytest.raises(ValueError, match="batch sizes"):
+        widgets.LatencyExplorer({"m": models.MLP(64, (8,), rngs=nnx.Rngs(0))}, digits.x_test,
+                                batch_sizes=(0, 4))
+
+
+def test_checks_accept_right_and_hint_on_wrong(capsys):
+    checks.check_param_count(266_610)
+    assert capsys.readouterr().out.startswith("Correct: 266,610")
+    with pytest.raises(checks.CheckFailed, match="bias"):
+        checks.check_param_count(784 * 300 + 300 * 100 + 100 * 10)
+    with pytest.raises(checks.CheckFailed, match="a\\*b weights"):
+        checks.check_param_count(1)
+    checks.check_macs(266_200)
+    with pytest.raises(checks.CheckFailed, match="FLOPs"):
+        checks.check_macs(2 * 266_200)
+    checks.check_bytes(266_610, 266_610, 8)
+    with pytest.raises(checks.CheckFailed, match="bits, not bytes"):
+        checks.check_bytes(266_610 * 8, 266_610, 8)
+    with pytest.raises(checks.CheckFailed, match="number"):
+        checks.check_bytes("lots", 10, 8)
+    checks.check_choice("B", "b", {"a": "no", "b": "yes"})
+    with pytest.raises(checks.CheckFailed, match="Not this one: no"):
+        checks.check_choice("a", "b", {"a": "no", "b": "yes"})
+    with pytest.raises(checks.CheckFailed, match="one of"):
+        checks.check_choice("z", "b", {"a": "no", "b": "yes"})
