@@ -95,8 +95,19 @@ class MLP(_Configured):
         return self.layers[-1](x)
 
 
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+    """2x2 max-pooling with stride 2 on NHWC input (height and width must be even).
+
+    Same values as ``nnx.max_pool(x, (2, 2), (2, 2))``, written as a reshape and a max:
+    on XLA:CPU its gradient is a cheap elementwise mask, while ``max_pool``'s
+    select-and-scatter gradient made training about a third slower (measured on 2 cores).
+    """
+    n, h, w, c = x.shape
+    return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
 class SmallCNN(_Configured):
-    """A small residual CNN with BatchNorm (about 38k parameters at the default widths).
+    """A small residual CNN with BatchNorm (39,098 parameters at the default widths).
 
     Layout (28x28x1 input)::
 
@@ -159,9 +170,9 @@ class SmallCNN(_Configured):
             raise ValueError(f"SmallCNN expects NHWC images with {self.config['in_channels']} "
                              f"channel(s), got shape {x.shape}.")
         out = {}
-        x = nnx.max_pool(jax.nn.relu(self.bn1(self.conv1(x))), (2, 2), (2, 2))
+        x = max_pool_2x2(jax.nn.relu(self.bn1(self.conv1(x))))
         out["stage1"] = x
-        x = nnx.max_pool(jax.nn.relu(self.bn2(self.conv2(x))), (2, 2), (2, 2))
+        x = max_pool_2x2(jax.nn.relu(self.bn2(self.conv2(x))))
         out["stage2"] = x
         h = jax.nn.relu(self.res_bn1(self.res_conv1(x)))
         x = jax.nn.relu(x + self.res_bn2(self.res_conv2(h)))
@@ -193,7 +204,7 @@ def student_mlp(in_features: int = 784, num_classes: int = 10, *, seed: int = 0)
 
 
 def student_cnn(*, image_size: int = 28, num_classes: int = 10, seed: int = 0) -> SmallCNN:
-    """A tiny student CNN (4/8 channels, under 5k parameters)."""
+    """A tiny student CNN (4/8 channels, 5,462 parameters: 7x fewer than the baseline)."""
     return SmallCNN(1, (4, 8), image_size, num_classes, rngs=nnx.Rngs(seed))
 
 

@@ -14,9 +14,10 @@ Examples:
     >>> from pruning_kit import data, models
     >>> ds = data.load_digits()
     >>> model = models.MLP(64, (32,), rngs=nnx.Rngs(0))
-    >>> history = fit(model, ds.x_train, ds.y_train, epochs=3, progress=False)
-    >>> len(history["loss"]), evaluate(model, ds.x_test, ds.y_test) > 0.8
-    (3, True)
+    >>> history = fit(model, ds.x_train, ds.y_train, epochs=10, batch_size=32,
+    ...               learning_rate=3e-3, progress=False)
+    >>> len(history["loss"]), evaluate(model, ds.x_test, ds.y_test) > 0.9
+    (10, True)
 """
 
 from __future__ import annotations
@@ -196,14 +197,15 @@ def evaluate(model: nnx.Module, x: np.ndarray, y: np.ndarray, *,
 
 
 # --------------------------------------------------------------------------- checkpoints
-def _flatten(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
+def _flatten(tree: dict, prefix: str = "", *, to_numpy: bool = True) -> dict[str, Any]:
+    """``{"layers/0/kernel": array, ...}`` from a nested dict of arrays."""
     out = {}
     for key, value in tree.items():
         name = f"{prefix}/{key}" if prefix else str(key)
         if isinstance(value, dict):
-            out.update(_flatten(value, name))
+            out.update(_flatten(value, name, to_numpy=to_numpy))
         else:
-            out[name] = np.asarray(value)
+            out[name] = np.asarray(value) if to_numpy else value
     return out
 
 
@@ -228,7 +230,8 @@ def save_model(model: nnx.Module, path: str | os.PathLike, *,
     never leaves a half-written checkpoint.
 
     Examples:
-        >>>         >>> m = models_lib.MLP(64, (8,), rngs=nnx.Rngs(0))
+        >>> import tempfile
+        >>> m = models_lib.MLP(64, (8,), rngs=nnx.Rngs(0))
         >>> p = save_model(m, Path(tempfile.mkdtemp()) / "m.npz", metadata={"note": "demo"})
         >>> load_model(p).config["hidden"]
         [8]
@@ -275,24 +278,26 @@ def load_model(path: str | os.PathLike) -> nnx.Module:
     if header.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{path} has checkpoint format {header.get('format_version')}, this "
                          f"pruning_kit reads format {FORMAT_VERSION}; upgrade pruning_kit.")
-    model = models_lib.build(header["class"], header["config"])
+    # Build an abstract model (shapes only, no random initialisation to compile), then
+    # fill it with the stored arrays.
+    abstract = nnx.eval_shape(lambda: models_lib.build(header["class"], header["config"]))
+    graphdef, state = nnx.split(abstract)
     try:
         with np.load(path) as f:
             flat = {k: f[k] for k in f.files if k != "__header__"}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as err:
         raise ValueError(f"{path} is corrupt ({err}); delete it and save again.") from err
-    state = nnx.state(model)
-    expected = _flatten(nnx.to_pure_dict(state))
+    expected = _flatten(nnx.to_pure_dict(state), to_numpy=False)
     if set(expected) != set(flat):
         differ = sorted(set(expected) ^ set(flat))
         raise ValueError(f"{path} does not match a {header['class']} with config "
                          f"{header['config']}: arrays differ ({differ}).")
     for k, v in expected.items():
-        if v.shape != flat[k].shape:
+        if tuple(v.shape) != flat[k].shape:
             raise ValueError(f"{path}: array {k} has shape {flat[k].shape}, the model expects "
-                             f"{v.shape}.")
+                             f"{tuple(v.shape)}.")
     nnx.replace_by_pure_dict(state, _unflatten({k: jnp.asarray(v) for k, v in flat.items()}))
-    nnx.update(model, state)
+    model = nnx.merge(graphdef, state)
     model.eval()
     return model
 
@@ -311,7 +316,7 @@ RECIPES: dict[str, dict[str, Any]] = {
                         build=lambda s: models_lib.lenet_300_100(seed=s),
                         epochs=20, batch_size=128, learning_rate=1e-3, augment=None),
     "cnn_fashion": dict(dataset="fashion_mnist", build=lambda s: models_lib.small_cnn(seed=s),
-                        epochs=12, batch_size=128, learning_rate=2e-3, augment=_shift_augment),
+                        epochs=15, batch_size=128, learning_rate=2e-3, augment=_shift_augment),
     "mlp_digits": dict(dataset="digits",
                        build=lambda s: models_lib.MLP(64, (128, 64), rngs=nnx.Rngs(s)),
                        epochs=60, batch_size=32, learning_rate=1e-3, augment=None),
