@@ -1,0 +1,725 @@
+"""Uniform quantization, calibration, sub-byte packing and k-means weight sharing.
+
+Uniform affine quantization maps a real value ``x`` to an integer code ``q`` on a grid of
+step ``scale``::
+
+    q = clip(round(x / scale) + zero_point, qmin, qmax)        x_hat = (q - zero_point) * scale
+
+so inside the clipping range ``|x_hat - x| <= scale / 2`` (half a step). Two grids:
+
+* **symmetric** (weights): ``zero_point = 0``, signed *narrow* range
+  ``[-(2^(b-1) - 1), 2^(b-1) - 1]`` (int8: ``[-127, 127]``), ``scale = max|x| / qmax``. The
+  grid is symmetric about zero; ``-128`` is never used. Needs ``bits >= 2``.
+* **asymmetric** (activations): unsigned ``[0, 2^b - 1]`` (uint8: ``[0, 255]``),
+  ``scale = (max - min) / (2^b - 1)`` and an integer ``zero_point`` so that 0.0 is exactly
+  representable (the range is widened to include 0). Post-ReLU data gets ``zero_point = 0``.
+
+Scales are per tensor (``axis=None``) or per channel along ``axis`` (one scale per index of
+that axis; Flax kernels use ``axis=-1``, the output channel). A range of zero width (an
+all-zero tensor or channel) gets the scale :data:`SCALE_FLOOR` (float32 epsilon, as
+PyTorch's observers do) instead of a NaN.
+
+Sections: parameters and validation; quantize / dequantize / fake-quant (straight-through
+estimator, traced ``bits`` allowed); calibration of activation ranges; sub-byte packing and
+:class:`QuantizedTensor` over a params pytree; k-means weight sharing (Deep Compression).
+BatchNorm folding and integer inference live in :mod:`pruning_kit.quant_infer`.
+
+Introduced in ``notebooks/01_quantization.ipynb``.
+
+Examples:
+    >>> x = jnp.array([-1.0, -0.3, 0.0, 0.4, 1.0])
+    >>> qp = compute_qparams(x, bits=4)
+    >>> q = quantize(x, qp)
+    >>> q.tolist(), round(float(qp.scale), 4)
+    ([-7, -2, 0, 3, 7], 0.1429)
+    >>> [round(v, 3) for v in dequantize(q, qp).tolist()]     # error <= scale / 2
+    [-1.0, -0.286, 0.0, 0.429, 1.0]
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+__all__ = [
+    "MAX_BITS", "SCALE_FLOOR", "QParams", "QuantizedTensor", "calibrate", "codebook_lookup",
+    "compute_qparams", "dequantize", "dequantize_tree", "fake_quant", "fake_quant_with",
+    "int_range", "kmeans_codebook", "pack", "packed_nbytes", "quantize", "quantize_tensor",
+    "quantize_tree", "storage_dtype", "tree_nbytes", "unpack",
+]
+
+Params = Any
+MAX_BITS = 16
+SCALE_FLOOR = float(np.finfo(np.float32).eps)  # smallest scale; avoids 0/0 on constant data
+_MSE_MAX_VALUES = 1 << 20  # MSE calibration looks at most this many values (strided subset)
+
+
+# --------------------------------------------------------------------------- parameters
+class QParams(NamedTuple):
+    """How a tensor is quantized.
+
+    Attributes:
+        scale: step size, float32; shape ``()`` per tensor or ``(C,)`` per channel.
+        zero_point: int32 code of 0.0, same shape as ``scale``; ``None`` when symmetric
+            (the zero point is 0 and nothing is stored).
+        bits: bit-width, a Python int (or a traced int32 inside ``jit``, see :func:`fake_quant`).
+        symmetric: signed narrow range with zero point 0, else unsigned with a zero point.
+        axis: the (non-negative) channel axis, or ``None`` per tensor.
+
+    A pytree whose leaves are ``scale``, ``zero_point`` and a traced ``bits``; ``symmetric``,
+    ``axis`` and a Python-int ``bits`` are static, so QParams can cross ``jax.jit``.
+    """
+
+    scale: jax.Array
+    zero_point: jax.Array | None
+    bits: Any
+    symmetric: bool
+    axis: int | None
+
+
+def _qparams_flatten(qp: QParams):
+    static_bits = isinstance(qp.bits, int)
+    children = (qp.scale, qp.zero_point, None if static_bits else qp.bits)
+    return children, (qp.bits if static_bits else None, qp.symmetric, qp.axis)
+
+
+def _qparams_unflatten(aux, children):
+    bits = aux[0] if aux[0] is not None else children[2]
+    return QParams(children[0], children[1], bits, aux[1], aux[2])
+
+
+jax.tree_util.register_pytree_node(QParams, _qparams_flatten, _qparams_unflatten)
+
+
+def _traced(x: Any) -> bool:
+    return isinstance(x, jax.core.Tracer)
+
+
+def _check_bits(bits: Any, *, symmetric: bool = False, max_bits: int = MAX_BITS,
+                allow_traced: bool = True, name: str = "bits") -> Any:
+    """A validated Python int, or (traced) an int32 clipped into the supported range."""
+    low = 2 if symmetric else 1
+    if _traced(bits):
+        if not allow_traced:
+            raise ValueError(f"{name} must be a concrete Python int here (it fixes the "
+                             "storage layout), not a traced value; don't pass it through jit.")
+        return jnp.clip(jnp.asarray(bits).astype(jnp.int32), low, max_bits)
+    value = bits
+    if isinstance(bits, (np.ndarray, jax.Array)) and np.ndim(bits) == 0:
+        value = np.asarray(bits).item()
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
+            or not 1 <= value <= max_bits:
+        raise ValueError(f"{name} must be an integer from {low} to {max_bits}, got {bits!r}. "
+                         f"Pass e.g. {name}=8 (int8) or {name}=4.")
+    if value < low:
+        raise ValueError(f"symmetric quantization needs {name} >= 2 (its range "
+                         "[-(2^(b-1)-1), 2^(b-1)-1] holds only 0 at 1 bit); use "
+                         "symmetric=False for 1-bit codes (two levels).")
+    return int(value)
+
+
+def _check_axis(axis: Any, ndim: int) -> int | None:
+    if axis is None:
+        return None
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) \
+            or not -ndim <= axis < ndim:
+        raise ValueError(f"axis {axis!r} does not exist for a {ndim}-D tensor; use an axis in "
+                         f"[{-ndim}, {ndim - 1}] for per-channel scales (-1 = output channel "
+                         "of a Flax kernel) or axis=None for one scale per tensor.")
+    return int(axis) % ndim
+
+
+def _as_float(x: Any, name: str = "x") -> jax.Array:
+    try:
+        arr = jnp.asarray(x, dtype=jnp.float32)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name} must be a numeric array, got {type(x).__name__}.") from err
+    if arr.size == 0:
+        raise ValueError(f"{name} is empty (shape {arr.shape}); pass at least one value.")
+    if _traced(arr):  # inside jit the values are unknown: nothing to check
+        return arr
+    bad = arr.size - int(np.isfinite(np.asarray(arr)).sum())
+    if bad:
+        raise ValueError(f"{name} contains {bad} NaN/inf value(s) out of {arr.size}; "
+                         "quantization needs finite values. Fix the model or data that "
+                         "produced them (or jnp.nan_to_num) before quantizing.")
+    return arr
+
+
+def int_range(bits: Any, symmetric: bool = True) -> tuple[Any, Any]:
+    """``(qmin, qmax)``: the integer codes used for ``bits`` (Python ints, or float32 arrays
+    when ``bits`` is traced).
+
+    Examples:
+        >>> int_range(8), int_range(8, symmetric=False), int_range(4)
+        ((-127, 127), (0, 255), (-7, 7))
+    """
+    if _traced(bits) or isinstance(bits, jax.Array):
+        b = jnp.asarray(bits, jnp.int32)
+        one = jnp.int32(1)
+        if symmetric:
+            qmax = (jnp.left_shift(one, b - 1) - 1).astype(jnp.float32)
+            return -qmax, qmax
+        return jnp.float32(0.0), (jnp.left_shift(one, b) - 1).astype(jnp.float32)
+    if symmetric:
+        return -(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1
+    return 0, 2**bits - 1
+
+
+def storage_dtype(bits: Any, signed: bool) -> jnp.dtype:
+    """Integer dtype holding ``bits``-bit codes: (u)int8 up to 8 bits, (u)int16 up to 16,
+    int32 when ``bits`` is traced (its value is unknown while tracing)."""
+    if _traced(bits):
+        return jnp.dtype(jnp.int32)
+    if bits <= 8:
+        return jnp.dtype(jnp.int8 if signed else jnp.uint8)
+    return jnp.dtype(jnp.int16 if signed else jnp.uint16)
+
+
+def _from_range(lo: Any, hi: Any, bits: Any, symmetric: bool, axis: int | None) -> QParams:
+    """QParams for the clipping range ``[lo, hi]`` (widened to include 0)."""
+    lo = jnp.minimum(jnp.asarray(lo, jnp.float32), 0.0)
+    hi = jnp.maximum(jnp.asarray(hi, jnp.float32), 0.0)
+    qmin, qmax = int_range(bits, symmetric)
+    if symmetric:
+        scale = jnp.maximum(jnp.maximum(-lo, hi) / qmax, SCALE_FLOOR)
+        return QParams(scale, None, bits, True, axis)
+    scale = jnp.maximum((hi - lo) / (qmax - qmin), SCALE_FLOOR)
+    zero_point = jnp.clip(jnp.round(-lo / scale), qmin, qmax).astype(jnp.int32)
+    return QParams(scale, zero_point, bits, False, axis)
+
+
+def _minmax_qparams(x: jax.Array, bits: Any, symmetric: bool, axis: int | None) -> QParams:
+    reduce = None if axis is None else tuple(a for a in range(x.ndim) if a != axis)
+    return _from_range(jnp.min(x, axis=reduce), jnp.max(x, axis=reduce), bits, symmetric, axis)
+
+
+# One compiled call per shape when bits is a Python int (static); traced bits run inline.
+_minmax_qparams_jit = jax.jit(_minmax_qparams, static_argnums=(1, 2, 3))
+_from_range_jit = jax.jit(_from_range, static_argnums=(2, 3, 4))
+
+
+def compute_qparams(x: jax.typing.ArrayLike, bits: Any = 8, *, axis: int | None = None,
+                    symmetric: bool = True, clip: Any = None) -> QParams:
+    """Scale (and zero point) from the min/max of ``x`` or an explicit clipping range.
+
+    Args:
+        x: the tensor to be quantized (finite, non-empty).
+        bits: 1..16 (2..16 when symmetric); may be traced inside ``jit`` (then clipped
+            into that range instead of validated).
+        axis: channel axis for per-channel scales (negative counts from the end), or
+            ``None`` for one scale for the whole tensor.
+        symmetric: signed narrow range, zero point 0; else unsigned with a zero point.
+        clip: optional clipping range: ``c`` (meaning ``[-c, c]``) or ``(lo, hi)``, scalars
+            or per-channel arrays of shape ``(x.shape[axis],)``. Default: min and max of x.
+
+    Returns:
+        :class:`QParams` with ``scale`` of shape ``()`` or ``(x.shape[axis],)``.
+
+    Raises:
+        ValueError: bad ``bits`` or ``axis``, empty ``x``, NaN/inf in ``x``, or ``lo > hi``.
+
+    Examples:
+        >>> w = jnp.array([[0.5, -2.0], [0.25, 1.0]])
+        >>> [round(s, 4) for s in compute_qparams(w, 8, axis=-1).scale.tolist()]
+        [0.0039, 0.0157]
+        >>> qp = compute_qparams(jnp.array([0.0, 3.0]), 2, symmetric=False)
+        >>> float(qp.scale), int(qp.zero_point)
+        (1.0, 0)
+    """
+    x = _as_float(x)
+    bits = _check_bits(bits, symmetric=symmetric)
+    axis = _check_axis(axis, x.ndim)
+    static = not _traced(bits)
+    if clip is None:
+        return (_minmax_qparams_jit if static else _minmax_qparams)(x, bits, symmetric, axis)
+    else:
+        lo, hi = (clip if isinstance(clip, (tuple, list)) and len(clip) == 2
+                  else (-jnp.abs(jnp.asarray(clip)), jnp.abs(jnp.asarray(clip))))
+        want = () if axis is None else (x.shape[axis],)
+        lo, hi = (jnp.broadcast_to(jnp.asarray(v, jnp.float32), want) for v in (lo, hi))
+        if not (_traced(lo) or _traced(hi)) and np.any(np.asarray(lo) > np.asarray(hi)):
+            raise ValueError(f"clip range has lo > hi ({clip!r}); pass (lo, hi) with lo <= hi.")
+        static = static and not (_traced(lo) or _traced(hi))
+    return (_from_range_jit if static else _from_range)(lo, hi, bits, symmetric, axis)
+
+
+# --------------------------------------------------------------------------- quantize
+def _bcast(v: jax.Array, qp: QParams, ndim: int) -> jax.Array:
+    if qp.axis is None:
+        return v
+    shape = [1] * ndim
+    shape[qp.axis] = -1
+    return v.reshape(shape)
+
+
+def _check_fits(qp: QParams, shape: tuple[int, ...]) -> None:
+    if qp.axis is None:
+        return
+    if qp.axis >= len(shape) or shape[qp.axis] != qp.scale.shape[0]:
+        raise ValueError(f"QParams are per-channel along axis {qp.axis} with "
+                         f"{qp.scale.shape[0]} channels, but the tensor has shape {shape}; "
+                         "compute them from a tensor of this shape (compute_qparams).")
+
+
+def quantize(x: jax.typing.ArrayLike, qparams: QParams) -> jax.Array:
+    """Integer codes of ``x``: ``clip(round(x / scale) + zero_point, qmin, qmax)``.
+
+    Rounds to nearest (ties to even). The dtype is :func:`storage_dtype`: int8/uint8 up to
+    8 bits, int16/uint16 up to 16, int32 if ``bits`` is traced.
+
+    Examples:
+        >>> qp = compute_qparams(jnp.array([0.0, 1.0]), 8, symmetric=False)
+        >>> quantize(jnp.array([-1.0, 0.25, 2.0]), qp)   # clipped to [0, 255]
+        Array([  0,  64, 255], dtype=uint8)
+    """
+    x = _as_float(x)
+    _check_fits(qparams, x.shape)
+    return _quantize(x, qparams)
+
+
+@jax.jit
+def _quantize(x: jax.Array, qp: QParams) -> jax.Array:
+    qmin, qmax = int_range(qp.bits, qp.symmetric)
+    q = jnp.round(x / _bcast(qp.scale, qp, x.ndim))
+    if qp.zero_point is not None:
+        q = q + _bcast(qp.zero_point, qp, x.ndim)
+    return jnp.clip(q, qmin, qmax).astype(storage_dtype(qp.bits, qp.symmetric))
+
+
+def dequantize(q: jax.typing.ArrayLike, qparams: QParams) -> jax.Array:
+    """Float32 values ``(q - zero_point) * scale`` of integer codes ``q``."""
+    q = jnp.asarray(q)
+    _check_fits(qparams, q.shape)
+    return _dequantize(q, qparams)
+
+
+@jax.jit
+def _dequantize(q: jax.Array, qp: QParams) -> jax.Array:
+    x = q.astype(jnp.float32)
+    if qp.zero_point is not None:
+        x = x - _bcast(qp.zero_point, qp, q.ndim)
+    return x * _bcast(qp.scale, qp, q.ndim)
+
+
+def fake_quant_with(x: jax.typing.ArrayLike, qparams: QParams) -> jax.Array:
+    """``dequantize(quantize(x))`` in float, with a straight-through gradient.
+
+    The forward value is exactly on the quantization grid. The gradient with respect to
+    ``x`` is 1 where ``x`` rounds into ``[qmin, qmax]`` and 0 where it is clipped (the
+    clipped straight-through estimator of quantization-aware training).
+    """
+    x = _as_float(x)
+    _check_fits(qparams, x.shape)
+    return _fake_quant(x, qparams)
+
+
+@jax.jit
+def _fake_quant(x: jax.Array, qp: QParams) -> jax.Array:
+    qmin, qmax = int_range(qp.bits, qp.symmetric)
+    scale = _bcast(qp.scale, qp, x.ndim)
+    zp = 0.0 if qp.zero_point is None else _bcast(qp.zero_point, qp, x.ndim).astype(jnp.float32)
+    v = x / scale + zp
+    inside = (v >= qmin - 0.5) & (v <= qmax + 0.5)
+    dq = (jnp.clip(jnp.round(v), qmin, qmax) - zp) * scale
+    passed = jnp.where(inside, x, jax.lax.stop_gradient(x))
+    return dq + (passed - jax.lax.stop_gradient(passed))
+
+
+def fake_quant(x: jax.typing.ArrayLike, bits: Any = 8, *, axis: int | None = None,
+               symmetric: bool = True, clip: Any = None) -> jax.Array:
+    """Quantize-dequantize ``x`` with ranges from ``x`` itself (or ``clip``), for QAT.
+
+    The range is computed under ``stop_gradient``; the gradient with respect to ``x`` is
+    the straight-through estimator of :func:`fake_quant_with` (identity inside the range).
+
+    ``bits`` may be a traced value: ``jax.jit(lambda x, b: fake_quant(x, b))`` compiles
+    once and serves every bit-width (a slider never recompiles). A traced ``bits`` cannot
+    be validated; it is clipped to 1..16 (2..16 when symmetric).
+
+    Examples:
+        >>> x = jnp.linspace(-1.0, 1.0, 5)
+        >>> fake_quant(x, 2).tolist()
+        [-1.0, 0.0, 0.0, 0.0, 1.0]
+        >>> jax.grad(lambda v: fake_quant(v, 2).sum())(x).tolist()
+        [1.0, 1.0, 1.0, 1.0, 1.0]
+    """
+    x = _as_float(x)
+    qp = compute_qparams(jax.lax.stop_gradient(x), bits, axis=axis, symmetric=symmetric,
+                         clip=clip)
+    return fake_quant_with(x, qp)
+
+
+# --------------------------------------------------------------------------- calibration
+def calibrate(samples: jax.typing.ArrayLike | Sequence[jax.typing.ArrayLike], bits: int = 8,
+              method: str = "minmax", *, percentile: float = 99.99, symmetric: bool = False,
+              num_candidates: int = 100) -> QParams:
+    """Per-tensor QParams for activations, from values seen on a calibration set.
+
+    Methods for the clipping range:
+
+    * ``"minmax"``: the smallest and largest value seen;
+    * ``"percentile"``: the ``percentile``-th (and ``100 - percentile``-th) percentile,
+      of ``|x|`` when symmetric, ignoring rare outliers;
+    * ``"mse"``: among ``num_candidates`` ranges ``f * [min, max]``, ``f = 1/n, ..., 1``,
+      the one whose quantize-dequantize error (mean squared) is smallest. Over 2^20
+      values, a strided subset is scored.
+
+    Args:
+        samples: an array of activations, or a list of batches of them (any shapes).
+        bits: 1..16 (2..16 when symmetric).
+        method: ``"minmax"``, ``"percentile"`` or ``"mse"``.
+        percentile: in (50, 100], for ``"percentile"``.
+        symmetric: default False (unsigned codes with a zero point), which wastes no code
+            on post-ReLU activations.
+        num_candidates: clipping ranges tried by ``"mse"``.
+
+    Raises:
+        ValueError: an empty set, NaN/inf values, a constant set (every value equal: no
+            range can be estimated), an unknown method or bad parameters.
+
+    Examples:
+        >>> acts = jax.nn.relu(jax.random.normal(jax.random.key(0), (10000,)))
+        >>> for method in ("minmax", "percentile", "mse"):
+        ...     qp = calibrate(acts, 4, method, percentile=99.9)
+        ...     err = jnp.mean((dequantize(quantize(acts, qp), qp) - acts) ** 2)
+        ...     print(f"{method:10s} clip at {15 * float(qp.scale):.2f}  mse {float(err):.5f}")
+        minmax     clip at 3.61  mse 0.00243
+        percentile clip at 3.07  mse 0.00177
+        mse        clip at 2.89  mse 0.00170
+    """
+    empty = ("The calibration set is empty; pass activations from at least one batch of "
+             "held-out examples.")
+    if isinstance(samples, (list, tuple)):
+        if not samples:
+            raise ValueError(empty)
+        samples = np.concatenate([np.ravel(np.asarray(v, np.float32)) for v in samples])
+    flat = np.ravel(np.asarray(samples, np.float32))  # a one-shot host-side tool
+    if flat.size == 0:
+        raise ValueError(empty)
+    _as_float(flat, "calibration samples")
+    bits = _check_bits(bits, symmetric=symmetric, allow_traced=False)
+    lo, hi = float(flat.min()), float(flat.max())
+    if lo == hi:
+        raise ValueError(f"All {flat.size} calibration values equal {lo:g}: a clipping "
+                         "range cannot be estimated. Calibrate on more varied data, or set "
+                         "the range yourself with compute_qparams(x, bits, clip=(lo, hi)).")
+    if method == "minmax":
+        pass
+    elif method == "percentile":
+        if not 50.0 < percentile <= 100.0:
+            raise ValueError(f"percentile must be in (50, 100], got {percentile!r}; 99.99 is "
+                             "a common choice.")
+        if symmetric:
+            hi = float(np.percentile(np.abs(flat), percentile))
+            lo = -hi
+        else:
+            lo, hi = (float(v) for v in np.percentile(flat, [100.0 - percentile, percentile]))
+        if max(-lo, hi) <= 0.0:
+            raise ValueError(f"The {percentile}th percentile range is [0, 0] (almost every "
+                             "value is 0); use a higher percentile or method='minmax'.")
+    elif method == "mse":
+        if isinstance(num_candidates, bool) or not isinstance(num_candidates, int) \
+                or num_candidates < 1:
+            raise ValueError(f"num_candidates must be a positive integer, got "
+                             f"{num_candidates!r}.")
+        data = jnp.asarray(flat[:: max(1, math.ceil(flat.size / _MSE_MAX_VALUES))])
+        best = float(_mse_fraction(data, lo, hi, bits, symmetric, num_candidates))
+        lo, hi = lo * best, hi * best
+    else:
+        raise ValueError(f"method must be 'minmax', 'percentile' or 'mse', got {method!r}.")
+    return _from_range_jit(lo, hi, bits, symmetric, None)
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4, 5))
+def _mse_fraction(data: jax.Array, lo: Any, hi: Any, bits: int, symmetric: bool,
+                  num_candidates: int) -> jax.Array:
+    """The fraction ``f`` of ``[lo, hi]`` whose fake-quant error on ``data`` is smallest."""
+    def error(f):
+        qp = _from_range(lo * f, hi * f, bits, symmetric, None)
+        return jnp.mean((_fake_quant(data, qp) - data) ** 2)
+
+    fractions = jnp.arange(1, num_candidates + 1, dtype=jnp.float32) / num_candidates
+    return fractions[jnp.argmin(jax.lax.map(error, fractions))]
+
+
+# --------------------------------------------------------------------------- packing
+def packed_nbytes(num_values: int, bits: int) -> int:
+    """Bytes that :func:`pack` writes for ``num_values`` codes of ``bits`` bits."""
+    return math.ceil(num_values * bits / 8)
+
+
+def pack(q: jax.typing.ArrayLike, bits: int, *, signed: bool | None = None) -> jax.Array:
+    """Pack integer codes into a dense little-endian bitstream of ``bits`` bits each.
+
+    Code ``i`` occupies bits ``i*bits .. (i+1)*bits - 1`` of the stream, least significant
+    bit first; signed codes are stored in ``bits``-bit two's complement. Any width 1..16.
+
+    Args:
+        q: integer codes (e.g. from :func:`quantize`), any shape; flattened in C order.
+        bits: width of each code, a Python int in 1..16.
+        signed: whether the codes are signed; default: from ``q``'s dtype.
+
+    Returns:
+        1-D uint8 array of :func:`packed_nbytes` ``(q.size, bits)`` bytes.
+
+    Raises:
+        ValueError: float input, bad ``bits``, or codes that do not fit ``bits`` bits.
+
+    Examples:
+        >>> pack(jnp.array([1, 2, 3], jnp.uint8), 2)          # 0b00_11_10_01
+        Array([57], dtype=uint8)
+        >>> unpack(pack(jnp.array([-2, 1, 0], jnp.int8), 2), 2, (3,), signed=True)
+        Array([-2,  1,  0], dtype=int8)
+    """
+    q = jnp.asarray(q)
+    if not jnp.issubdtype(q.dtype, jnp.integer):
+        raise ValueError(f"pack takes integer codes, got dtype {q.dtype}; call quantize first.")
+    bits = _check_bits(bits, allow_traced=False)
+    if signed is None:
+        signed = bool(jnp.issubdtype(q.dtype, jnp.signedinteger))
+    lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+    if q.size and not _traced(q):
+        qmin, qmax = int(np.asarray(q).min()), int(np.asarray(q).max())
+        if qmin < lo or qmax > hi:
+            raise ValueError(f"Codes in [{qmin}, {qmax}] do not fit "
+                             f"{'signed' if signed else 'unsigned'} {bits}-bit [{lo}, {hi}]; "
+                             "use more bits, or signed=False for non-negative codes.")
+    return _pack(q, bits)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _pack(q: jax.Array, bits: int) -> jax.Array:
+    v = q.reshape(-1).astype(jnp.int32) & ((1 << bits) - 1)  # two's complement low bits
+    stream = ((v[:, None] >> jnp.arange(bits)) & 1).reshape(-1)
+    stream = jnp.pad(stream, (0, (-stream.size) % 8))
+    return jnp.sum(stream.reshape(-1, 8) << jnp.arange(8), axis=1).astype(jnp.uint8)
+
+
+def unpack(packed: jax.typing.ArrayLike, bits: int, shape: Sequence[int],
+           signed: bool) -> jax.Array:
+    """Inverse of :func:`pack`: codes of ``shape`` in :func:`storage_dtype` ``(bits, signed)``.
+
+    Raises:
+        ValueError: ``packed`` is not uint8 or has the wrong length for ``shape`` and
+            ``bits`` (truncated data, or the wrong shape/bits).
+    """
+    packed = jnp.asarray(packed)
+    bits = _check_bits(bits, allow_traced=False)
+    shape = tuple(int(s) for s in shape)
+    n = math.prod(shape)
+    if packed.dtype != jnp.uint8 or packed.shape != (packed_nbytes(n, bits),):
+        raise ValueError(f"packed must be 1-D uint8 of {packed_nbytes(n, bits)} bytes for "
+                         f"shape {shape} at {bits} bits, got {packed.dtype} {packed.shape}; "
+                         "the data is truncated or shape/bits do not match what was packed.")
+    return _unpack(packed, bits, shape, bool(signed))
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _unpack(packed: jax.Array, bits: int, shape: tuple[int, ...], signed: bool) -> jax.Array:
+    n = math.prod(shape)
+    stream = ((packed[:, None].astype(jnp.int32) >> jnp.arange(8)) & 1).reshape(-1)
+    v = jnp.sum(stream[: n * bits].reshape(n, bits) << jnp.arange(bits), axis=1)
+    if signed:
+        v = jnp.where(v >= 2 ** (bits - 1), v - 2**bits, v)
+    return v.astype(storage_dtype(bits, signed)).reshape(shape)
+
+
+class QuantizedTensor(NamedTuple):
+    """A tensor as stored: packed codes, their :class:`QParams`, and the original shape.
+
+    ``nbytes`` counts what is stored: the packed bytes, the float32 scales and (asymmetric
+    only) the int32 zero points.
+    """
+
+    data: jax.Array
+    qparams: QParams
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        zp = self.qparams.zero_point
+        return int(self.data.nbytes + self.qparams.scale.nbytes
+                   + (0 if zp is None else zp.nbytes))
+
+    def dequantize(self) -> jax.Array:
+        """The float32 tensor the codes stand for."""
+        qp = self.qparams
+        return dequantize(unpack(self.data, qp.bits, self.shape, qp.symmetric), qp)
+
+
+jax.tree_util.register_pytree_node(
+    QuantizedTensor, lambda t: ((t.data, t.qparams), t.shape),
+    lambda shape, ch: QuantizedTensor(ch[0], ch[1], shape))
+
+
+def quantize_tensor(x: jax.typing.ArrayLike, bits: int = 8, *, axis: int | None = None,
+                    symmetric: bool = True, clip: Any = None) -> QuantizedTensor:
+    """Quantize ``x`` and pack the codes (``bits`` must be a Python int).
+
+    Examples:
+        >>> w = jax.random.normal(jax.random.key(0), (256, 128))
+        >>> qt = quantize_tensor(w, 4, axis=-1)
+        >>> qt.nbytes, round(qt.nbytes / w.nbytes, 3)     # 16384 packed + 128 scales * 4
+        (16896, 0.129)
+    """
+    bits = _check_bits(bits, symmetric=symmetric, allow_traced=False)
+    qp = compute_qparams(x, bits, axis=axis, symmetric=symmetric, clip=clip)
+    q = quantize(x, qp)
+    return QuantizedTensor(pack(q, bits, signed=symmetric), qp, tuple(q.shape))
+
+
+def _path_name(path: tuple) -> str:
+    parts = []
+    for key in path:
+        for attr in ("key", "idx", "name"):
+            if hasattr(key, attr):
+                parts.append(str(getattr(key, attr)))
+                break
+        else:
+            parts.append(str(key))
+    return ".".join(parts)
+
+
+def _default_filter(path: str, leaf: jax.Array) -> bool:
+    return jnp.ndim(leaf) >= 2
+
+
+def quantize_tree(params: Params, bits: int | Mapping[str, int] = 8, *,
+                  axis: int | None = -1, symmetric: bool = True,
+                  filter: Callable[[str, jax.Array], bool] = _default_filter) -> Params:
+    """Replace selected leaves of a params pytree by :class:`QuantizedTensor`.
+
+    Args:
+        params: a pytree of arrays, e.g. ``nnx.to_pure_dict(nnx.state(model, nnx.Param))``
+            (an ``nnx.State`` or a model is converted that way).
+        bits: one width for every quantized leaf, or ``{"layers.0.kernel": 4, ...}`` by
+            dotted path (mixed precision); the mapping must name every selected leaf.
+        axis: per-channel axis; default ``-1``, the output channel of Flax ``Linear``
+            ``(in, out)`` and ``Conv`` ``(kh, kw, in, out)`` kernels. ``None``: per tensor.
+        symmetric: see :func:`compute_qparams`.
+        filter: ``filter(path, leaf) -> bool`` picks leaves; default: kernels (ndim >= 2),
+            biases stay float32.
+
+    Examples:
+        >>> params = {"dense": {"kernel": jnp.ones((4, 3)), "bias": jnp.zeros(3)}}
+        >>> q = quantize_tree(params, 4)
+        >>> type(q["dense"]["kernel"]).__name__, tree_nbytes(q)   # 6 + 12 + 12 bytes
+        ('QuantizedTensor', 30)
+    """
+    if isinstance(params, nnx.Module):
+        params = nnx.state(params, nnx.Param)
+    if isinstance(params, nnx.State):
+        params = nnx.to_pure_dict(params)
+    chosen = [(_path_name(p), leaf) for p, leaf in jax.tree_util.tree_leaves_with_path(params)
+              if filter(_path_name(p), leaf)]
+    if not chosen:
+        raise ValueError("No leaf of params passed the filter; nothing to quantize. Check "
+                         "the filter (default: arrays with ndim >= 2).")
+    if isinstance(bits, Mapping):
+        missing = [name for name, _ in chosen if name not in bits]
+        if missing:
+            raise ValueError(f"bits has no entry for {missing}; give every quantized leaf a "
+                             "width, or pass one int for all.")
+
+    def one(path, leaf):
+        name = _path_name(path)
+        if not filter(name, leaf):
+            return leaf
+        b = bits[name] if isinstance(bits, Mapping) else bits
+        try:
+            return quantize_tensor(leaf, b, axis=axis, symmetric=symmetric)
+        except ValueError as err:
+            raise ValueError(f"{name}: {err}") from err
+
+    return jax.tree_util.tree_map_with_path(one, params)
+
+
+def _is_qt(x: Any) -> bool:
+    return isinstance(x, QuantizedTensor)
+
+
+def dequantize_tree(qtree: Params) -> Params:
+    """Float32 params from :func:`quantize_tree`'s output (other leaves unchanged)."""
+    return jax.tree.map(lambda v: v.dequantize() if _is_qt(v) else v, qtree, is_leaf=_is_qt)
+
+
+def tree_nbytes(qtree: Params) -> int:
+    """Stored bytes of a (partly) quantized pytree: packed tensors plus plain arrays."""
+    leaves = jax.tree.leaves(qtree, is_leaf=_is_qt)
+    return int(sum(v.nbytes if _is_qt(v) else np.asarray(v).nbytes for v in leaves))
+
+
+# --------------------------------------------------------------------------- k-means
+def kmeans_codebook(w: jax.typing.ArrayLike, bits: int, *, iters: int = 20,
+                    init: str = "linear") -> tuple[jax.Array, jax.Array]:
+    """Weight sharing (Han et al., Deep Compression): ``2^bits`` shared values for ``w``.
+
+    One-dimensional k-means (Lloyd's algorithm). ``init="linear"`` spaces the centroids
+    evenly between ``min(w)`` and ``max(w)`` (the paper's best choice: it keeps the rare
+    large weights); ``"density"`` puts them at evenly spaced quantiles. Deterministic.
+    An empty cluster keeps its centroid; centroids stay sorted.
+
+    Returns:
+        ``(codebook, indices)``: float32 ``(2^bits,)`` centroids and uint8 indices of
+        ``w``'s shape, so that ``codebook[indices]`` approximates ``w``.
+
+    Raises:
+        ValueError: bits outside 1..8, negative ``iters``, unknown ``init``, empty or
+            non-finite ``w``.
+
+    Examples:
+        >>> w = jnp.array([-1.0, -0.9, 0.1, 0.2, 0.95])
+        >>> codebook, idx = kmeans_codebook(w, 1)
+        >>> [round(c, 2) for c in codebook.tolist()], idx.tolist()
+        ([-0.95, 0.42], [0, 0, 1, 1, 1])
+    """
+    flat = jnp.ravel(_as_float(w, "w"))
+    bits = _check_bits(bits, max_bits=8, allow_traced=False)
+    if isinstance(iters, bool) or not isinstance(iters, int) or iters < 0:
+        raise ValueError(f"iters must be a non-negative integer, got {iters!r}.")
+    if init not in ("linear", "density"):
+        raise ValueError(f"init must be 'linear' or 'density', got {init!r}.")
+    codebook, idx = _kmeans(flat, 2**bits, iters, init)
+    return codebook, idx.reshape(jnp.shape(w))
+
+
+@functools.partial(jax.jit, static_argnums=(1, 3))
+def _kmeans(flat: jax.Array, k: int, iters: Any, init: str) -> tuple[jax.Array, jax.Array]:
+    if init == "linear":
+        codebook = jnp.linspace(flat.min(), flat.max(), k)
+    else:
+        codebook = jnp.quantile(flat, jnp.linspace(0.0, 1.0, k))
+
+    def assign(c):
+        return jnp.searchsorted((c[1:] + c[:-1]) / 2, flat)
+
+    def step(_, c):
+        idx = assign(c)
+        sums = jax.ops.segment_sum(flat, idx, k)
+        counts = jax.ops.segment_sum(jnp.ones_like(flat), idx, k)
+        return jnp.sort(jnp.where(counts > 0, sums / jnp.maximum(counts, 1.0), c))
+
+    codebook = jax.lax.fori_loop(0, iters, step, codebook.astype(jnp.float32))
+    return codebook, assign(codebook).astype(jnp.uint8)
+
+
+def codebook_lookup(codebook: jax.Array, indices: jax.Array) -> jax.Array:
+    """The shared weights ``codebook[indices]``; differentiable in ``codebook``.
+
+    The gradient with respect to a centroid is the sum of the gradients of the weights
+    that share it, which is how Deep Compression fine-tunes centroids.
+
+    Examples:
+        >>> grad = jax.grad(lambda c: codebook_lookup(c, jnp.array([0, 1, 1])).sum())
+        >>> grad(jnp.array([-1.0, 1.0])).tolist()
+        [1.0, 2.0]
+    """
+    return jnp.take(jnp.asarray(codebook), jnp.asarray(indices), axis=0)
