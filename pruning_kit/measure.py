@@ -330,7 +330,13 @@ def _definition_order(model: nnx.Module, modules: dict[str, Any], path: tuple) -
     """Sort key listing layers in the order ``__init__`` assigned them (conv1, bn1, ...)."""
     key, node = [], model
     for depth, k in enumerate(path):
-        attrs = list(vars(node)) if node is not None and hasattr(node, "__dict__") else []
+        # A module may declare its forward order (``nnx.split``/``merge`` and jit sort the
+        # attributes of a rebuilt module alphabetically); else use the assignment order.
+        declared = getattr(type(node), "LAYER_ORDER", None) if node is not None else None
+        if declared is not None:
+            attrs = list(declared)
+        else:
+            attrs = list(vars(node)) if node is not None and hasattr(node, "__dict__") else []
         key.append(attrs.index(str(k)) if str(k) in attrs else len(attrs))
         node = modules.get(".".join(str(p) for p in path[:depth + 1]))
     return tuple(key)

@@ -137,6 +137,10 @@ class SmallCNN(_Configured):
         (2, 10)
     """
 
+    #: Layers in forward order (tables and channel-removal tools list them this way).
+    LAYER_ORDER = ("conv1", "bn1", "conv2", "bn2", "res_conv1", "res_bn1", "res_conv2",
+                   "res_bn2", "head")
+
     def __init__(self, in_channels: int = 1, widths: Sequence[int] = (16, 32),
                  image_size: int = 28, num_classes: int = 10, *, rngs: nnx.Rngs):
         in_channels = _check_positive("in_channels", in_channels)

@@ -280,8 +280,8 @@ def load_model(path: str | os.PathLike) -> nnx.Module:
                          f"pruning_kit reads format {FORMAT_VERSION}; upgrade pruning_kit.")
     # Build an abstract model (shapes only, no random initialisation to compile), then
     # fill it with the stored arrays.
-    abstract = nnx.eval_shape(lambda: models_lib.build(header["class"], header["config"]))
-    graphdef, state = nnx.split(abstract)
+    model = nnx.eval_shape(lambda: models_lib.build(header["class"], header["config"]))
+    state = nnx.state(model)
     try:
         with np.load(path) as f:
             flat = {k: f[k] for k in f.files if k != "__header__"}
@@ -297,7 +297,7 @@ def load_model(path: str | os.PathLike) -> nnx.Module:
             raise ValueError(f"{path}: array {k} has shape {flat[k].shape}, the model expects "
                              f"{tuple(v.shape)}.")
     nnx.replace_by_pure_dict(state, _unflatten({k: jnp.asarray(v) for k, v in flat.items()}))
-    model = nnx.merge(graphdef, state)
+    nnx.update(model, state)  # in place: the module keeps its definition order
     model.eval()
     return model
 

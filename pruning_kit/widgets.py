@@ -18,7 +18,7 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from pruning_kit import measure
+from pruning_kit import measure, train
 
 
 class LatencyExplorer:
@@ -97,6 +97,142 @@ class LatencyExplorer:
             ax.grid(True, which="both", alpha=0.3)
             ax.legend()
             plt.show()
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.widget)
+
+
+class BitWidthExplorer:
+    """Weight-only quantization of a model, explored with a bit-width slider.
+
+    For each setting (bits, per-tensor or per-channel) the explorer quantizes every kernel
+    (symmetric, round-to-nearest), measures test accuracy with the quantized weights, counts
+    the bytes :func:`pruning_kit.quantize.quantize_tree` really stores (packed codes plus
+    scales), and draws the distribution of the rounding error. Results are cached, so a
+    setting seen once answers immediately; the first visit costs one evaluation (``bits``
+    is a traced value, so no setting recompiles the model).
+
+    Args:
+        model: a trained Flax NNX classifier.
+        x, y: the evaluation set (test set in the notebook).
+        bits_options: the slider's stops.
+
+    Attributes:
+        results: ``{(bits, per_channel): {"accuracy", "bytes", "errors"}}``.
+        bits_slider, per_channel_toggle: the controls; ``readout``: the text shown.
+        last_update_ms: wall time of the last update (computation + drawing).
+    """
+
+    def __init__(self, model: nnx.Module, x: np.ndarray, y: np.ndarray,
+                 bits_options: Sequence[int] = (2, 3, 4, 5, 6, 8), *, precompute: bool = True,
+                 progress: bool = True):
+        import jax
+
+        from pruning_kit import quantize
+
+        if len(x) == 0 or len(x) != len(y):
+            raise ValueError(f"x and y must be non-empty and equally long, got {len(x)} and "
+                             f"{len(y)}.")
+        bits_options = sorted(set(int(b) for b in bits_options))
+        if bits_options[0] < 2 or bits_options[-1] > 16:
+            raise ValueError(f"bits must be between 2 and 16, got {bits_options}.")
+        self._q = quantize
+        model.eval()
+        self._graphdef, self._params, self._rest = nnx.split(model, nnx.Param, ...)
+        self._x, self._y = np.asarray(x), np.asarray(y)
+        self._fp32_bytes = 4 * sum(int(np.size(a)) for a in jax.tree.leaves(self._params))
+
+        def logits(params, bits, x, per_channel):
+            def fq(path, v):
+                is_kernel = v.ndim >= 2
+                if not is_kernel:
+                    return v
+                return quantize.fake_quant(v, bits, axis=-1 if per_channel else None)
+            qparams = jax.tree_util.tree_map_with_path(fq, params)
+            return nnx.merge(self._graphdef, qparams, self._rest)(x)
+
+        self._logits = jax.jit(logits, static_argnums=(3,))
+        self.results: dict[tuple[int, bool], dict] = {}
+        self.bits_options = bits_options
+        self.float_accuracy = 100.0 * train.evaluate(model, self._x, self._y)
+        if precompute:
+            jobs = [(b, pc) for b in bits_options for pc in (True, False)]
+            for b, pc in tqdm(jobs, desc="quantizing", disable=not progress, leave=False):
+                self.result(b, pc)
+        self.bits_slider = W.SelectionSlider(options=bits_options, value=bits_options[-1],
+                                             description="bits", continuous_update=False)
+        self.per_channel_toggle = W.ToggleButtons(options=[("per-channel", True),
+                                                           ("per-tensor", False)],
+                                                  value=True, description="scales")
+        self.label = W.HTML()
+        self.output = W.Output()
+        self.readout = ""
+        self.last_update_ms = float("nan")
+        self.bits_slider.observe(self._update, names="value")
+        self.per_channel_toggle.observe(self._update, names="value")
+        self.widget = W.VBox([W.HBox([self.bits_slider, self.per_channel_toggle]), self.label,
+                              self.output])
+        self._update()
+
+    def _accuracy(self, bits: int, per_channel: bool) -> float:
+        import jax.numpy as jnp
+
+        correct = 0
+        for i in range(0, len(self._x), 2000):
+            logits = self._logits(self._params, jnp.int32(bits), jnp.asarray(self._x[i:i + 2000]),
+                                  per_channel)
+            correct += int((np.asarray(logits).argmax(-1) == self._y[i:i + 2000]).sum())
+        return 100.0 * correct / len(self._x)
+
+    def result(self, bits: int, per_channel: bool) -> dict:
+        """Accuracy (%), stored bytes and rounding errors for one setting (cached)."""
+        import jax
+
+        key = (int(bits), bool(per_channel))
+        if key not in self.results:
+            axis = -1 if per_channel else None
+            qtree = self._q.quantize_tree(self._params, bits, axis=axis)
+            deq = self._q.dequantize_tree(qtree)
+            errors = np.concatenate([
+                (np.asarray(d) - np.asarray(w)).ravel()
+                for w, d in zip(jax.tree.leaves(self._params), jax.tree.leaves(deq),
+                                strict=True) if np.ndim(w) >= 2])
+            self.results[key] = {"accuracy": self._accuracy(bits, per_channel),
+                                 "bytes": self._q.tree_nbytes(qtree), "errors": errors}
+        return self.results[key]
+
+    def _update(self, *_):
+        import time
+
+        start = time.perf_counter()
+        bits, pc = self.bits_slider.value, self.per_channel_toggle.value
+        r = self.result(bits, pc)
+        mode = "per-channel" if pc else "per-tensor"
+        self.readout = (f"{bits}-bit {mode}: accuracy {r['accuracy']:.2f}% "
+                        f"({r['accuracy'] - self.float_accuracy:+.2f} pt), "
+                        f"{r['bytes'] / 1024:.1f} KB stored "
+                        f"({self._fp32_bytes / r['bytes']:.1f}x smaller than float32)")
+        self.label.value = f"<b>{self.readout}</b>"
+        self.output.clear_output(wait=True)
+        with self.output:
+            fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.3))
+            for mode_pc, style in ((True, "o-"), (False, "s--")):
+                accs = [self.result(b, mode_pc)["accuracy"] if (b, mode_pc) in self.results
+                        else np.nan for b in self.bits_options]
+                ax1.plot(self.bits_options, accs, style,
+                         label="per-channel" if mode_pc else "per-tensor")
+            ax1.axhline(self.float_accuracy, color="k", ls=":", label="float32")
+            ax1.plot([bits], [r["accuracy"]], "r*", markersize=15, zorder=5)
+            ax1.set(xlabel="weight bits", ylabel="test accuracy (%)", title="accuracy")
+            ax1.legend(fontsize=8)
+            ax1.grid(alpha=0.3)
+            ax2.hist(r["errors"], bins=80, color="tab:orange")
+            ax2.set(xlabel="quantized - original weight", ylabel="count", yscale="log",
+                    title=f"rounding error, {bits}-bit {mode}")
+            plt.show()
+        self.last_update_ms = 1000 * (time.perf_counter() - start)
 
     def _ipython_display_(self):
         from IPython.display import display

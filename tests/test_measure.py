@@ -247,3 +247,10 @@ def test_machine_info():
             "date"} <= set(info)
     assert info["jax"] == jax.__version__
     assert jax.__version__ in measure.machine_summary()
+
+
+def test_layer_table_keeps_forward_order_after_a_save_load_round_trip(tmp_path):
+    path = train.save_model(models.SmallCNN(widths=(2, 4), image_size=8,
+                                            rngs=nnx.Rngs(0)), tmp_path / "c.npz")
+    names = [r["name"] for r in measure.layer_table(train.load_model(path))]
+    assert names == list(models.SmallCNN.LAYER_ORDER)

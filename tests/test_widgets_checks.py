@@ -53,3 +53,24 @@ def test_checks_accept_right_and_hint_on_wrong(capsys):
         checks.check_choice("a", "b", {"a": "no", "b": "yes"})
     with pytest.raises(checks.CheckFailed, match="one of"):
         checks.check_choice("z", "b", {"a": "no", "b": "yes"})
+
+
+def test_bit_width_explorer_reacts_and_counts_real_bytes(digits):
+    from pruning_kit import train
+
+    model = models.MLP(64, (32,), rngs=nnx.Rngs(0))
+    train.fit(model, digits.x_train, digits.y_train, epochs=5, batch_size=32,
+              learning_rate=3e-3, progress=False)
+    ex = widgets.BitWidthExplorer(model, digits.x_test, digits.y_test, bits_options=(2, 4, 8),
+                                  progress=False)
+    assert set(ex.results) == {(b, pc) for b in (2, 4, 8) for pc in (True, False)}
+    assert ex.readout.startswith("8-bit per-channel")
+    r8, r2 = ex.results[(8, True)], ex.results[(2, True)]
+    assert abs(r8["accuracy"] - ex.float_accuracy) < 2.0
+    assert r2["bytes"] < ex.results[(4, True)]["bytes"] < r8["bytes"] < 4 * 2410
+    ex.bits_slider.value = 2
+    ex.per_channel_toggle.value = False
+    assert ex.readout.startswith("2-bit per-tensor")
+    assert ex.last_update_ms > 0
+    with pytest.raises(ValueError, match="between 2 and 16"):
+        widgets.BitWidthExplorer(model, digits.x_test, digits.y_test, bits_options=(1, 4))
