@@ -78,3 +78,21 @@ def check_choice(answer, correct: str, options: dict[str, str]) -> None:
     if key != correct:
         raise CheckFailed(f"Not this one: {options[key]}")
     print(f"Correct: {options[key]}")
+
+
+def check_scale(answer, max_abs: float, bits: int) -> None:
+    """Scale of a symmetric narrow-range ``bits``-bit grid for ``[-max_abs, max_abs]``."""
+    qmax = 2 ** (bits - 1) - 1
+    expected = max_abs / qmax
+    got = _number(answer, "the scale")
+    if abs(got - max_abs / 2 ** (bits - 1)) < 1e-12:
+        raise CheckFailed(f"Close: the narrow symmetric range stops at +-{qmax}, not "
+                          f"{2 ** (bits - 1)} (the code -{2 ** (bits - 1)} is left unused).")
+    if abs(got - 2 * max_abs / (2 ** bits - 1)) < 1e-12:
+        raise CheckFailed("That is the asymmetric scale (range / (2^b - 1)). Symmetric grids "
+                          "put max|x| on the largest positive code.")
+    if abs(got - expected) > 1e-9 * max(1.0, expected):
+        raise CheckFailed(f"Not quite. The largest magnitude should land on the largest code, "
+                          f"{qmax}.")
+    print(f"Correct: scale = {max_abs:g} / {qmax} = {expected:.6g}; rounding error <= "
+          f"{expected / 2:.3g}.")

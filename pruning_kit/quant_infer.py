@@ -19,6 +19,7 @@ Introduced in ``notebooks/01_quantization.ipynb``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -196,20 +197,24 @@ def _int_layer(name: str, kernel: Any, bias: Any, act_in: QParams, weight_bits: 
 
 
 def _calibrate_all(samples: dict[str, jax.Array], act_bits: int, method: str,
-                   percentile: float) -> dict[str, QParams]:
+                   percentile: float, output_bits: int | None = None) -> dict[str, QParams]:
     out = {}
     for name, value in samples.items():
+        bits = output_bits if name == "logits" and output_bits is not None else act_bits
         try:
-            out[name] = calibrate(value, act_bits, method, percentile=percentile)
+            out[name] = calibrate(value, bits, method, percentile=percentile)
         except ValueError as err:
             raise ValueError(f"Calibrating the activations '{name}': {err}") from err
     return out
 
 
-def _check_setup(weight_bits: int, act_bits: int, calib_x: Any) -> jax.Array:
+def _check_setup(weight_bits: int, act_bits: int, calib_x: Any,
+                 output_bits: int | None = None) -> jax.Array:
     _check_bits(weight_bits, symmetric=True, max_bits=8, allow_traced=False,
                 name="weight_bits")
     _check_bits(act_bits, max_bits=8, allow_traced=False, name="act_bits")
+    if output_bits is not None:
+        _check_bits(output_bits, max_bits=8, allow_traced=False, name="output_bits")
     x = jnp.asarray(calib_x, jnp.float32)
     if x.ndim == 0 or x.shape[0] == 0:
         raise ValueError(f"calib_x must be a non-empty batch of inputs, got shape {x.shape}; "
@@ -217,9 +222,26 @@ def _check_setup(weight_bits: int, act_bits: int, calib_x: Any) -> jax.Array:
     return x
 
 
+def _check_act_qparams(act_qparams: Sequence[QParams], num_layers: int,
+                       act_bits: int) -> tuple[QParams, ...]:
+    act_qparams = tuple(act_qparams)
+    if len(act_qparams) != num_layers:
+        raise ValueError(f"act_qparams must hold one QParams per layer input ({num_layers}: "
+                         f"the input and each hidden activation), got {len(act_qparams)}.")
+    for i, qp in enumerate(act_qparams):
+        if not isinstance(qp, QParams) or qp.symmetric or qp.axis is not None \
+                or qp.bits != act_bits:
+            raise ValueError(f"act_qparams[{i}] must be per-tensor unsigned {act_bits}-bit "
+                             "QParams (from calibrate(samples, act_bits)), got "
+                             f"{qp!r:.120}.")
+    return act_qparams
+
+
 def quantize_mlp(model: models_lib.MLP, calib_x: jax.typing.ArrayLike, *,
                  weight_bits: int = 8, act_bits: int = 8, per_channel: bool = True,
-                 method: str = "minmax", percentile: float = 99.99) -> IntegerMLP:
+                 method: str = "minmax", percentile: float = 99.99,
+                 output_bits: int | None = None,
+                 act_qparams: Sequence[QParams] | None = None) -> IntegerMLP:
     """Build the integer version of an MLP (Linear layers with ReLU between).
 
     Args:
@@ -230,6 +252,13 @@ def quantize_mlp(model: models_lib.MLP, calib_x: jax.typing.ArrayLike, *,
         per_channel: one weight scale per output neuron (else one per layer).
         method, percentile: activation calibration, see
             :func:`pruning_kit.quantize.calibrate`.
+        output_bits: bits of the output codes (the logits), 1..8; default ``act_bits``.
+            Low-bit activation schemes usually keep the logits at 8 bits: they feed no
+            layer, and 16 levels (4 bits) make the top classes tie.
+        act_qparams: optional fixed QParams of each layer's input (input, then each
+            post-ReLU hidden activation; one per layer, unsigned ``act_bits``-bit), e.g.
+            the ranges a quantization-aware training used (:mod:`pruning_kit.qat`);
+            default: calibrate them on ``calib_x``. The logits are calibrated either way.
 
     Examples:
         >>> from flax import nnx
@@ -246,7 +275,7 @@ def quantize_mlp(model: models_lib.MLP, calib_x: jax.typing.ArrayLike, *,
     if not isinstance(model, models_lib.MLP):
         raise ValueError(f"quantize_mlp takes a pruning_kit.models.MLP, got "
                          f"{type(model).__name__}; for a SmallCNN use quantize_cnn.")
-    x = _check_setup(weight_bits, act_bits, calib_x)
+    x = _check_setup(weight_bits, act_bits, calib_x, output_bits)
     h = x.reshape(x.shape[0], -1)
     layers = list(model.layers)
     samples = {"input": h}
@@ -254,7 +283,12 @@ def quantize_mlp(model: models_lib.MLP, calib_x: jax.typing.ArrayLike, *,
         h = h @ layer.kernel[...] + layer.bias[...]
         h = jax.nn.relu(h) if i < len(layers) - 1 else h
         samples[f"layers.{i}" if i < len(layers) - 1 else "logits"] = h
-    acts = tuple(_calibrate_all(samples, act_bits, method, percentile).values())
+    if act_qparams is not None:
+        fixed = _check_act_qparams(act_qparams, len(layers), act_bits)
+        samples = {"logits": samples["logits"]}
+    acts = tuple(_calibrate_all(samples, act_bits, method, percentile, output_bits).values())
+    if act_qparams is not None:
+        acts = fixed + acts
     qlayers = tuple(_int_layer(f"layers.{i}", layer.kernel[...], layer.bias[...], acts[i],
                                weight_bits, per_channel) for i, layer in enumerate(layers))
     return IntegerMLP(qlayers, acts)
@@ -262,12 +296,14 @@ def quantize_mlp(model: models_lib.MLP, calib_x: jax.typing.ArrayLike, *,
 
 def quantize_cnn(model: models_lib.SmallCNN, calib_x: jax.typing.ArrayLike, *,
                  weight_bits: int = 8, act_bits: int = 8, per_channel: bool = True,
-                 method: str = "minmax", percentile: float = 99.99) -> IntegerCNN:
+                 method: str = "minmax", percentile: float = 99.99,
+                 output_bits: int | None = None) -> IntegerCNN:
     """Fold BatchNorm (:func:`fold_cnn`), then build the integer SmallCNN; arguments as
     :func:`quantize_mlp`. The residual add is done on the int32 accumulator, rescaled."""
     folded = fold_cnn(model)
-    x = _check_setup(weight_bits, act_bits, calib_x)
-    acts = _calibrate_all(_cnn_float_jit(folded, x), act_bits, method, percentile)
+    x = _check_setup(weight_bits, act_bits, calib_x, output_bits)
+    acts = _calibrate_all(_cnn_float_jit(folded, x), act_bits, method, percentile,
+                          output_bits)
     inputs = {"conv1": "input", "conv2": "conv1", "res_conv1": "conv2",
               "res_conv2": "res_conv1", "head": "residual"}
     layers = {name: _int_layer(name, *folded[name], acts[inputs[name]], weight_bits,

@@ -1,4 +1,4 @@
-"""Uniform quantization, calibration, sub-byte packing and k-means weight sharing.
+"""Uniform affine quantization: quantize, dequantize, fake-quant and calibration.
 
 Uniform affine quantization maps a real value ``x`` to an integer code ``q`` on a grid of
 step ``scale``::
@@ -20,9 +20,19 @@ all-zero tensor or channel) gets the scale :data:`SCALE_FLOOR` (float32 epsilon,
 PyTorch's observers do) instead of a NaN.
 
 Sections: parameters and validation; quantize / dequantize / fake-quant (straight-through
-estimator, traced ``bits`` allowed); calibration of activation ranges; sub-byte packing and
-:class:`QuantizedTensor` over a params pytree; k-means weight sharing (Deep Compression).
-BatchNorm folding and integer inference live in :mod:`pruning_kit.quant_infer`.
+estimator, traced ``bits`` allowed); calibration of activation ranges and MSE-optimal
+weight clipping (:func:`mse_clip`). The rest of the
+quantization toolkit builds on this core, one idea per module:
+
+* :mod:`pruning_kit.quant_storage` -- sub-byte packing, :class:`QuantizedTensor` and
+  :func:`quantize_tree` over a params pytree, stored bytes;
+* :mod:`pruning_kit.codebook` -- k-means weight sharing (Deep Compression);
+* :mod:`pruning_kit.quant_infer` -- BatchNorm folding and real integer inference;
+* :mod:`pruning_kit.qat` -- quantization-aware training and trained k-means;
+* :mod:`pruning_kit.mixed_precision` -- bits per layer under a size budget.
+
+The names of ``quant_storage`` and ``codebook`` are importable from here too
+(``from pruning_kit.quantize import pack, quantize_tree, kmeans_codebook``).
 
 Introduced in ``notebooks/01_quantization.ipynb``.
 
@@ -39,20 +49,35 @@ Examples:
 from __future__ import annotations
 
 import functools
+import importlib
 import math
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
+
+if TYPE_CHECKING:  # for readers and type checkers; at run time see __getattr__ below
+    from pruning_kit.codebook import codebook_lookup, codebook_nbytes, kmeans_codebook
+    from pruning_kit.quant_storage import (
+        QuantizedTensor,
+        dequantize_tree,
+        pack,
+        packed_nbytes,
+        quantize_tensor,
+        quantize_tree,
+        tree_nbytes,
+        unpack,
+    )
 
 __all__ = [
-    "MAX_BITS", "SCALE_FLOOR", "QParams", "QuantizedTensor", "calibrate", "codebook_lookup",
-    "compute_qparams", "dequantize", "dequantize_tree", "fake_quant", "fake_quant_with",
-    "int_range", "kmeans_codebook", "pack", "packed_nbytes", "quantize", "quantize_tensor",
-    "quantize_tree", "storage_dtype", "tree_nbytes", "unpack",
+    "MAX_BITS", "SCALE_FLOOR", "QParams", "calibrate", "compute_qparams", "dequantize",
+    "fake_quant", "fake_quant_with", "int_range", "mse_clip", "quantize", "storage_dtype",
+    # re-exported from quant_storage and codebook (see __getattr__ at the bottom)
+    "QuantizedTensor", "codebook_lookup", "codebook_nbytes", "dequantize_tree",
+    "kmeans_codebook", "pack", "packed_nbytes", "quantize_tensor", "quantize_tree",
+    "tree_nbytes", "unpack",
 ]
 
 Params = Any
@@ -450,276 +475,89 @@ def _mse_fraction(data: jax.Array, lo: Any, hi: Any, bits: int, symmetric: bool,
     return fractions[jnp.argmin(jax.lax.map(error, fractions))]
 
 
-# --------------------------------------------------------------------------- packing
-def packed_nbytes(num_values: int, bits: int) -> int:
-    """Bytes that :func:`pack` writes for ``num_values`` codes of ``bits`` bits."""
-    return math.ceil(num_values * bits / 8)
+def mse_clip(x: jax.typing.ArrayLike, bits: int = 8, *, axis: int | None = None,
+             symmetric: bool = True, num_candidates: int = 100) -> tuple[jax.Array, jax.Array]:
+    """The clipping range with the smallest quantization error, per tensor or per channel.
 
-
-def pack(q: jax.typing.ArrayLike, bits: int, *, signed: bool | None = None) -> jax.Array:
-    """Pack integer codes into a dense little-endian bitstream of ``bits`` bits each.
-
-    Code ``i`` occupies bits ``i*bits .. (i+1)*bits - 1`` of the stream, least significant
-    bit first; signed codes are stored in ``bits``-bit two's complement. Any width 1..16.
-
-    Args:
-        q: integer codes (e.g. from :func:`quantize`), any shape; flattened in C order.
-        bits: width of each code, a Python int in 1..16.
-        signed: whether the codes are signed; default: from ``q``'s dtype.
-
-    Returns:
-        1-D uint8 array of :func:`packed_nbytes` ``(q.size, bits)`` bytes.
-
-    Raises:
-        ValueError: float input, bad ``bits``, or codes that do not fit ``bits`` bits.
-
-    Examples:
-        >>> pack(jnp.array([1, 2, 3], jnp.uint8), 2)          # 0b00_11_10_01
-        Array([57], dtype=uint8)
-        >>> unpack(pack(jnp.array([-2, 1, 0], jnp.int8), 2), 2, (3,), signed=True)
-        Array([-2,  1,  0], dtype=int8)
-    """
-    q = jnp.asarray(q)
-    if not jnp.issubdtype(q.dtype, jnp.integer):
-        raise ValueError(f"pack takes integer codes, got dtype {q.dtype}; call quantize first.")
-    bits = _check_bits(bits, allow_traced=False)
-    if signed is None:
-        signed = bool(jnp.issubdtype(q.dtype, jnp.signedinteger))
-    lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
-    if q.size and not _traced(q):
-        qmin, qmax = int(np.asarray(q).min()), int(np.asarray(q).max())
-        if qmin < lo or qmax > hi:
-            raise ValueError(f"Codes in [{qmin}, {qmax}] do not fit "
-                             f"{'signed' if signed else 'unsigned'} {bits}-bit [{lo}, {hi}]; "
-                             "use more bits, or signed=False for non-negative codes.")
-    return _pack(q, bits)
-
-
-@functools.partial(jax.jit, static_argnums=1)
-def _pack(q: jax.Array, bits: int) -> jax.Array:
-    v = q.reshape(-1).astype(jnp.int32) & ((1 << bits) - 1)  # two's complement low bits
-    stream = ((v[:, None] >> jnp.arange(bits)) & 1).reshape(-1)
-    stream = jnp.pad(stream, (0, (-stream.size) % 8))
-    return jnp.sum(stream.reshape(-1, 8) << jnp.arange(8), axis=1).astype(jnp.uint8)
-
-
-def unpack(packed: jax.typing.ArrayLike, bits: int, shape: Sequence[int],
-           signed: bool) -> jax.Array:
-    """Inverse of :func:`pack`: codes of ``shape`` in :func:`storage_dtype` ``(bits, signed)``.
-
-    Raises:
-        ValueError: ``packed`` is not uint8 or has the wrong length for ``shape`` and
-            ``bits`` (truncated data, or the wrong shape/bits).
-    """
-    packed = jnp.asarray(packed)
-    bits = _check_bits(bits, allow_traced=False)
-    shape = tuple(int(s) for s in shape)
-    n = math.prod(shape)
-    if packed.dtype != jnp.uint8 or packed.shape != (packed_nbytes(n, bits),):
-        raise ValueError(f"packed must be 1-D uint8 of {packed_nbytes(n, bits)} bytes for "
-                         f"shape {shape} at {bits} bits, got {packed.dtype} {packed.shape}; "
-                         "the data is truncated or shape/bits do not match what was packed.")
-    return _unpack(packed, bits, shape, bool(signed))
-
-
-@functools.partial(jax.jit, static_argnums=(1, 2, 3))
-def _unpack(packed: jax.Array, bits: int, shape: tuple[int, ...], signed: bool) -> jax.Array:
-    n = math.prod(shape)
-    stream = ((packed[:, None].astype(jnp.int32) >> jnp.arange(8)) & 1).reshape(-1)
-    v = jnp.sum(stream[: n * bits].reshape(n, bits) << jnp.arange(bits), axis=1)
-    if signed:
-        v = jnp.where(v >= 2 ** (bits - 1), v - 2**bits, v)
-    return v.astype(storage_dtype(bits, signed)).reshape(shape)
-
-
-class QuantizedTensor(NamedTuple):
-    """A tensor as stored: packed codes, their :class:`QParams`, and the original shape.
-
-    ``nbytes`` counts what is stored: the packed bytes, the float32 scales and (asymmetric
-    only) the int32 zero points.
-    """
-
-    data: jax.Array
-    qparams: QParams
-    shape: tuple[int, ...]
-
-    @property
-    def nbytes(self) -> int:
-        zp = self.qparams.zero_point
-        return int(self.data.nbytes + self.qparams.scale.nbytes
-                   + (0 if zp is None else zp.nbytes))
-
-    def dequantize(self) -> jax.Array:
-        """The float32 tensor the codes stand for."""
-        qp = self.qparams
-        return dequantize(unpack(self.data, qp.bits, self.shape, qp.symmetric), qp)
-
-
-jax.tree_util.register_pytree_node(
-    QuantizedTensor, lambda t: ((t.data, t.qparams), t.shape),
-    lambda shape, ch: QuantizedTensor(ch[0], ch[1], shape))
-
-
-def quantize_tensor(x: jax.typing.ArrayLike, bits: int = 8, *, axis: int | None = None,
-                    symmetric: bool = True, clip: Any = None) -> QuantizedTensor:
-    """Quantize ``x`` and pack the codes (``bits`` must be a Python int).
-
-    Examples:
-        >>> w = jax.random.normal(jax.random.key(0), (256, 128))
-        >>> qt = quantize_tensor(w, 4, axis=-1)
-        >>> qt.nbytes, round(qt.nbytes / w.nbytes, 3)     # 16384 packed + 128 scales * 4
-        (16896, 0.129)
-    """
-    bits = _check_bits(bits, symmetric=symmetric, allow_traced=False)
-    qp = compute_qparams(x, bits, axis=axis, symmetric=symmetric, clip=clip)
-    q = quantize(x, qp)
-    return QuantizedTensor(pack(q, bits, signed=symmetric), qp, tuple(q.shape))
-
-
-def _path_name(path: tuple) -> str:
-    parts = []
-    for key in path:
-        for attr in ("key", "idx", "name"):
-            if hasattr(key, attr):
-                parts.append(str(getattr(key, attr)))
-                break
-        else:
-            parts.append(str(key))
-    return ".".join(parts)
-
-
-def _default_filter(path: str, leaf: jax.Array) -> bool:
-    return jnp.ndim(leaf) >= 2
-
-
-def quantize_tree(params: Params, bits: int | Mapping[str, int] = 8, *,
-                  axis: int | None = -1, symmetric: bool = True,
-                  filter: Callable[[str, jax.Array], bool] = _default_filter) -> Params:
-    """Replace selected leaves of a params pytree by :class:`QuantizedTensor`.
+    Among ``num_candidates`` ranges ``f * [min, max]`` (``f = 1/n, ..., 1``; symmetric:
+    ``f * [-max|x|, max|x|]``), chosen separately for each channel along ``axis``, the one
+    whose quantize-dequantize squared error on ``x`` is smallest. Clipping a few large
+    weights buys a finer step for all the others, which matters at 4 bits and below. The
+    weight-side sibling of ``calibrate(..., method="mse")``; usable inside ``jit`` (``x``
+    may be traced, ``bits`` must be a Python int).
 
     Args:
-        params: a pytree of arrays, e.g. ``nnx.to_pure_dict(nnx.state(model, nnx.Param))``
-            (an ``nnx.State`` or a model is converted that way).
-        bits: one width for every quantized leaf, or ``{"layers.0.kernel": 4, ...}`` by
-            dotted path (mixed precision); the mapping must name every selected leaf.
-        axis: per-channel axis; default ``-1``, the output channel of Flax ``Linear``
-            ``(in, out)`` and ``Conv`` ``(kh, kw, in, out)`` kernels. ``None``: per tensor.
+        x: the tensor (a kernel, say).
+        bits: 1..16 (2..16 when symmetric), a Python int.
+        axis: channel axis (``-1``: the output channel of a Flax kernel) or ``None``.
         symmetric: see :func:`compute_qparams`.
-        filter: ``filter(path, leaf) -> bool`` picks leaves; default: kernels (ndim >= 2),
-            biases stay float32.
-
-    Examples:
-        >>> params = {"dense": {"kernel": jnp.ones((4, 3)), "bias": jnp.zeros(3)}}
-        >>> q = quantize_tree(params, 4)
-        >>> type(q["dense"]["kernel"]).__name__, tree_nbytes(q)   # 6 + 12 + 12 bytes
-        ('QuantizedTensor', 30)
-    """
-    if isinstance(params, nnx.Module):
-        params = nnx.state(params, nnx.Param)
-    if isinstance(params, nnx.State):
-        params = nnx.to_pure_dict(params)
-    chosen = [(_path_name(p), leaf) for p, leaf in jax.tree_util.tree_leaves_with_path(params)
-              if filter(_path_name(p), leaf)]
-    if not chosen:
-        raise ValueError("No leaf of params passed the filter; nothing to quantize. Check "
-                         "the filter (default: arrays with ndim >= 2).")
-    if isinstance(bits, Mapping):
-        missing = [name for name, _ in chosen if name not in bits]
-        if missing:
-            raise ValueError(f"bits has no entry for {missing}; give every quantized leaf a "
-                             "width, or pass one int for all.")
-
-    def one(path, leaf):
-        name = _path_name(path)
-        if not filter(name, leaf):
-            return leaf
-        b = bits[name] if isinstance(bits, Mapping) else bits
-        try:
-            return quantize_tensor(leaf, b, axis=axis, symmetric=symmetric)
-        except ValueError as err:
-            raise ValueError(f"{name}: {err}") from err
-
-    return jax.tree_util.tree_map_with_path(one, params)
-
-
-def _is_qt(x: Any) -> bool:
-    return isinstance(x, QuantizedTensor)
-
-
-def dequantize_tree(qtree: Params) -> Params:
-    """Float32 params from :func:`quantize_tree`'s output (other leaves unchanged)."""
-    return jax.tree.map(lambda v: v.dequantize() if _is_qt(v) else v, qtree, is_leaf=_is_qt)
-
-
-def tree_nbytes(qtree: Params) -> int:
-    """Stored bytes of a (partly) quantized pytree: packed tensors plus plain arrays."""
-    leaves = jax.tree.leaves(qtree, is_leaf=_is_qt)
-    return int(sum(v.nbytes if _is_qt(v) else np.asarray(v).nbytes for v in leaves))
-
-
-# --------------------------------------------------------------------------- k-means
-def kmeans_codebook(w: jax.typing.ArrayLike, bits: int, *, iters: int = 20,
-                    init: str = "linear") -> tuple[jax.Array, jax.Array]:
-    """Weight sharing (Han et al., Deep Compression): ``2^bits`` shared values for ``w``.
-
-    One-dimensional k-means (Lloyd's algorithm). ``init="linear"`` spaces the centroids
-    evenly between ``min(w)`` and ``max(w)`` (the paper's best choice: it keeps the rare
-    large weights); ``"density"`` puts them at evenly spaced quantiles. Deterministic.
-    An empty cluster keeps its centroid; centroids stay sorted.
+        num_candidates: ranges tried per channel.
 
     Returns:
-        ``(codebook, indices)``: float32 ``(2^bits,)`` centroids and uint8 indices of
-        ``w``'s shape, so that ``codebook[indices]`` approximates ``w``.
+        ``(lo, hi)``, float32 of shape ``()`` or ``(x.shape[axis],)``, to pass as
+        ``compute_qparams(x, bits, axis=axis, clip=(lo, hi))``.
 
     Raises:
-        ValueError: bits outside 1..8, negative ``iters``, unknown ``init``, empty or
-            non-finite ``w``.
+        ValueError: bad ``bits``, ``axis`` or ``num_candidates``; empty or non-finite ``x``.
 
     Examples:
-        >>> w = jnp.array([-1.0, -0.9, 0.1, 0.2, 0.95])
-        >>> codebook, idx = kmeans_codebook(w, 1)
-        >>> [round(c, 2) for c in codebook.tolist()], idx.tolist()
-        ([-0.95, 0.42], [0, 0, 1, 1, 1])
+        >>> w = jnp.concatenate([jnp.linspace(-1.0, 1.0, 999), jnp.array([8.0])])
+        >>> lo, hi = mse_clip(w, 4)
+        >>> round(float(hi), 2)                       # the outlier 8.0 gets clipped
+        3.12
+        >>> def mse(clip): return float(jnp.mean((fake_quant(w, 4, clip=clip) - w) ** 2))
+        >>> round(mse(None), 4), round(mse((lo, hi)), 4)
+        (0.1232, 0.039)
     """
-    flat = jnp.ravel(_as_float(w, "w"))
-    bits = _check_bits(bits, max_bits=8, allow_traced=False)
-    if isinstance(iters, bool) or not isinstance(iters, int) or iters < 0:
-        raise ValueError(f"iters must be a non-negative integer, got {iters!r}.")
-    if init not in ("linear", "density"):
-        raise ValueError(f"init must be 'linear' or 'density', got {init!r}.")
-    codebook, idx = _kmeans(flat, 2**bits, iters, init)
-    return codebook, idx.reshape(jnp.shape(w))
+    x = _as_float(x)
+    bits = _check_bits(bits, symmetric=symmetric, allow_traced=False)
+    axis = _check_axis(axis, x.ndim)
+    if isinstance(num_candidates, bool) or not isinstance(num_candidates, int) \
+            or num_candidates < 1:
+        raise ValueError(f"num_candidates must be a positive integer, got {num_candidates!r}.")
+    return _mse_clip(x, bits, symmetric, axis, num_candidates)
 
 
-@functools.partial(jax.jit, static_argnums=(1, 3))
-def _kmeans(flat: jax.Array, k: int, iters: Any, init: str) -> tuple[jax.Array, jax.Array]:
-    if init == "linear":
-        codebook = jnp.linspace(flat.min(), flat.max(), k)
-    else:
-        codebook = jnp.quantile(flat, jnp.linspace(0.0, 1.0, k))
+@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4))
+def _mse_clip(x: jax.Array, bits: int, symmetric: bool, axis: int | None,
+              num_candidates: int) -> tuple[jax.Array, jax.Array]:
+    reduce = None if axis is None else tuple(a for a in range(x.ndim) if a != axis)
+    lo = jnp.minimum(jnp.min(x, axis=reduce), 0.0)
+    hi = jnp.maximum(jnp.max(x, axis=reduce), 0.0)
+    if symmetric:
+        hi = jnp.maximum(-lo, hi)
+        lo = -hi
 
-    def assign(c):
-        return jnp.searchsorted((c[1:] + c[:-1]) / 2, flat)
+    def error(f):
+        qp = _from_range(lo * f, hi * f, bits, symmetric, axis)
+        return jnp.sum((_fake_quant(x, qp) - x) ** 2, axis=reduce)
 
-    def step(_, c):
-        idx = assign(c)
-        sums = jax.ops.segment_sum(flat, idx, k)
-        counts = jax.ops.segment_sum(jnp.ones_like(flat), idx, k)
-        return jnp.sort(jnp.where(counts > 0, sums / jnp.maximum(counts, 1.0), c))
-
-    codebook = jax.lax.fori_loop(0, iters, step, codebook.astype(jnp.float32))
-    return codebook, assign(codebook).astype(jnp.uint8)
+    fractions = jnp.arange(1, num_candidates + 1, dtype=jnp.float32) / num_candidates
+    best = fractions[jnp.argmin(jax.lax.map(error, fractions), axis=0)]
+    return lo * best, hi * best
 
 
-def codebook_lookup(codebook: jax.Array, indices: jax.Array) -> jax.Array:
-    """The shared weights ``codebook[indices]``; differentiable in ``codebook``.
+# --------------------------------------------------------------------------- re-exports
+# quant_storage and codebook import this core, so they cannot be imported at the top of
+# this file; a module __getattr__ (PEP 562) loads them on first use instead, which works
+# whichever module is imported first.
+_REEXPORTS = {
+    "QuantizedTensor": "quant_storage", "dequantize_tree": "quant_storage",
+    "pack": "quant_storage", "packed_nbytes": "quant_storage",
+    "quantize_tensor": "quant_storage", "quantize_tree": "quant_storage",
+    "tree_nbytes": "quant_storage", "unpack": "quant_storage",
+    "codebook_lookup": "codebook", "codebook_nbytes": "codebook",
+    "kmeans_codebook": "codebook",
+}
 
-    The gradient with respect to a centroid is the sum of the gradients of the weights
-    that share it, which is how Deep Compression fine-tunes centroids.
 
-    Examples:
-        >>> grad = jax.grad(lambda c: codebook_lookup(c, jnp.array([0, 1, 1])).sum())
-        >>> grad(jnp.array([-1.0, 1.0])).tolist()
-        [1.0, 2.0]
-    """
-    return jnp.take(jnp.asarray(codebook), jnp.asarray(indices), axis=0)
+def __getattr__(name: str) -> Any:
+    if name in _REEXPORTS:
+        module = importlib.import_module(f"pruning_kit.{_REEXPORTS[name]}")
+        return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_REEXPORTS))
+

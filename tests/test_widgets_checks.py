@@ -74,3 +74,14 @@ def test_bit_width_explorer_reacts_and_counts_real_bytes(digits):
     assert ex.last_update_ms > 0
     with pytest.raises(ValueError, match="between 2 and 16"):
         widgets.BitWidthExplorer(model, digits.x_test, digits.y_test, bits_options=(1, 4))
+
+
+def test_check_scale_hints(capsys):
+    checks.check_scale(0.5 / 127, 0.5, 8)
+    assert "0.00393701" in capsys.readouterr().out
+    with pytest.raises(checks.CheckFailed, match="127, not 128"):
+        checks.check_scale(0.5 / 128, 0.5, 8)
+    with pytest.raises(checks.CheckFailed, match="asymmetric"):
+        checks.check_scale(1.0 / 255, 0.5, 8)
+    with pytest.raises(checks.CheckFailed, match="largest code, 7"):
+        checks.check_scale(0.2, 0.5, 4)

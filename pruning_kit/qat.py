@@ -1,0 +1,536 @@
+"""Quantization-aware training (QAT) and trained k-means quantization (Deep Compression).
+
+Post-training quantization (PTQ) rounds a trained model once; at 4-bit activations or
+2-bit weights that breaks it. Two ways to let training repair the damage:
+
+* **QAT with the straight-through estimator (STE).** The forward pass runs on fake-quantized
+  values -- every kernel on its per-output-channel grid (:func:`pruning_kit.quantize.
+  fake_quant`), every activation entering a layer on its calibrated ``act_bits`` grid --
+  while the backward pass treats rounding as the identity (zero outside the clipping
+  range). Fine-tuning a float model for a few epochs this way moves the weights to where
+  rounding hurts least. :func:`qat_mlp_loss` is that forward as a ``loss_fn`` for
+  :func:`pruning_kit.train.fit`; :func:`evaluate_deployed_mlp` then measures the model as
+  it will run (the integer pipeline of :mod:`pruning_kit.quant_infer`).
+* **Trained k-means (weight sharing).** Each kernel keeps ``2^bits`` shared values
+  (:func:`pruning_kit.codebook.kmeans_codebook`); the assignments stay fixed and only the
+  centroids are trained, each by the sum of the gradients of the weights that share it
+  (:func:`finetune_codebooks`).
+
+Biases stay float32 throughout (in the integer pipeline they become int32 in units of
+input scale x weight scale, a negligible rounding): they are 0.1% of the parameters.
+
+Introduced in ``notebooks/01_quantization.ipynb``.
+
+Examples:
+    The QAT recipe for 8-bit weights and 4-bit activations (the benchmark's, smaller):
+
+    >>> from pruning_kit import data, models, train
+    >>> ds = data.load_digits()
+    >>> model = models.MLP(64, (32,), rngs=nnx.Rngs(0))
+    >>> _ = train.fit(model, ds.x_train, ds.y_train, epochs=5, batch_size=32,
+    ...               learning_rate=3e-3, progress=False)
+    >>> calib_x = ds.x_train[:256]
+    >>> clips = calibrate_mlp(model, calib_x, 4)          # one range per layer input
+    >>> loss_fn = qat_mlp_loss(8, 4, act_clips=clips)
+    >>> _ = train.fit(model, ds.x_train, ds.y_train, epochs=2, batch_size=32,
+    ...               learning_rate=1e-4, loss_fn=loss_fn, progress=False)
+    >>> acc = evaluate_deployed_mlp(model, ds.x_test, ds.y_test, weight_bits=8, act_bits=4,
+    ...                             act_clips=clips, calib_x=calib_x)
+    >>> acc > 0.8
+    True
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from tqdm.auto import tqdm
+
+from pruning_kit import models as models_lib
+from pruning_kit import quant_infer
+from pruning_kit import train as train_lib
+from pruning_kit.codebook import codebook_lookup, kmeans_codebook
+from pruning_kit.quant_storage import dequantized_model, quantize_tree
+from pruning_kit.quantize import (
+    QParams,
+    _check_bits,
+    calibrate,
+    compute_qparams,
+    fake_quant,
+    fake_quant_with,
+    mse_clip,
+)
+
+__all__ = [
+    "calibrate_mlp", "evaluate_deployed_mlp", "fake_quant_mlp", "finetune_codebooks",
+    "kmeans_quantize_model", "qat_mlp_loss", "shared_weights_model",
+]
+
+Clip = QParams | tuple[float, float]
+
+
+# --------------------------------------------------------------------------- validation
+def _check_mlp(model: Any, what: str) -> models_lib.MLP:
+    if not isinstance(model, models_lib.MLP):
+        raise ValueError(f"{what} takes a pruning_kit.models.MLP (Linear layers with ReLU "
+                         f"between), got {type(model).__name__}.")
+    return model
+
+
+def _check_weight_bits(bits: Any) -> int:
+    return _check_bits(bits, symmetric=True, max_bits=8, allow_traced=False,
+                       name="weight_bits")
+
+
+def _check_act_bits(bits: Any) -> int | None:
+    if bits is None:
+        return None
+    return _check_bits(bits, max_bits=8, allow_traced=False, name="act_bits")
+
+
+def _check_method(method: Any) -> str:
+    if method not in ("minmax", "mse"):
+        raise ValueError(f"weight_method must be 'minmax' or 'mse', got {method!r}.")
+    return method
+
+
+def _check_calib(calib_x: Any) -> jax.Array:
+    x = jnp.asarray(calib_x, jnp.float32)
+    if x.ndim == 0 or x.shape[0] == 0:
+        raise ValueError(f"calib_x must be a non-empty batch of inputs, got shape {x.shape}; "
+                         "pass a few hundred to a few thousand held-out examples.")
+    return x
+
+
+def _as_clips(act_clips: Sequence[Clip] | None, act_bits: int | None,
+              num_layers: int) -> tuple[QParams, ...] | None:
+    """One unsigned ``act_bits`` QParams per layer input, from QParams or (lo, hi) pairs."""
+    if act_bits is None:
+        if act_clips is not None:
+            raise ValueError("act_clips were given but act_bits is None (float "
+                             "activations); pass act_bits too, or drop act_clips.")
+        return None
+    if act_clips is None:
+        raise ValueError(f"act_bits={act_bits} needs act_clips, the clipping range of each "
+                         "layer's input; get them with calibrate_mlp(model, calib_x, "
+                         f"{act_bits}) on held-out data.")
+    if isinstance(act_clips, QParams):
+        raise ValueError("act_clips must be a sequence with one range per layer input "
+                         "(calibrate_mlp's tuple), not a single QParams.")
+    act_clips = tuple(act_clips)
+    if len(act_clips) != num_layers:
+        raise ValueError(f"act_clips must hold one range per layer input ({num_layers}: the "
+                         f"input and each hidden activation), got {len(act_clips)}.")
+    out = []
+    for i, clip in enumerate(act_clips):
+        if isinstance(clip, QParams):
+            if clip.symmetric or clip.axis is not None or clip.bits != act_bits:
+                raise ValueError(f"act_clips[{i}] must be per-tensor unsigned {act_bits}-bit "
+                                 f"QParams (calibrate(..., {act_bits})), got bits="
+                                 f"{clip.bits}, symmetric={clip.symmetric}, axis={clip.axis}.")
+            out.append(clip)
+        elif isinstance(clip, (tuple, list)) and len(clip) == 2:
+            out.append(compute_qparams(jnp.zeros(1), act_bits, symmetric=False,
+                                       clip=(float(clip[0]), float(clip[1]))))
+        else:
+            raise ValueError(f"act_clips[{i}] must be QParams or a (lo, hi) pair, got "
+                             f"{clip!r:.80}.")
+    return tuple(out)
+
+
+# --------------------------------------------------------------------------- QAT
+def calibrate_mlp(model: models_lib.MLP, calib_x: jax.typing.ArrayLike, act_bits: int = 8,
+                  *, method: str = "mse", percentile: float = 99.99) -> tuple[QParams, ...]:
+    """Activation ranges of an MLP: QParams of each layer's input, from ``calib_x``.
+
+    The same recipe as :func:`pruning_kit.quant_infer.quantize_mlp` (unsigned codes with a
+    zero point, per tensor), so QAT trains with the ranges deployment uses.
+
+    Args:
+        model: a :class:`~pruning_kit.models.MLP`.
+        calib_x: held-out inputs (never the test set), a few thousand is plenty.
+        act_bits: 1..8.
+        method, percentile: see :func:`pruning_kit.quantize.calibrate`; ``"mse"`` is
+            usually best at 4 bits.
+
+    Returns:
+        A tuple of QParams: the input's, then each hidden layer's post-ReLU output.
+
+    Raises:
+        ValueError: not an MLP, bad ``act_bits``/``method``, empty or constant data.
+    """
+    model = _check_mlp(model, "calibrate_mlp")
+    act_bits = _check_bits(act_bits, max_bits=8, allow_traced=False, name="act_bits")
+    x = _check_calib(calib_x)
+    h = x.reshape(x.shape[0], -1)
+    samples = [h]
+    for layer in list(model.layers)[:-1]:
+        h = jax.nn.relu(h @ layer.kernel[...] + layer.bias[...])
+        samples.append(h)
+    out = []
+    for i, s in enumerate(samples):
+        try:
+            out.append(calibrate(s, act_bits, method, percentile=percentile))
+        except ValueError as err:
+            raise ValueError(f"Calibrating the input of layers.{i}: {err}") from err
+    return tuple(out)
+
+
+def _weight_fq(kernel: jax.Array, bits: int, per_channel: bool, method: str) -> jax.Array:
+    axis = -1 if per_channel else None
+    if method == "mse":
+        clip = mse_clip(jax.lax.stop_gradient(kernel), bits, axis=axis)
+        return fake_quant(kernel, bits, axis=axis, clip=clip)
+    return fake_quant(kernel, bits, axis=axis)
+
+
+def _fq_forward(model: models_lib.MLP, x: jax.Array, weight_bits: int,
+                clips: tuple[QParams, ...] | None, per_channel: bool,
+                weight_method: str) -> jax.Array:
+    h = x.reshape(x.shape[0], -1)
+    layers = list(model.layers)
+    for i, layer in enumerate(layers):
+        if clips is not None:
+            h = fake_quant_with(h, clips[i])
+        h = h @ _weight_fq(layer.kernel[...], weight_bits, per_channel, weight_method) \
+            + layer.bias[...]
+        if i < len(layers) - 1:
+            h = jax.nn.relu(h)
+    return h
+
+
+def fake_quant_mlp(model: models_lib.MLP, x: jax.typing.ArrayLike, *, weight_bits: int = 8,
+                   act_bits: int | None = None, act_clips: Sequence[Clip] | None = None,
+                   per_channel: bool = True, weight_method: str = "minmax") -> jax.Array:
+    """Logits of an MLP with fake-quantized kernels and layer inputs (the QAT forward).
+
+    Every kernel is quantize-dequantized symmetrically at ``weight_bits`` (one scale per
+    output channel, or per tensor), every layer input (the image, then each post-ReLU
+    activation) at ``act_bits`` with the fixed ranges ``act_clips``. Gradients follow the
+    straight-through estimator. Biases and logits stay float32.
+
+    Args:
+        model: a :class:`~pruning_kit.models.MLP`.
+        x: a batch of inputs.
+        weight_bits: 2..8.
+        act_bits: 1..8, or ``None`` for float activations (weight-only quantization).
+        act_clips: one clipping range per layer input -- QParams from
+            :func:`calibrate_mlp` or ``(lo, hi)`` pairs; required with ``act_bits``.
+        per_channel: one weight scale per output channel (else per tensor).
+        weight_method: ``"minmax"`` (the integer pipeline's grid) or ``"mse"`` (clipped
+            per channel by :func:`pruning_kit.quantize.mse_clip`, recomputed at every step
+            with its default 100 candidates -- the same grid ``quantize_tree(...,
+            method="mse")`` stores; better at 2-3 bits, deployed weight-only).
+
+    Raises:
+        ValueError: not an MLP, bad bits, missing or mismatched ``act_clips``.
+    """
+    model = _check_mlp(model, "fake_quant_mlp")
+    weight_bits = _check_weight_bits(weight_bits)
+    act_bits = _check_act_bits(act_bits)
+    clips = _as_clips(act_clips, act_bits, len(model.layers))
+    return _fq_forward(model, jnp.asarray(x, jnp.float32), weight_bits, clips,
+                       bool(per_channel), _check_method(weight_method))
+
+
+def qat_mlp_loss(weight_bits: int, act_bits: int | None, *,
+                 act_clips: Sequence[Clip] | None = None, per_channel: bool = True,
+                 weight_method: str = "minmax") -> train_lib.LossFn:
+    """A QAT loss for :func:`pruning_kit.train.fit`: cross-entropy of :func:`fake_quant_mlp`.
+
+    Arguments as :func:`fake_quant_mlp`; the ranges ``act_clips`` are fixed (calibrated
+    once on held-out data before training), the weights' grids follow the weights as they
+    train. Fine-tune from the trained float model with a small learning rate (``1e-4``) for
+    a few epochs.
+
+    Returns:
+        ``loss_fn(model, x, y) -> (loss, logits)``; the logits are the fake-quantized
+        model's, so ``fit``'s training accuracy is the quantized model's.
+
+    Raises:
+        ValueError: bad bits, ``act_bits`` without ``act_clips`` (or the reverse), bad
+            ``weight_method`` -- at once, not at the first training step.
+
+    Examples:
+        >>> from pruning_kit import models
+        >>> model = models.MLP(4, (8,), 3, rngs=nnx.Rngs(0))
+        >>> loss_fn = qat_mlp_loss(2, None)                       # 2-bit weights only
+        >>> loss, logits = loss_fn(model, jnp.ones((5, 4)), jnp.zeros(5, jnp.int32))
+        >>> logits.shape, bool(jnp.isfinite(loss))
+        ((5, 3), True)
+    """
+    weight_bits = _check_weight_bits(weight_bits)
+    act_bits = _check_act_bits(act_bits)
+    weight_method = _check_method(weight_method)
+    per_channel = bool(per_channel)
+    clip_list = None if act_clips is None or isinstance(act_clips, QParams) \
+        else tuple(act_clips)
+    # converted now (outside jit); the count is checked against the model at the first call
+    clips = _as_clips(clip_list if clip_list is not None else act_clips, act_bits,
+                      0 if clip_list is None else len(clip_list))
+
+    def loss_fn(model: nnx.Module, x: jax.Array, y: Any) -> tuple[jax.Array, jax.Array]:
+        _check_mlp(model, "qat_mlp_loss")
+        if clips is not None and len(clips) != len(model.layers):
+            raise ValueError(f"act_clips hold {len(clips)} ranges but the MLP has "
+                             f"{len(model.layers)} layers; calibrate_mlp gives one per layer.")
+        logits = _fq_forward(model, x, weight_bits, clips, per_channel, weight_method)
+        labels = y[0] if isinstance(y, (tuple, list)) else y
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), logits
+
+    return loss_fn
+
+
+def evaluate_deployed_mlp(model: models_lib.MLP, x: Any, y: Any, *, weight_bits: int = 8,
+                          act_bits: int | None = 8, calib_x: Any = None,
+                          act_clips: Sequence[Clip] | None = None, per_channel: bool = True,
+                          weight_method: str = "minmax", method: str = "mse",
+                          output_bits: int = 8) -> float:
+    """Accuracy of an MLP as it will be deployed after (QAT or post-training) quantization.
+
+    * ``act_bits`` given: the real integer pipeline -- :func:`pruning_kit.quant_infer.
+      quantize_mlp` (int8-held weight codes, ``act_bits`` activations, int32 accumulation)
+      run by :func:`~pruning_kit.quant_infer.int_forward`. Any ``weight_bits`` from 2 to 8
+      works there (2-bit codes -1, 0, 1 are held in int8). The activation ranges are
+      ``act_clips`` (use the ones QAT trained with) or, without them, calibrated on
+      ``calib_x`` with ``method``. The logits are coded at ``output_bits``.
+    * ``act_bits=None`` (weight-only): the float model whose kernels are the dequantized
+      ``weight_bits`` codes (:func:`pruning_kit.quant_storage.dequantized_model`), which is
+      how weight-only storage runs; ``weight_method="mse"`` is allowed here.
+
+    Args:
+        model: a :class:`~pruning_kit.models.MLP`.
+        x, y: evaluation data.
+        weight_bits: 2..8.
+        act_bits: 1..8 or ``None``.
+        calib_x: held-out inputs; needed with ``act_bits`` (for the logits' range, and
+            for every range when ``act_clips`` is not given).
+        act_clips: see :func:`fake_quant_mlp`.
+        per_channel: one weight scale per output channel.
+        weight_method: ``"minmax"``; ``"mse"`` only weight-only (the integer pipeline
+            takes each channel's full range).
+        method: activation calibration method when ``act_clips`` is not given.
+        output_bits: bits of the logits' codes in the integer pipeline.
+
+    Returns:
+        Top-1 accuracy, a fraction in [0, 1].
+
+    Raises:
+        ValueError: bad bits, missing ``calib_x``, ``weight_method="mse"`` with
+            ``act_bits``, empty or mismatched data.
+    """
+    model = _check_mlp(model, "evaluate_deployed_mlp")
+    weight_bits = _check_weight_bits(weight_bits)
+    act_bits = _check_act_bits(act_bits)
+    weight_method = _check_method(weight_method)
+    y = np.asarray(y)
+    if len(x) == 0 or len(x) != len(y):
+        raise ValueError(f"x and y must be non-empty and aligned, got {len(x)} inputs and "
+                         f"{len(y)} labels.")
+    if act_bits is None:
+        qtree = quantize_tree(model, weight_bits, axis=-1 if per_channel else None,
+                              method=weight_method)
+        return train_lib.evaluate(dequantized_model(model, qtree), x, y)
+    if weight_method != "minmax":
+        raise ValueError("The integer pipeline quantizes each channel over its full range "
+                         "(weight_method='minmax'); use act_bits=None to evaluate 'mse' "
+                         "weights weight-only.")
+    if calib_x is None:
+        raise ValueError("calib_x is needed to build the integer model (activation and "
+                         "logit ranges); pass held-out training inputs.")
+    clips = _as_clips(act_clips, act_bits, len(model.layers)) if act_clips is not None \
+        else None
+    qm = quant_infer.quantize_mlp(model, calib_x, weight_bits=weight_bits, act_bits=act_bits,
+                                  per_channel=per_channel, method=method,
+                                  output_bits=output_bits, act_qparams=clips)
+    forward = jax.jit(quant_infer.int_forward)
+    logits = np.concatenate([np.asarray(forward(qm, jnp.asarray(x[i:i + 2000])))
+                             for i in range(0, len(x), 2000)])
+    return float(np.mean(logits.argmax(-1) == y))
+
+
+# --------------------------------------------------------------------------- k-means
+def _leaf_name(path: tuple) -> str:
+    names = []
+    for key in path:
+        for attr in ("key", "idx", "name"):
+            if hasattr(key, attr):
+                names.append(str(getattr(key, attr)))
+                break
+        else:
+            names.append(str(key))
+    if names and names[-1] == "value":  # the nnx.Variable wrapper
+        names = names[:-1]
+    return ".".join(names)
+
+
+def _kernels(model: nnx.Module, filter: Callable[[str, jax.Array], bool]
+             ) -> dict[str, jax.Array]:
+    state = nnx.state(model, nnx.Param)
+    return {_leaf_name(p): leaf for p, leaf in jax.tree_util.tree_leaves_with_path(state)
+            if filter(_leaf_name(p), leaf)}
+
+
+def _is_kernel(name: str, leaf: jax.Array) -> bool:
+    return jnp.ndim(leaf) >= 2
+
+
+def kmeans_quantize_model(model: nnx.Module, bits: int, *, init: str = "density",
+                          iters: int = 20,
+                          filter: Callable[[str, jax.Array], bool] = _is_kernel,
+                          ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+    """One k-means codebook per kernel of an NNX model (weight sharing).
+
+    Args:
+        model: any NNX model.
+        bits: 1..8: each kernel keeps ``2^bits`` shared values.
+        init: ``"density"`` (centroids at quantiles; measured better on the course MLP at
+            2 bits) or ``"linear"`` (the paper's choice), see
+            :func:`pruning_kit.codebook.kmeans_codebook`.
+        iters: Lloyd iterations.
+        filter: ``filter(name, leaf)`` picks the tensors; default kernels (ndim >= 2).
+
+    Returns:
+        ``(codebooks, indices)``, dicts keyed by the parameter's dotted name (e.g.
+        ``"layers.0.kernel"``): float32 ``(2^bits,)`` centroids and uint8 indices of the
+        kernel's shape. Stored bytes per kernel:
+        :func:`pruning_kit.codebook.codebook_nbytes`.
+
+    Raises:
+        ValueError: bad ``bits``/``init``, no tensor passes ``filter``, NaN weights.
+    """
+    kernels = _kernels(model, filter)
+    if not kernels:
+        raise ValueError("No parameter passed the filter; nothing to quantize (default: "
+                         "kernels, ndim >= 2).")
+    codebooks, indices = {}, {}
+    for name, w in kernels.items():
+        try:
+            codebooks[name], indices[name] = kmeans_codebook(w, bits, iters=iters, init=init)
+        except ValueError as err:
+            raise ValueError(f"{name}: {err}") from err
+    return codebooks, indices
+
+
+def _check_shared(model: nnx.Module, codebooks: Mapping[str, Any],
+                  indices: Mapping[str, Any]) -> dict[str, jax.Array]:
+    if set(codebooks) != set(indices):
+        raise ValueError(f"codebooks and indices name different tensors: "
+                         f"{sorted(set(codebooks) ^ set(indices))}.")
+    kernels = _kernels(model, lambda name, leaf: name in codebooks)
+    missing = sorted(set(codebooks) - set(kernels))
+    if missing:
+        raise ValueError(f"The model has no parameters {missing}; use the codebooks "
+                         "kmeans_quantize_model made from this model.")
+    for name, w in kernels.items():
+        cb, idx = jnp.asarray(codebooks[name]), jnp.asarray(indices[name])
+        if cb.ndim != 1 or idx.shape != w.shape or (idx.size and int(idx.max()) >= cb.size):
+            raise ValueError(f"{name}: codebook {cb.shape} and indices {idx.shape} do not "
+                             f"fit the kernel {w.shape} (indices must be < codebook size).")
+    return {name: jnp.asarray(cb, jnp.float32) for name, cb in codebooks.items()}
+
+
+def _with_leaves(state: nnx.State, leaves: Mapping[str, jax.Array]) -> nnx.State:
+    return jax.tree_util.tree_map_with_path(
+        lambda p, leaf: leaves.get(_leaf_name(p), leaf), state)
+
+
+def shared_weights_model(model: nnx.Module, codebooks: Mapping[str, Any],
+                         indices: Mapping[str, Any]) -> nnx.Module:
+    """A copy of ``model`` whose kernels are ``codebook[indices]`` (for evaluation).
+
+    Examples:
+        >>> from pruning_kit import models
+        >>> model = models.MLP(4, (8,), 3, rngs=nnx.Rngs(0))
+        >>> cbs, idx = kmeans_quantize_model(model, 1)
+        >>> shared = shared_weights_model(model, cbs, idx)
+        >>> len(set(shared.layers[0].kernel[...].ravel().tolist()))
+        2
+    """
+    codebooks = _check_shared(model, codebooks, indices)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    shared = {name: codebook_lookup(cb, jnp.asarray(indices[name]))
+              for name, cb in codebooks.items()}
+    return nnx.merge(graphdef, _with_leaves(params, shared), rest)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _codebook_step(graphdef, tx, codebooks, opt_state, params, rest, indices, x, y):
+    def loss_fn(cbs):
+        shared = {name: codebook_lookup(cb, indices[name]) for name, cb in cbs.items()}
+        logits = nnx.merge(graphdef, _with_leaves(params, shared), rest)(x)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    loss, grads = jax.value_and_grad(loss_fn)(codebooks)
+    updates, opt_state = tx.update(grads, opt_state, codebooks)
+    return optax.apply_updates(codebooks, updates), opt_state, loss
+
+
+def finetune_codebooks(model: nnx.Module, codebooks: Mapping[str, Any],
+                       indices: Mapping[str, Any], x: np.ndarray, y: np.ndarray, *,
+                       epochs: int = 3, lr: float = 1e-4, batch_size: int = 128,
+                       seed: int = 0, progress: bool = False) -> dict[str, jax.Array]:
+    """Train the shared values (centroids) of each kernel; assignments stay fixed.
+
+    The gradient of a centroid is the sum of the gradients of the weights that share it
+    (:func:`pruning_kit.codebook.codebook_lookup` is differentiable in the codebook), the
+    "trained quantization" of Deep Compression. Adam with a cosine decay of ``lr`` to
+    zero over mini-batches of ``(x, y)``; everything else in the model stays as it is (in
+    eval mode: BatchNorm uses its running statistics). Each kernel still holds at most
+    ``len(codebook)`` distinct values.
+
+    Args:
+        model: the model the codebooks were made from (not changed).
+        codebooks, indices: from :func:`kmeans_quantize_model`.
+        x, y: training inputs and integer labels (not the test set).
+        epochs: passes over ``(x, y)``, >= 1.
+        lr: peak learning rate, > 0 (the centroids are of the weights' size: ~1e-4).
+        batch_size: examples per step; the last partial batch is dropped.
+        seed: shuffling seed.
+        progress: show a ``tqdm`` bar over epochs.
+
+    Returns:
+        The fine-tuned codebooks (same keys); evaluate with :func:`shared_weights_model`.
+
+    Raises:
+        ValueError: codebooks/indices that do not fit the model, bad ``epochs``, ``lr`` or
+            ``batch_size``, empty or mismatched data.
+    """
+    codebooks = _check_shared(model, codebooks, indices)
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be a positive integer, got {epochs!r}.")
+    if not (isinstance(lr, (int, float)) and np.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a positive number, got {lr!r}.")
+    train_lib._check_xy(x, y)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) \
+            or not 1 <= batch_size <= len(x):
+        raise ValueError(f"batch_size must be an integer from 1 to {len(x)}, got "
+                         f"{batch_size!r}.")
+    model.eval()
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    idx = {name: jnp.asarray(indices[name], jnp.int32) for name in codebooks}
+    steps = len(x) // batch_size
+    tx = optax.adam(optax.cosine_decay_schedule(float(lr), steps * epochs))
+    opt_state = tx.init(codebooks)
+    y = np.asarray(y)
+    for epoch in tqdm(range(epochs), desc="codebook epochs", disable=not progress,
+                      leave=False):
+        order = np.random.default_rng([seed, epoch]).permutation(len(x))
+        losses = []
+        for i in range(steps):
+            b = order[i * batch_size:(i + 1) * batch_size]
+            codebooks, opt_state, loss = _codebook_step(
+                graphdef, tx, codebooks, opt_state, params, rest, idx, jnp.asarray(x[b]),
+                jnp.asarray(y[b]))
+            losses.append(loss)
+        if not np.isfinite(float(jnp.mean(jnp.stack(losses)))):
+            raise FloatingPointError(f"Codebook fine-tuning diverged at epoch {epoch + 1}; "
+                                     "lower lr.")
+    return codebooks
