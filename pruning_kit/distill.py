@@ -1,0 +1,486 @@
+"""Knowledge distillation: logit KD, FitNets-style hint losses, and KD as a recovery tool.
+
+A *teacher* (a big trained model) supervises a *student* (a small one) with its softened
+output distribution (Hinton et al., 2015)::
+
+    loss = (1 - alpha) * CE(labels, student)
+           + alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T))
+
+The temperature ``T > 1`` flattens both distributions so that the teacher's small
+probabilities for *wrong* classes ("this shirt looks a bit like a pullover", the dark
+knowledge) carry signal. The gradient of the soft term with respect to a student logit is
+``(softmax(student / T) - softmax(teacher / T)) / T``, which for large ``T`` is about
+``(student - teacher) / (K * T^2)`` for ``K`` classes: it shrinks as ``1 / T^2``. The
+``T^2`` factor undoes that, so the soft and hard terms keep their relative weight when
+``T`` changes and ``alpha`` means the same thing at every temperature.
+
+Everything here is a pure function or a loss factory for :func:`pruning_kit.train.fit`
+(``loss_fn(model, x, y) -> (loss, logits)``); ``train`` never imports this module.
+
+* :func:`kd_loss` -- the loss above on logits (optax cross-entropy and KL).
+* :func:`distillation_loss` + :func:`teacher_logits` -- teacher logits computed once and
+  passed as ``y = (labels, teacher_logits)``: the cheap, recommended way.
+* :func:`online_distillation_loss` -- the teacher runs inside each step (for ``augment``).
+* :class:`Adapter`, :class:`StudentWithAdapter`, :func:`hint_loss`,
+  :func:`feature_distillation_loss` -- a student layer regresses a teacher layer (FitNets).
+* :func:`recovery_loss` -- the dense model supervises its own pruned or quantized copy.
+
+Introduced in ``notebooks/02_distillation.ipynb``.
+
+Examples:
+    >>> teacher = jnp.array([[4.0, 1.0, 0.0]])
+    >>> labels = jnp.array([0])
+    >>> round(float(kd_loss(teacher, teacher, labels, alpha=1.0)), 6)   # same logits: no KD loss
+    0.0
+    >>> [round(p, 3) for p in jax.nn.softmax(teacher[0] / 1.0).tolist()]   # T = 1: ~one-hot
+    [0.936, 0.047, 0.017]
+    >>> [round(p, 3) for p in jax.nn.softmax(teacher[0] / 4.0).tolist()]   # T = 4: runner-up
+    [0.543, 0.257, 0.2]
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from pruning_kit import train as train_lib
+
+__all__ = [
+    "Adapter", "StudentWithAdapter", "distillation_loss", "feature_distillation_loss",
+    "hint_loss", "kd_loss", "online_distillation_loss", "recovery_loss", "teacher_features",
+    "teacher_logits",
+]
+
+
+# --------------------------------------------------------------------------- validation
+def _check_number(name: str, value: Any, low: float, high: float = math.inf, *,
+                  low_open: bool = False, hint: str = "") -> Any:
+    """``value`` as a float when concrete (checked against its range); traced: unchanged."""
+    if isinstance(value, jax.core.Tracer):  # inside jit the value is unknown: nothing to check
+        return value
+    try:
+        v = float(np.asarray(value))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name} must be a number, got {value!r}. {hint}") from err
+    below = v <= low if low_open else v < low
+    if not math.isfinite(v) or below or v > high:
+        interval = f"{'(' if low_open else '['}{low}, {high}{']' if high < math.inf else ')'}"
+        raise ValueError(f"{name} must be in {interval}, got {value!r}. {hint}")
+    return v
+
+
+def _check_temperature_alpha(temperature: Any, alpha: Any) -> tuple[Any, Any]:
+    t = _check_number("temperature", temperature, 0.0, low_open=True,
+                      hint="Use T > 0; T = 1 is the plain softmax, T = 2..8 is typical for KD.")
+    a = _check_number("alpha", alpha, 0.0, 1.0,
+                      hint="alpha is the weight of the soft (teacher) term: 0 = plain "
+                           "cross-entropy, 1 = teacher only, 0.5..0.9 is typical.")
+    return t, a
+
+
+def _split_targets(y: Any, n: int, what: str) -> tuple:
+    if not isinstance(y, (tuple, list)) or len(y) != n:
+        got = f"a tuple of {len(y)}" if isinstance(y, (tuple, list)) else type(y).__name__
+        want = ("(labels, teacher_logits)" if n == 2
+                else "(labels, teacher_logits, teacher_features)")
+        extra = ", teacher_features(teacher, x_train, layer)" if n == 3 else ""
+        raise ValueError(f"{what} expects y = {want}, got {got}. Pass fit(model, x_train, "
+                         f"(y_train, teacher_logits(teacher, x_train){extra}), ...), or give "
+                         "the teacher module to run it inside each step.")
+    return tuple(y)
+
+
+# --------------------------------------------------------------------------- logit KD
+def kd_loss(student_logits: jax.typing.ArrayLike, teacher_logits: jax.typing.ArrayLike,
+            labels: jax.typing.ArrayLike, *, temperature: Any = 4.0, alpha: Any = 0.9
+            ) -> jax.Array:
+    """Hinton's distillation loss, mean over the batch.
+
+    ``(1 - alpha) * CE(labels, student) + alpha * T^2 * KL(p_teacher^T || p_student^T)``
+    with ``p^T = softmax(logits / T)``. The ``T^2`` keeps the soft term's gradient, which
+    scales as ``1 / T^2``, comparable with the hard term's for every ``T`` (see the module
+    docstring). The teacher's logits pass through ``jax.lax.stop_gradient``: the teacher
+    never learns from this loss.
+
+    Args:
+        student_logits: ``(..., classes)``.
+        teacher_logits: same shape as ``student_logits``.
+        labels: integer classes, shape ``student_logits.shape[:-1]``.
+        temperature: ``T > 0``; may be a traced value (then it is not checked).
+        alpha: weight of the soft term in ``[0, 1]``; may be traced.
+
+    Returns:
+        The scalar loss.
+
+    Raises:
+        ValueError: ``T <= 0``, ``alpha`` outside ``[0, 1]``, logits of different shapes,
+            or labels that are not integer classes of the batch's shape.
+
+    Examples:
+        >>> s, t = jnp.array([[2.0, 0.0, -1.0]]), jnp.array([[3.0, 1.0, -2.0]])
+        >>> y = jnp.array([0])
+        >>> ce = optax.softmax_cross_entropy_with_integer_labels(s, y).mean()
+        >>> bool(jnp.isclose(kd_loss(s, t, y, alpha=0.0), ce))        # alpha = 0: plain CE
+        True
+    """
+    temperature, alpha = _check_temperature_alpha(temperature, alpha)
+    s = jnp.asarray(student_logits)
+    t = jnp.asarray(teacher_logits)
+    labels = jnp.asarray(labels)
+    if s.shape != t.shape:
+        raise ValueError(f"student logits {s.shape} and teacher logits {t.shape} differ in "
+                         "shape; both must be (batch, classes) for the same batch and the "
+                         "same classes (compute the teacher's logits on the same x).")
+    if s.ndim < 1 or s.shape[-1] < 2:
+        raise ValueError(f"logits must have shape (..., classes) with >= 2 classes, got "
+                         f"{s.shape}.")
+    if labels.shape != s.shape[:-1]:
+        raise ValueError(f"labels have shape {labels.shape} but the logits {s.shape} need "
+                         f"{s.shape[:-1]}: one integer class per example (not one-hot; "
+                         "use labels.argmax(-1) for one-hot labels).")
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise ValueError(f"labels must be integer class indices, got dtype {labels.dtype}; "
+                         "cast with labels.astype(int) (use argmax(-1) for one-hot).")
+    if not jnp.issubdtype(s.dtype, jnp.floating):
+        s, t = s.astype(jnp.float32), t.astype(jnp.float32)
+    t = jax.lax.stop_gradient(t)
+    hard = optax.softmax_cross_entropy_with_integer_labels(s, labels).mean()
+    log_p_student = jax.nn.log_softmax(s / temperature, axis=-1)
+    log_p_teacher = jax.nn.log_softmax(t / temperature, axis=-1)
+    soft = optax.losses.kl_divergence_with_log_targets(log_p_student, log_p_teacher).mean()
+    return (1.0 - alpha) * hard + alpha * temperature**2 * soft
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _teacher_forward(graphdef, state, x, layer):
+    feats = nnx.merge(graphdef, state).features(x)
+    if layer not in feats:
+        raise ValueError(f"Unknown teacher layer {layer!r}; features(x) has {list(feats)}.")
+    return feats[layer]
+
+
+def teacher_logits(teacher: nnx.Module, x: np.ndarray, *, batch_size: int = 1000
+                   ) -> np.ndarray:
+    """The teacher's logits on ``x``, once, in eval mode: ``y = (labels, these)`` for fit.
+
+    Same as :func:`pruning_kit.train.predict` (which sets ``teacher.eval()``): returns
+    ``(len(x), classes)`` float32 logits aligned with ``x``.
+    """
+    return train_lib.predict(teacher, x, batch_size=batch_size)
+
+
+def teacher_features(teacher: nnx.Module, x: np.ndarray, layer: str, *,
+                     batch_size: int = 1000) -> np.ndarray:
+    """The activations ``teacher.features(x)[layer]`` on ``x`` in eval mode (for hints).
+
+    ``teacher`` needs ``features(x) -> dict`` (as :class:`~pruning_kit.models.SmallCNN`);
+    ``layer`` is one of its keys. Returns a numpy array aligned with ``x`` (e.g.
+    ``(N, 7, 7, 32)``: 376 MB for 60k Fashion-MNIST images, where the online loss is leaner).
+
+    Raises:
+        ValueError: no ``features`` method, an unknown ``layer``, or empty ``x``.
+    """
+    if not hasattr(teacher, "features"):
+        raise ValueError(f"{type(teacher).__name__} has no .features(x) method returning named "
+                         "activations; use a model like models.SmallCNN or add one.")
+    if len(x) == 0:
+        raise ValueError("x is empty; pass at least one example.")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    teacher.eval()
+    graphdef, state = nnx.split(teacher)
+    outs = [np.asarray(_teacher_forward(graphdef, state, jnp.asarray(x[i:i + batch_size]),
+                                        layer)) for i in range(0, len(x), batch_size)]
+    return np.concatenate(outs)
+
+
+@functools.lru_cache(maxsize=64)
+def _precomputed_kd(temperature: float, alpha: float):
+    def loss_fn(model: nnx.Module, x: jax.Array, y: Any) -> tuple[jax.Array, jax.Array]:
+        labels, t_logits = _split_targets(y, 2, "distillation_loss")
+        logits = model(x)
+        return kd_loss(logits, t_logits, labels, temperature=temperature, alpha=alpha), logits
+    loss_fn.__doc__ = f"KD loss (T={temperature}, alpha={alpha}) on y = (labels, teacher logits)."
+    return loss_fn
+
+
+def distillation_loss(*, temperature: float = 4.0, alpha: float = 0.9) -> train_lib.LossFn:
+    """A ``loss_fn`` for :func:`pruning_kit.train.fit` with precomputed teacher logits.
+
+    ``fit`` slices every array of ``y = (labels, teacher_logits)`` with the batch, so the
+    teacher runs once over the data (:func:`teacher_logits`) instead of once per step. Use
+    :func:`online_distillation_loss` when ``fit`` augments the inputs (precomputed logits
+    belong to the un-augmented images). ``fit`` compiles its step per loss function: the same
+    ``(temperature, alpha)`` returns the same function and reuses the compiled step.
+
+    Args:
+        temperature: ``T > 0`` (a Python number: it is baked into the training step).
+        alpha: weight of the teacher term in ``[0, 1]``.
+
+    Returns:
+        ``loss_fn(model, x, (labels, teacher_logits)) -> (loss, student_logits)``.
+
+    Examples:
+        >>> from pruning_kit import data, models
+        >>> ds = data.load_digits()
+        >>> teacher = models.MLP(64, (64,), rngs=nnx.Rngs(0))
+        >>> _ = train_lib.fit(teacher, ds.x_train, ds.y_train, epochs=8, batch_size=32,
+        ...                   learning_rate=3e-3, progress=False)
+        >>> y_kd = (ds.y_train, teacher_logits(teacher, ds.x_train))
+        >>> student = models.MLP(64, (16,), rngs=nnx.Rngs(1))
+        >>> _ = train_lib.fit(student, ds.x_train, y_kd, epochs=8, batch_size=32,
+        ...                   learning_rate=3e-3, progress=False,
+        ...                   loss_fn=distillation_loss(temperature=4.0, alpha=0.7))
+        >>> train_lib.evaluate(student, ds.x_test, ds.y_test) > 0.85
+        True
+    """
+    t, a = _check_temperature_alpha(temperature, alpha)
+    return _precomputed_kd(t, a)
+
+
+def _frozen(teacher: nnx.Module):
+    """A copy of ``teacher`` in eval mode, to rebuild inside a step as constants."""
+    if not isinstance(teacher, nnx.Module):
+        raise ValueError(f"teacher must be a Flax NNX module, got {type(teacher).__name__}; "
+                         "for precomputed logits use distillation_loss() instead.")
+    teacher.eval()
+    graphdef, state = nnx.split(teacher)
+    # Copy the arrays: later training of ``teacher`` (or buffer donation) cannot reach them.
+    state = jax.tree.map(lambda a: jnp.array(a, copy=True), state)
+
+    def rebuild() -> nnx.Module:
+        return nnx.merge(graphdef, jax.tree.map(jax.lax.stop_gradient, state))
+    return rebuild
+
+
+def online_distillation_loss(teacher: nnx.Module, *, temperature: float = 4.0,
+                             alpha: float = 0.9) -> train_lib.LossFn:
+    """A ``loss_fn`` for ``fit`` that runs the teacher inside every training step.
+
+    The teacher is snapshotted now (eval mode, weights copied) and rebuilt inside the
+    compiled step with its weights as constants under ``stop_gradient``: it gets no
+    gradient, its BatchNorm statistics never move, and ``fit`` never updates it.
+
+    Trade-off against :func:`distillation_loss`: each step pays a teacher forward pass
+    (and the teacher's weights are compiled into the step, fine for small teachers), but
+    the targets follow whatever ``fit``'s ``augment`` did to the batch. Without
+    augmentation, precompute.
+
+    Args:
+        teacher: the trained teacher module (put in eval mode by this call).
+        temperature: ``T > 0``.
+        alpha: weight of the teacher term in ``[0, 1]``.
+
+    Returns:
+        ``loss_fn(model, x, y) -> (loss, student_logits)`` where ``y`` is the labels (or a
+        tuple whose first item is the labels).
+    """
+    t, a = _check_temperature_alpha(temperature, alpha)
+    rebuild = _frozen(teacher)
+
+    def loss_fn(model: nnx.Module, x: jax.Array, y: Any) -> tuple[jax.Array, jax.Array]:
+        labels = y[0] if isinstance(y, (tuple, list)) else y
+        logits = model(x)
+        return kd_loss(logits, rebuild()(x), labels, temperature=t, alpha=a), logits
+    return loss_fn
+
+
+def recovery_loss(teacher: nnx.Module | None = None, *, temperature: float = 4.0,
+                  alpha: float = 0.9) -> train_lib.LossFn:
+    """KD for recovering a compressed model: the dense model teaches its pruned/quantized copy.
+
+    The compressed copy is fine-tuned with ``fit`` (with the technique's own optimizer
+    wrapper, e.g. one that keeps pruned weights at zero, as ``tx``) while the *dense*
+    original supplies soft targets: richer than the labels alone, so the copy recovers
+    more of the accuracy that compression cost. This is :func:`distillation_loss`
+    (``teacher=None``: ``y = (labels, teacher_logits(dense, x))``) or
+    :func:`online_distillation_loss` (``teacher=dense``, e.g. with augmentation).
+
+    Examples:
+        >>> from pruning_kit import models
+        >>> dense = models.MLP(64, (16,), rngs=nnx.Rngs(0))
+        >>> loss_fn = recovery_loss(temperature=2.0, alpha=0.5)   # y = (labels, dense logits)
+        >>> loss_fn is distillation_loss(temperature=2.0, alpha=0.5)
+        True
+        >>> online = recovery_loss(dense)                        # teacher inside each step
+    """
+    if teacher is None:
+        return distillation_loss(temperature=temperature, alpha=alpha)
+    return online_distillation_loss(teacher, temperature=temperature, alpha=alpha)
+
+
+# --------------------------------------------------------------------------- hints
+class Adapter(nnx.Module):
+    """A learned 1x1 convolution (a linear map over the last, channel axis).
+
+    Maps ``in_features`` student channels to ``out_features`` teacher channels, for NHWC
+    feature maps or ``(N, features)`` vectors alike (``nnx.Linear`` acts on the last axis).
+
+    Args:
+        in_features: channels of the student layer.
+        out_features: channels of the teacher layer.
+        use_bias: learn a per-channel offset too.
+        rngs: ``nnx.Rngs`` for the initial weights.
+    """
+
+    def __init__(self, in_features: int, out_features: int, *, use_bias: bool = True,
+                 rngs: nnx.Rngs):
+        for name, v in (("in_features", in_features), ("out_features", out_features)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"Adapter {name} must be a positive integer (a channel "
+                                 f"count), got {v!r}.")
+        self.in_features = in_features
+        self.proj = nnx.Linear(in_features, out_features, use_bias=use_bias, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"Adapter expects {self.in_features} channels on the last axis, "
+                             f"got shape {x.shape}; build Adapter({x.shape[-1]}, ...).")
+        return self.proj(x)
+
+
+class StudentWithAdapter(nnx.Module):
+    """The student plus its hint adapter, trained together by one ``fit``.
+
+    ``__call__`` returns the student's logits (so ``fit``, ``evaluate`` and ``predict``
+    work unchanged); ``fit``'s optimizer (``wrt=nnx.Param``) covers both sub-modules.
+    After training, keep (and save) ``wrapper.student``; the adapter is discarded.
+    """
+
+    def __init__(self, student: nnx.Module, adapter: Adapter):
+        if not hasattr(student, "features"):
+            raise ValueError(f"{type(student).__name__} has no .features(x) returning named "
+                             "activations (models.SmallCNN has one); hints need it.")
+        self.student = student
+        self.adapter = adapter
+
+    def features(self, x: jax.Array) -> dict[str, jax.Array]:
+        """The student's named activations."""
+        return self.student.features(x)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.student(x)
+
+
+def _avg_pool_to(x: jax.Array, hw: tuple[int, int]) -> jax.Array:
+    n, h, w, c = x.shape
+    return x.reshape(n, hw[0], h // hw[0], hw[1], w // hw[1], c).mean(axis=(2, 4))
+
+
+def hint_loss(student_feat: jax.Array, teacher_feat: jax.Array, adapter: Adapter
+              ) -> jax.Array:
+    """FitNets hint: ``mean((adapter(student_feat) - teacher_feat)^2)``.
+
+    NHWC maps of different spatial size are average-pooled, the larger to the smaller,
+    when one size divides the other (a 14x14 student map against a 7x7 teacher map);
+    otherwise a ``ValueError`` asks for layers of compatible size. Pooling after the 1x1
+    adapter equals pooling before it (both are linear). The teacher side is under
+    ``stop_gradient``.
+
+    Raises:
+        ValueError: batch or spatial sizes that cannot be matched, or the adapter's output
+            channels differ from the teacher's.
+    """
+    s = adapter(jnp.asarray(student_feat))
+    t = jax.lax.stop_gradient(jnp.asarray(teacher_feat))
+    if s.ndim != t.ndim or s.shape[0] != t.shape[0]:
+        raise ValueError(f"student feature {tuple(student_feat.shape)} and teacher feature "
+                         f"{t.shape} differ in rank or batch size; pick layers of the same "
+                         "kind (both NHWC maps or both vectors) on the same x.")
+    if s.ndim == 4 and s.shape[1:3] != t.shape[1:3]:
+        (hs, ws), (ht, wt) = s.shape[1:3], t.shape[1:3]
+        if hs % ht == 0 and ws % wt == 0:
+            s = _avg_pool_to(s, (ht, wt))
+        elif ht % hs == 0 and wt % ws == 0:
+            t = _avg_pool_to(t, (hs, ws))
+        else:
+            raise ValueError(f"Spatial sizes {hs}x{ws} (student) and {ht}x{wt} (teacher) "
+                             "cannot be average-pooled to each other; pick layers whose "
+                             "sizes divide one another (e.g. both 'stage2').")
+    if s.shape != t.shape:
+        raise ValueError(f"adapted student feature {s.shape} does not match the teacher's "
+                         f"{t.shape}; build Adapter({student_feat.shape[-1]}, "
+                         f"{t.shape[-1]}) for these layers.")
+    return jnp.mean((s - t) ** 2)
+
+
+def feature_distillation_loss(teacher: nnx.Module | None = None, *,
+                              student_layer: str = "stage2", teacher_layer: str = "stage2",
+                              beta: float = 1.0, temperature: float = 4.0,
+                              alpha: float = 0.9) -> train_lib.LossFn:
+    """Logit KD plus ``beta *`` a FitNets hint, for a :class:`StudentWithAdapter`.
+
+    ``loss = kd_loss(student, teacher, labels) + beta * hint_loss(student[student_layer],
+    teacher[teacher_layer], model.adapter)``.
+
+    Picking layers: they are keys of ``features(x)`` (print their shapes, as below). A
+    natural pair is the same stage of both networks (same spatial size), the adapter mapping
+    the student's channel count to the teacher's. FitNets hints a *middle* layer
+    (``"stage2"``): an early one (``"stage1"``) constrains too little of the student, the
+    last one (``"residual"``) feeds the head directly, little beyond what KD matches.
+    Spatial sizes that divide one another are average-pooled (:func:`hint_loss`).
+
+    Args:
+        teacher: ``None`` for precomputed targets, ``y = (labels, teacher_logits,
+            teacher_features)`` (:func:`teacher_logits`, :func:`teacher_features`); or the
+            teacher module, run inside each step as in :func:`online_distillation_loss`.
+        student_layer: key of the student's ``features(x)``.
+        teacher_layer: key of the teacher's ``features(x)`` (online only; precomputed
+            features are whichever layer was handed to :func:`teacher_features`).
+        beta: weight of the hint term, ``>= 0``.
+        temperature: ``T > 0`` of the logit term.
+        alpha: weight of the soft logit term in ``[0, 1]``.
+
+    Returns:
+        ``loss_fn(model, x, y) -> (loss, student_logits)``.
+
+    Examples:
+        >>> from pruning_kit import data, models
+        >>> teacher = models.SmallCNN(widths=(8, 16), image_size=8, rngs=nnx.Rngs(0))
+        >>> teacher.eval()
+        >>> {k: v.shape[1:] for k, v in teacher.features(jnp.zeros((1, 8, 8, 1))).items()}
+        {'stage1': (4, 4, 8), 'stage2': (2, 2, 16), 'residual': (2, 2, 16), 'logits': (10,)}
+        >>> student = models.SmallCNN(widths=(4, 8), image_size=8, rngs=nnx.Rngs(1))
+        >>> model = StudentWithAdapter(student, Adapter(8, 16, rngs=nnx.Rngs(2)))  # 8 -> 16
+        >>> ds = data.load_digits()
+        >>> y = (ds.y_train, teacher_logits(teacher, ds.x_train),
+        ...      teacher_features(teacher, ds.x_train, "stage2"))
+        >>> hist = train_lib.fit(model, ds.x_train, y, epochs=1, batch_size=64, progress=False,
+        ...                      loss_fn=feature_distillation_loss(beta=0.5))
+        >>> len(hist["loss"])
+        1
+    """
+    t, a = _check_temperature_alpha(temperature, alpha)
+    b = _check_number("beta", beta, 0.0, hint="beta weighs the hint term; try 0.1..10.")
+    rebuild = _frozen(teacher) if teacher is not None else None
+
+    def loss_fn(model: nnx.Module, x: jax.Array, y: Any) -> tuple[jax.Array, jax.Array]:
+        if not isinstance(getattr(model, "adapter", None), Adapter) \
+                or not hasattr(model, "features"):
+            raise ValueError(f"feature_distillation_loss trains a StudentWithAdapter, got "
+                             f"{type(model).__name__}; wrap it: StudentWithAdapter(student, "
+                             "Adapter(student_channels, teacher_channels, rngs=...)).")
+        feats = model.features(x)
+        if student_layer not in feats or "logits" not in feats:
+            raise ValueError(f"student features(x) has {list(feats)}; student_layer="
+                             f"{student_layer!r} and 'logits' must be among them.")
+        if rebuild is None:
+            labels, t_logits, t_feat = _split_targets(y, 3, "feature_distillation_loss")
+        else:
+            labels = y[0] if isinstance(y, (tuple, list)) else y
+            t_feats = rebuild().features(x)
+            if teacher_layer not in t_feats:
+                raise ValueError(f"Unknown teacher_layer {teacher_layer!r}; the teacher's "
+                                 f"features(x) has {list(t_feats)}.")
+            t_logits, t_feat = t_feats["logits"], t_feats[teacher_layer]
+        logits = feats["logits"]
+        loss = kd_loss(logits, t_logits, labels, temperature=t, alpha=a)
+        return loss + b * hint_loss(feats[student_layer], t_feat, model.adapter), logits
+    return loss_fn
