@@ -24,6 +24,8 @@ Everything here is a pure function or a loss factory for :func:`pruning_kit.trai
 * :class:`Adapter`, :class:`StudentWithAdapter`, :func:`hint_loss`,
   :func:`feature_distillation_loss` -- a student layer regresses a teacher layer (FitNets).
 * :func:`recovery_loss` -- the dense model supervises its own pruned or quantized copy.
+* :func:`kd_wrap` -- the same for a technique's own loss (e.g. a QAT loss whose logits
+  come from the fake-quantized forward pass).
 
 Introduced in ``notebooks/02_distillation.ipynb``.
 
@@ -54,8 +56,8 @@ from pruning_kit import train as train_lib
 
 __all__ = [
     "Adapter", "StudentWithAdapter", "distillation_loss", "feature_distillation_loss",
-    "hint_loss", "kd_loss", "online_distillation_loss", "recovery_loss", "teacher_features",
-    "teacher_logits",
+    "hint_loss", "kd_loss", "kd_wrap", "online_distillation_loss", "recovery_loss",
+    "teacher_features", "teacher_logits",
 ]
 
 
@@ -314,6 +316,56 @@ def recovery_loss(teacher: nnx.Module | None = None, *, temperature: float = 4.0
     if teacher is None:
         return distillation_loss(temperature=temperature, alpha=alpha)
     return online_distillation_loss(teacher, temperature=temperature, alpha=alpha)
+
+
+def kd_wrap(loss_fn: train_lib.LossFn, teacher: nnx.Module | None = None, *,
+            temperature: float = 4.0, alpha: float = 0.9) -> train_lib.LossFn:
+    """Distil into the logits of another ``loss_fn``: its loss is replaced by :func:`kd_loss`.
+
+    A compression technique often trains through its own forward pass -- QAT's loss
+    (:func:`pruning_kit.qat.qat_mlp_loss`) returns the logits of the *fake-quantized*
+    model. ``kd_wrap`` keeps that forward pass and its logits, drops its cross-entropy,
+    and puts the distillation loss against the teacher in its place, so the dense model
+    supervises its compressed copy through the technique's own forward.
+
+    Args:
+        loss_fn: ``loss_fn(model, x, labels) -> (loss, logits)``; only the logits are used.
+        teacher: ``None`` for precomputed targets, ``y = (labels, teacher_logits)``
+            (:func:`teacher_logits`); or the teacher module, run inside each step as in
+            :func:`online_distillation_loss` (then ``y`` is the labels).
+        temperature: ``T > 0``.
+        alpha: weight of the teacher term in ``[0, 1]``.
+
+    Returns:
+        ``loss_fn(model, x, y) -> (kd loss, logits of the wrapped loss_fn)``.
+
+    Raises:
+        ValueError: ``loss_fn`` not callable, bad ``temperature``/``alpha``.
+
+    Examples:
+        >>> from pruning_kit import models
+        >>> model = models.MLP(4, (8,), 3, rngs=nnx.Rngs(0))
+        >>> x, y = jnp.ones((5, 4)), jnp.zeros(5, jnp.int32)
+        >>> loss_fn = kd_wrap(train_lib.cross_entropy_loss, alpha=0.0)   # alpha = 0: plain CE
+        >>> bool(jnp.isclose(loss_fn(model, x, (y, jnp.zeros((5, 3))))[0],
+        ...                  train_lib.cross_entropy_loss(model, x, y)[0]))
+        True
+    """
+    if not callable(loss_fn):
+        raise ValueError(f"loss_fn must be a function loss_fn(model, x, labels) -> (loss, "
+                         f"logits), got {type(loss_fn).__name__}.")
+    t, a = _check_temperature_alpha(temperature, alpha)
+    rebuild = _frozen(teacher) if teacher is not None else None
+
+    def wrapped(model: nnx.Module, x: jax.Array, y: Any) -> tuple[jax.Array, jax.Array]:
+        if rebuild is None:
+            labels, t_logits = _split_targets(y, 2, "kd_wrap")
+        else:
+            labels = y[0] if isinstance(y, (tuple, list)) else y
+            t_logits = rebuild()(x)
+        _, logits = loss_fn(model, x, labels)
+        return kd_loss(logits, t_logits, labels, temperature=t, alpha=a), logits
+    return wrapped
 
 
 # --------------------------------------------------------------------------- hints

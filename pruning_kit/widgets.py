@@ -238,3 +238,93 @@ class BitWidthExplorer:
         from IPython.display import display
 
         display(self.widget)
+
+
+class TemperatureExplorer:
+    """A teacher's softened probabilities ``softmax(z / T)`` for chosen images, live in T.
+
+    At ``T = 1`` a confident teacher puts nearly all its mass on one class; as ``T`` grows,
+    the small probabilities it gives to the *wrong* classes become visible -- which classes
+    it thinks an image resembles ("dark knowledge"), the signal a distilled student learns
+    from. Computing a softmax of 10 logits is instant, so nothing needs caching.
+
+    Args:
+        logits: the teacher's logits for the images, shape ``(n, classes)``.
+        images: the images, ``(n, H, W, 1)``, shown beside the bars.
+        labels: true labels, ``(n,)``.
+        classes: class names.
+        temperatures: the slider's stops.
+
+    Attributes:
+        temperature_slider, image_dropdown: the controls; ``readout``: the text shown.
+
+    Example (in a notebook)::
+
+        explorer = TemperatureExplorer(teacher_logits[:8], x_test[:8], y_test[:8],
+                                       fashion.classes)
+        explorer.temperature_slider.value = 8
+    """
+
+    def __init__(self, logits: np.ndarray, images: np.ndarray, labels: np.ndarray,
+                 classes: Sequence[str], temperatures: Sequence[float] = (1, 2, 4, 8, 16, 32)):
+        logits = np.asarray(logits, np.float64)
+        if logits.ndim != 2 or logits.shape[1] != len(classes):
+            raise ValueError(f"logits must have shape (n, {len(classes)}), got "
+                             f"{logits.shape}.")
+        if not (len(logits) == len(images) == len(labels)) or len(logits) == 0:
+            raise ValueError("logits, images and labels must be non-empty and equally long.")
+        temperatures = sorted(float(t) for t in temperatures)
+        if temperatures[0] <= 0:
+            raise ValueError(f"temperatures must be > 0, got {temperatures}.")
+        self.logits, self.images, self.labels = logits, np.asarray(images), np.asarray(labels)
+        self.classes = list(classes)
+        self.temperature_slider = W.SelectionSlider(
+            options=temperatures, value=temperatures[0], description="T",
+            continuous_update=False)
+        self.image_dropdown = W.Dropdown(
+            options=[(f"#{i}: {self.classes[int(y)]}", i) for i, y in enumerate(self.labels)],
+            value=0, description="image")
+        self.label = W.HTML()
+        self.output = W.Output()
+        self.readout = ""
+        self.temperature_slider.observe(self._update, names="value")
+        self.image_dropdown.observe(self._update, names="value")
+        self.widget = W.VBox([W.HBox([self.image_dropdown, self.temperature_slider]),
+                              self.label, self.output])
+        self._update()
+
+    def probabilities(self, index: int, temperature: float) -> np.ndarray:
+        """``softmax(logits[index] / temperature)`` (computed stably in float64)."""
+        z = self.logits[index] / temperature
+        e = np.exp(z - z.max())
+        return e / e.sum()
+
+    def _update(self, *_):
+        i, t = self.image_dropdown.value, self.temperature_slider.value
+        p = self.probabilities(i, t)
+        order = np.argsort(p)[::-1]
+        entropy = float(-(p * np.log2(np.clip(p, 1e-300, None))).sum())
+        self.readout = (f"T = {t:g}: {self.classes[order[0]]} {p[order[0]]:.3f}, then "
+                        f"{self.classes[order[1]]} {p[order[1]]:.3f} and "
+                        f"{self.classes[order[2]]} {p[order[2]]:.3f}; entropy "
+                        f"{entropy:.2f} bits (uniform: {np.log2(len(p)):.2f})")
+        self.label.value = f"<b>{self.readout}</b>"
+        self.output.clear_output(wait=True)
+        with self.output:
+            fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3),
+                                           gridspec_kw={"width_ratios": [1, 3]})
+            ax1.imshow(self.images[i][..., 0], cmap="gray_r")
+            ax1.set_title(f"true: {self.classes[int(self.labels[i])]}", fontsize=9)
+            ax1.axis("off")
+            colors = ["tab:green" if k == int(self.labels[i]) else "tab:blue"
+                      for k in range(len(p))]
+            ax2.bar(range(len(p)), p, color=colors)
+            ax2.set_xticks(range(len(p)), self.classes, rotation=45, ha="right", fontsize=8)
+            ax2.set(ylim=(0, 1), ylabel="probability",
+                    title=f"teacher's softmax(z / T) at T = {t:g}")
+            plt.show()
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.widget)

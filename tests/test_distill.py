@@ -239,3 +239,31 @@ def test_feature_distillation_trains_student_and_adapter_with_fit(digits):
         loss_fn(student, xb, yb)
     with pytest.raises(ValueError, match="Unknown teacher layer 'stage9'"):
         distill.teacher_features(teacher, x[:4], "stage9")
+
+
+# --------------------------------------------------------------------------- kd_wrap
+def test_kd_wrap_distils_through_the_wrapped_forward(digits, mlp_teacher):
+    from pruning_kit import qat
+
+    x, y = jnp.asarray(digits.x_train[:64]), jnp.asarray(digits.y_train[:64])
+    qat_loss = qat.qat_mlp_loss(2, None)
+    t_logits = distill.teacher_logits(mlp_teacher, digits.x_train[:64])
+    # alpha = 0: exactly the wrapped loss; the logits are the fake-quantized model's
+    plain, q_logits = qat_loss(mlp_teacher, x, y)
+    got, logits = distill.kd_wrap(qat_loss, alpha=0.0)(mlp_teacher, x, (y, t_logits))
+    np.testing.assert_allclose(got, plain, rtol=1e-6)
+    np.testing.assert_array_equal(logits, q_logits)
+    assert not np.allclose(q_logits, t_logits)  # 2-bit weights change the logits
+    # alpha = 1: the KD term against the teacher, the same online and precomputed
+    want = distill.kd_loss(q_logits, t_logits, y, temperature=2.0, alpha=1.0)
+    pre = distill.kd_wrap(qat_loss, temperature=2.0, alpha=1.0)(mlp_teacher, x, (y, t_logits))
+    online = distill.kd_wrap(qat_loss, mlp_teacher, temperature=2.0, alpha=1.0)(
+        mlp_teacher, x, y)
+    np.testing.assert_allclose(pre[0], want, rtol=1e-6)
+    np.testing.assert_allclose(online[0], want, rtol=1e-5)
+    with pytest.raises(ValueError, match="loss_fn must be a function"):
+        distill.kd_wrap("cross_entropy")
+    with pytest.raises(ValueError, match="alpha"):
+        distill.kd_wrap(qat_loss, alpha=2.0)
+    with pytest.raises(ValueError, match=r"y = \(labels, teacher_logits\)"):
+        distill.kd_wrap(qat_loss)(mlp_teacher, x, y)

@@ -4,6 +4,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from flax import nnx  # noqa: E402
 
@@ -85,3 +86,24 @@ def test_check_scale_hints(capsys):
         checks.check_scale(1.0 / 255, 0.5, 8)
     with pytest.raises(checks.CheckFailed, match="largest code, 7"):
         checks.check_scale(0.2, 0.5, 4)
+
+
+def test_temperature_explorer_softens_with_t():
+    logits = np.array([[8.0, 3.0, 0.0, -2.0], [0.0, 1.0, 6.0, 2.0]])
+    images = np.zeros((2, 8, 8, 1))
+    ex = widgets.TemperatureExplorer(logits, images, np.array([0, 2]), ["a", "b", "c", "d"],
+                                     temperatures=(1, 4, 16))
+    assert ex.readout.startswith("T = 1: a 0.99")
+    cold = ex.probabilities(0, 1.0)
+    ex.temperature_slider.value = 16
+    hot = ex.probabilities(0, 16.0)
+    assert hot[0] < cold[0] and hot[3] > cold[3]
+    assert np.isclose(hot.sum(), 1.0)
+    assert ex.readout.startswith("T = 16: a")
+    ex.image_dropdown.value = 1
+    assert ex.readout.startswith("T = 16: c")
+    with pytest.raises(ValueError, match="temperatures must be > 0"):
+        widgets.TemperatureExplorer(logits, images, np.array([0, 2]), list("abcd"),
+                                    temperatures=(0, 1))
+    with pytest.raises(ValueError, match="shape"):
+        widgets.TemperatureExplorer(logits[:, :3], images, np.array([0, 2]), list("abcd"))
