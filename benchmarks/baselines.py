@@ -13,10 +13,10 @@ Prints a readable table, then one JSON line per figure:
 from __future__ import annotations
 
 import argparse
-import json
 
 import numpy as np
 
+from benchmarks import _common
 from pruning_kit import data, measure, models, train
 
 SEEDS = (0, 1, 2)
@@ -31,8 +31,7 @@ LABEL = {"mlp_fashion": "LeNet-300-100 (Fashion-MNIST)",
 
 
 def emit(metric: str, value: float, unit: str) -> None:
-    print(json.dumps({"metric": metric, "value": round(float(value), 4), "unit": unit,
-                      "target": TARGETS.get(metric)}))
+    _common.emit(metric, value, unit, TARGETS)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -26,7 +26,6 @@ figure: ``{"metric": NAME, "value": NUMBER, "unit": ..., "target": ...}``.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections.abc import Callable
 
@@ -34,6 +33,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from benchmarks import _common
 from pruning_kit import data, distill, measure, models, qat, train
 
 SEEDS = (0, 1, 2)
@@ -60,8 +60,7 @@ TARGETS = {
 
 
 def emit(metric: str, value: float, unit: str) -> None:
-    print(json.dumps({"metric": metric, "value": round(float(value), 4), "unit": unit,
-                      "target": TARGETS.get(metric)}))
+    _common.emit(metric, value, unit, TARGETS)
 
 
 def pct(model: nnx.Module, xy: tuple[np.ndarray, np.ndarray]) -> float:

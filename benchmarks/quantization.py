@@ -20,7 +20,6 @@ Prints the machine, a table, then one JSON line per figure:
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from collections.abc import Callable
@@ -30,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import _common
 from pruning_kit import data, measure, qat, train
 from pruning_kit import mixed_precision as mp
 from pruning_kit import quant_infer as qi
@@ -63,8 +63,7 @@ TARGETS = {
 
 
 def emit(metric: str, value: float, unit: str) -> None:
-    print(json.dumps({"metric": metric, "value": round(float(value), 4), "unit": unit,
-                      "target": TARGETS.get(metric)}))
+    _common.emit(metric, value, unit, TARGETS)
 
 
 def accuracy(logits_fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray,

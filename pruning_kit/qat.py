@@ -57,7 +57,7 @@ from pruning_kit import models as models_lib
 from pruning_kit import quant_infer
 from pruning_kit import train as train_lib
 from pruning_kit.codebook import codebook_lookup, kmeans_codebook
-from pruning_kit.quant_storage import dequantized_model, quantize_tree
+from pruning_kit.quant_storage import _path_name, dequantized_model, quantize_tree
 from pruning_kit.quantize import (
     QParams,
     _check_bits,
@@ -358,17 +358,9 @@ def evaluate_deployed_mlp(model: models_lib.MLP, x: Any, y: Any, *, weight_bits:
 
 # --------------------------------------------------------------------------- k-means
 def _leaf_name(path: tuple) -> str:
-    names = []
-    for key in path:
-        for attr in ("key", "idx", "name"):
-            if hasattr(key, attr):
-                names.append(str(getattr(key, attr)))
-                break
-        else:
-            names.append(str(key))
-    if names and names[-1] == "value":  # the nnx.Variable wrapper
-        names = names[:-1]
-    return ".".join(names)
+    """``quant_storage``'s dotted name, without a trailing ``nnx.Variable`` ``.value``."""
+    name = _path_name(path)
+    return name.removesuffix(".value") if name != "value" else ""
 
 
 def _kernels(model: nnx.Module, filter: Callable[[str, jax.Array], bool]

@@ -145,12 +145,9 @@ class BitWidthExplorer:
         self._fp32_bytes = 4 * sum(int(np.size(a)) for a in jax.tree.leaves(self._params))
 
         def logits(params, bits, x, per_channel):
-            def fq(path, v):
-                is_kernel = v.ndim >= 2
-                if not is_kernel:
-                    return v
-                return quantize.fake_quant(v, bits, axis=-1 if per_channel else None)
-            qparams = jax.tree_util.tree_map_with_path(fq, params)
+            axis = -1 if per_channel else None
+            qparams = jax.tree.map(  # kernels only; biases stay float
+                lambda v: quantize.fake_quant(v, bits, axis=axis) if v.ndim >= 2 else v, params)
             return nnx.merge(self._graphdef, qparams, self._rest)(x)
 
         self._logits = jax.jit(logits, static_argnums=(3,))
