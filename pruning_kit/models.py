@@ -53,6 +53,30 @@ def _check_positive(name: str, value: Any) -> int:
     return value
 
 
+class LowRankLinear(nnx.Module):
+    """A dense layer whose ``(in, out)`` kernel is the product ``u @ v`` of rank ``rank``.
+
+    ``rank * (in + out)`` weights instead of ``in * out``: fewer whenever
+    ``rank < in * out / (in + out)``. :func:`pruning_kit.structure.low_rank` fills ``u``
+    and ``v`` from a trained layer's truncated SVD (notebook 04).
+
+    Examples:
+        >>> from flax import nnx
+        >>> layer = LowRankLinear(784, 300, 20, rngs=nnx.Rngs(0))
+        >>> layer(jnp.ones((2, 784))).shape, layer.u.shape, layer.v.shape
+        ((2, 300), (784, 20), (20, 300))
+    """
+
+    def __init__(self, in_features: int, out_features: int, rank: int, *, rngs: nnx.Rngs):
+        init = nnx.initializers.lecun_normal()
+        self.u = nnx.Param(init(rngs.params(), (in_features, rank)))
+        self.v = nnx.Param(init(rngs.params(), (rank, out_features)) / jnp.sqrt(rank))
+        self.bias = nnx.Param(jnp.zeros((out_features,)))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return (x @ self.u[...]) @ self.v[...] + self.bias[...]
+
+
 class MLP(_Configured):
     """A fully connected ReLU network; ``MLP()`` is LeNet-300-100.
 
@@ -60,6 +84,9 @@ class MLP(_Configured):
         in_features: flattened input size (784 for 28x28 images, 64 for digits).
         hidden: widths of the hidden layers; may be empty (a linear classifier).
         num_classes: number of output logits.
+        ranks: optional, one entry per layer: ``None`` for a dense ``nnx.Linear``, an int
+            for a :class:`LowRankLinear` of that rank (made by
+            :func:`pruning_kit.structure.low_rank`).
         rngs: ``nnx.Rngs`` used to initialise the weights.
 
     The layers are ``self.layers[0..L]``, the last one the classifier.
@@ -74,15 +101,26 @@ class MLP(_Configured):
     """
 
     def __init__(self, in_features: int = 784, hidden: Sequence[int] = (300, 100),
-                 num_classes: int = 10, *, rngs: nnx.Rngs):
+                 num_classes: int = 10, ranks: Sequence[int | None] | None = None, *,
+                 rngs: nnx.Rngs):
         in_features = _check_positive("in_features", in_features)
         num_classes = _check_positive("num_classes", num_classes)
         hidden = _check_widths("hidden", hidden, allow_empty=True)
         self._config = (("in_features", in_features), ("hidden", hidden),
                         ("num_classes", num_classes))
         sizes = (in_features, *hidden, num_classes)
-        pairs = zip(sizes[:-1], sizes[1:], strict=True)
-        self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in pairs])
+        pairs = list(zip(sizes[:-1], sizes[1:], strict=True))
+        if ranks is not None:                     # recorded only when used
+            ranks = tuple(ranks)
+            if len(ranks) != len(pairs) or any(
+                    r is not None and (not isinstance(r, int) or r < 1) for r in ranks):
+                raise ValueError(f"ranks needs one entry per layer ({len(pairs)}), each None "
+                                 f"or a positive int; got {ranks!r}.")
+            self._config += (("ranks", ranks),)
+        ranks = ranks or (None,) * len(pairs)
+        self.layers = nnx.List([
+            nnx.Linear(a, b, rngs=rngs) if r is None else LowRankLinear(a, b, r, rngs=rngs)
+            for (a, b), r in zip(pairs, ranks, strict=True)])
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = x.reshape((x.shape[0], -1))
@@ -100,10 +138,48 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
 
     Same values as ``nnx.max_pool(x, (2, 2), (2, 2))``, written as a reshape and a max:
     on XLA:CPU its gradient is a cheap elementwise mask instead of ``max_pool``'s
-    select-and-scatter (``python -m benchmarks.pooling`` times both: 8.4x on 2 cores).
+    select-and-scatter (``python -m benchmarks.xla_cpu_layers`` times both: 8-12x on 2
+    cores). SmallCNN trains with this form.
     """
     n, h, w, c = x.shape
     return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+def max_pool_2x2_strided(x: jax.Array) -> jax.Array:
+    """The same pooling as :func:`max_pool_2x2`, as the maximum of four strided slices.
+
+    Identical values. XLA:CPU fuses it with the convolution, BatchNorm and ReLU before it
+    far better at inference (a 4/8-channel SmallCNN forward: about 6 ms instead of 17 ms at
+    batch 256), while its gradient is slower; SmallCNN uses it in eval mode.
+    """
+    return jnp.maximum(jnp.maximum(x[:, 0::2, 0::2], x[:, 0::2, 1::2]),
+                       jnp.maximum(x[:, 1::2, 0::2], x[:, 1::2, 1::2]))
+
+
+def conv3x3_single_channel(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """A 3x3 ``SAME`` convolution of 1-channel NHWC input, as nine shifted multiply-adds.
+
+    Same values as ``nnx.Conv`` (up to float rounding, ~1e-6) with the same ``(3, 3, 1, C)``
+    kernel. XLA:CPU runs a convolution with one input channel through a slow generic path
+    (9-11 ms for a batch of 256 28x28 images whatever the output width); this form takes
+    0.2-0.9 ms, 10-45x less (``python -m benchmarks.xla_cpu_layers`` times both).
+
+    Examples:
+        >>> x = jnp.ones((1, 4, 4, 1)); k = jnp.ones((3, 3, 1, 2))
+        >>> conv3x3_single_channel(x, k)[0, :, :, 0]    # 4, 6 or 9 neighbours inside
+        Array([[4., 6., 6., 4.],
+               [6., 9., 9., 6.],
+               [6., 9., 9., 6.],
+               [4., 6., 6., 4.]], dtype=float32)
+    """
+    n, h, w, _ = x.shape
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    out = xp[:, 0:h, 0:w, :] * kernel[0, 0, 0]
+    for i in range(3):
+        for j in range(3):
+            if i or j:
+                out = out + xp[:, i:i + h, j:j + w, :] * kernel[i, j, 0]
+    return out
 
 
 class SmallCNN(_Configured):
@@ -121,13 +197,18 @@ class SmallCNN(_Configured):
 
     Args:
         in_channels: image channels (1 for grey-scale).
-        widths: ``(stage1_channels, stage2_channels)``.
+        widths: ``(stage1_channels, stage2_channels)``, or with a third entry the channels
+            inside the residual block (``res_conv1``'s output; default: stage 2's), which
+            channel removal may shrink on their own.
         image_size: input height = width, used to size the head (28 or 8).
         num_classes: number of output logits.
         rngs: ``nnx.Rngs`` for initialisation.
 
     Call ``model.train()`` before training and ``model.eval()`` for inference (BatchNorm
-    uses batch statistics in train mode, running averages in eval mode).
+    uses batch statistics in train mode, running averages in eval mode). Eval mode also
+    switches to the layer forms XLA:CPU runs fastest at inference
+    (:func:`conv3x3_single_channel` for 1-channel input, :func:`max_pool_2x2_strided`);
+    the outputs agree with the train-mode forms to float rounding (~1e-6).
 
     Examples:
         >>> from flax import nnx
@@ -147,23 +228,24 @@ class SmallCNN(_Configured):
         num_classes = _check_positive("num_classes", num_classes)
         image_size = _check_positive("image_size", image_size)
         widths = _check_widths("widths", widths)
-        if len(widths) != 2:
-            raise ValueError(f"SmallCNN takes two widths (stage 1, stage 2), got {widths!r}.")
+        if len(widths) not in (2, 3):
+            raise ValueError(f"SmallCNN takes two widths (stage 1, stage 2) or three (and the "
+                             f"residual block's inner width), got {widths!r}.")
         if image_size % 4:
             raise ValueError(f"image_size must be divisible by 4 (two 2x2 pools), got "
                              f"{image_size}.")
         self._config = (("in_channels", in_channels), ("widths", widths),
                         ("image_size", image_size), ("num_classes", num_classes))
-        c1, c2 = widths
+        c1, c2, c_res = (*widths, widths[1])[:3]
         conv = dict(kernel_size=(3, 3), padding="SAME", rngs=rngs)
         bn = dict(momentum=0.9, rngs=rngs)
         self.conv1 = nnx.Conv(in_channels, c1, use_bias=False, **conv)
         self.bn1 = nnx.BatchNorm(c1, **bn)
         self.conv2 = nnx.Conv(c1, c2, use_bias=False, **conv)
         self.bn2 = nnx.BatchNorm(c2, **bn)
-        self.res_conv1 = nnx.Conv(c2, c2, use_bias=False, **conv)
-        self.res_bn1 = nnx.BatchNorm(c2, **bn)
-        self.res_conv2 = nnx.Conv(c2, c2, use_bias=False, **conv)
+        self.res_conv1 = nnx.Conv(c2, c_res, use_bias=False, **conv)
+        self.res_bn1 = nnx.BatchNorm(c_res, **bn)
+        self.res_conv2 = nnx.Conv(c_res, c2, use_bias=False, **conv)
         self.res_bn2 = nnx.BatchNorm(c2, **bn)
         side = image_size // 4
         self.head = nnx.Linear(side * side * c2, num_classes, rngs=rngs)
@@ -174,9 +256,17 @@ class SmallCNN(_Configured):
             raise ValueError(f"SmallCNN expects NHWC images with {self.config['in_channels']} "
                              f"channel(s), got shape {x.shape}.")
         out = {}
-        x = max_pool_2x2(jax.nn.relu(self.bn1(self.conv1(x))))
+        # Eval mode runs the forms XLA:CPU executes fastest at inference, train mode the
+        # ones with the fastest gradients; they compute the same function.
+        inference = bool(self.bn1.use_running_average)
+        pool = max_pool_2x2_strided if inference else max_pool_2x2
+        if inference and self.config["in_channels"] == 1:
+            y = conv3x3_single_channel(x, self.conv1.kernel[...])
+        else:
+            y = self.conv1(x)
+        x = pool(jax.nn.relu(self.bn1(y)))
         out["stage1"] = x
-        x = max_pool_2x2(jax.nn.relu(self.bn2(self.conv2(x))))
+        x = pool(jax.nn.relu(self.bn2(self.conv2(x))))
         out["stage2"] = x
         h = jax.nn.relu(self.res_bn1(self.res_conv1(x)))
         x = jax.nn.relu(x + self.res_bn2(self.res_conv2(h)))
