@@ -453,6 +453,58 @@ def prune_channels(model: nnx.Module, keep: float | Mapping[str, Any], *,
     return remove_channels(model, kept), kept
 
 
+def search_widths(model: nnx.Module, candidates: list[Mapping[str, Any]], x: np.ndarray, *,
+                  max_mac_ratio: float = 0.5, runs: int = 15, repeats: int = 3
+                  ) -> list[dict[str, Any]]:
+    """Time smaller configurations of ``model`` and rank them by measured latency.
+
+    MACs do not predict latency on real hardware: XLA:CPU picks a convolution algorithm
+    per shape, and some channel counts run far slower than their MACs suggest (notebook 04
+    shows a 2x fewer-MAC model that is no faster). So choose the widths by *measuring*
+    them -- the idea of hardware-aware pruning (NetAdapt, Yang et al., 2018) -- then remove
+    channels to the fastest one. Timing uses fresh weights (values do not change speed).
+
+    Args:
+        model: the model to shrink (its class and config are the starting point).
+        candidates: config overrides, e.g. ``[{"widths": [16, 16, 16]}, ...]``.
+        x: a batch to time on (its size is the batch size that matters to you).
+        max_mac_ratio: keep candidates with at most this fraction of ``model``'s MACs.
+        runs, repeats: each candidate's time is the best of ``repeats`` medians of ``runs``
+            calls (robust to other jobs on a shared machine).
+
+    Returns:
+        Rows ``{"config", "macs", "mac_ratio", "latency_ms", "speedup"}``, fastest first,
+        ``speedup`` relative to ``model`` timed the same way.
+
+    Raises:
+        ValueError: no candidate within ``max_mac_ratio``, or a config that does not fit.
+    """
+    kind = type(model).__name__
+
+    def timed(m: nnx.Module) -> float:
+        return min(measure.latency(m, x, runs=runs).median_ms for _ in range(repeats))
+
+    base_macs = measure.cost(model, x)["macs"]
+    rows = []
+    for override in candidates:
+        config = dict(model.config, **override)
+        cand = models_lib.build(kind, config)
+        cand.eval()
+        macs = measure.cost(cand, x)["macs"]
+        if macs <= max_mac_ratio * base_macs:
+            rows.append({"config": config, "macs": macs, "mac_ratio": macs / base_macs,
+                         "model": cand})
+    if not rows:
+        raise ValueError(f"No candidate has <= {max_mac_ratio} of the model's MACs; add "
+                         "narrower candidates or raise max_mac_ratio.")
+    model.eval()
+    base_ms = timed(model)
+    for row in rows:
+        row["latency_ms"] = timed(row.pop("model"))
+        row["speedup"] = base_ms / row["latency_ms"]
+    return sorted(rows, key=lambda r: r["latency_ms"])
+
+
 # --------------------------------------------------------------------------- low rank
 
 def svd_factors(kernel: jax.typing.ArrayLike, rank: int) -> tuple[jax.Array, jax.Array]:

@@ -303,7 +303,7 @@ def load_model(path: str | os.PathLike) -> nnx.Module:
 
 
 # --------------------------------------------------------------------------- baselines
-def _shift_augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def shift_augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Random horizontal flip and +-2 pixel translation (host side, per batch)."""
     flip = rng.random(len(x)) < 0.5
     x = np.where(flip[:, None, None, None], x[:, :, ::-1], x)
@@ -316,7 +316,7 @@ RECIPES: dict[str, dict[str, Any]] = {
                         build=lambda s: models_lib.lenet_300_100(seed=s),
                         epochs=20, batch_size=128, learning_rate=1e-3, augment=None),
     "cnn_fashion": dict(dataset="fashion_mnist", build=lambda s: models_lib.small_cnn(seed=s),
-                        epochs=15, batch_size=128, learning_rate=2e-3, augment=_shift_augment),
+                        epochs=15, batch_size=128, learning_rate=2e-3, augment=shift_augment),
     "mlp_digits": dict(dataset="digits",
                        build=lambda s: models_lib.MLP(64, (128, 64), rngs=nnx.Rngs(s)),
                        epochs=60, batch_size=32, learning_rate=1e-3, augment=None),
@@ -377,6 +377,36 @@ def baseline(name: str, seed: int = 0, *, retrain: bool = False, progress: bool 
     if path.exists() and not retrain:
         return load_model(path)
     return train_baseline(name, seed, dataset=dataset, progress=progress)
+
+
+def cached(name: str, seed: int, make: Callable[[], nnx.Module], *, retrain: bool = False,
+           metadata: dict[str, Any] | None = None) -> nnx.Module:
+    """Load the checkpoint ``name``/``seed`` if it exists, else ``make()`` it and save it.
+
+    For models derived from a baseline (pruned and fine-tuned, distilled, ...) that take
+    minutes to make: the benchmark makes them once, notebooks load them. ``metadata``
+    (say, the recipe and the command that made it) is stored with the weights; read it
+    back with :func:`read_checkpoint_header`.
+
+    Examples:
+        >>> import tempfile
+        >>> os.environ["PRUNING_KIT_CHECKPOINTS"] = tempfile.mkdtemp()
+        >>> make = lambda: models_lib.MLP(4, (2,), rngs=nnx.Rngs(0))
+        >>> cached("tiny", 0, make).config["hidden"]        # made and saved
+        [2]
+        >>> checkpoint_path("tiny").exists()
+        True
+        >>> del os.environ["PRUNING_KIT_CHECKPOINTS"]
+    """
+    path = checkpoint_path(name, seed)
+    if path.exists() and not retrain:
+        return load_model(path)
+    start = time.perf_counter()
+    model = make()
+    meta = {"name": name, "seed": seed, "seconds": round(time.perf_counter() - start, 1),
+            "date": _dt.date.today().isoformat(), **(metadata or {})}
+    save_model(model, path, metadata=meta)
+    return model
 
 
 def main(argv: list[str] | None = None) -> None:

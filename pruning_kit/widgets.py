@@ -325,3 +325,139 @@ class TemperatureExplorer:
         from IPython.display import display
 
         display(self.widget)
+
+
+class RankExplorer:
+    """Low-rank factorization of one MLP layer, explored with a rank slider.
+
+    The layer's kernel ``W`` is factorized once by SVD; rank ``r`` keeps the ``r`` largest
+    singular values (:func:`pruning_kit.structure.svd_factors`). Accuracy is computed with
+    ``r`` as a *traced* value (singular values beyond ``r`` are masked), so no rank
+    recompiles; latency is measured once per rank on the real factorized model
+    (``u @ v`` as two matmuls) -- what a deployed model would run.
+
+    Args:
+        model: a trained dense :class:`~pruning_kit.models.MLP`.
+        x, y: evaluation set.
+        layer: index of the layer to factorize (default 0, the 784x300 one).
+        ranks: the slider's stops.
+        batch_size: the batch latency is measured at.
+
+    Attributes:
+        results: ``{rank: {"accuracy", "params", "latency_ms"}}`` (``rank`` None = dense).
+        rank_slider: the control; ``readout``: the text shown; ``last_update_ms``.
+    """
+
+    def __init__(self, model, x: np.ndarray, y: np.ndarray, *, layer: int = 0,
+                 ranks: Sequence[int] = (4, 8, 16, 32, 64, 128, 216), batch_size: int = 256,
+                 progress: bool = True):
+        import jax
+        import jax.numpy as jnp
+
+        from pruning_kit import models as models_lib
+
+        if not isinstance(model, models_lib.MLP) or "ranks" in model.config:
+            raise ValueError("RankExplorer needs a dense models.MLP.")
+        if not 0 <= layer < len(model.layers):
+            raise ValueError(f"layer must be in [0, {len(model.layers)}), got {layer}.")
+        if len(x) == 0 or len(x) != len(y):
+            raise ValueError("x and y must be non-empty and equally long.")
+        kernel = model.layers[layer].kernel[...]
+        full = min(kernel.shape)
+        ranks = sorted(set(int(r) for r in ranks))
+        if ranks[0] < 1 or ranks[-1] > full:
+            raise ValueError(f"ranks must be in [1, {full}] for a {kernel.shape} kernel, got "
+                             f"{ranks}.")
+        self.model, self.layer, self.ranks = model, layer, ranks
+        self.shape = tuple(kernel.shape)
+        self._x, self._y = np.asarray(x), np.asarray(y)
+        model.eval()
+        u, s, vt = jnp.linalg.svd(kernel, full_matrices=False)
+        self.singular_values = np.asarray(s)
+        graphdef, state = nnx.split(model)
+
+        def logits(state, r, xb):
+            m = nnx.merge(graphdef, state)
+            keep = (jnp.arange(s.shape[0]) < r).astype(s.dtype)
+            m.layers[layer].kernel[...] = (u * (s * keep)) @ vt
+            return m(xb)
+
+        self._logits = jax.jit(logits)
+        self._state = state
+        self.results: dict = {}
+        self._batch = np.resize(self._x, (batch_size, *self._x.shape[1:]))
+        jobs = [None, *ranks]
+        for r in tqdm(jobs, desc="factorizing", disable=not progress, leave=False):
+            self.result(r)
+        self.dense_accuracy = self.results[None]["accuracy"]
+        self.rank_slider = W.SelectionSlider(options=ranks, value=ranks[len(ranks) // 2],
+                                             description="rank", continuous_update=False)
+        self.label = W.HTML()
+        self.output = W.Output()
+        self.readout = ""
+        self.last_update_ms = float("nan")
+        self.rank_slider.observe(self._update, names="value")
+        self.widget = W.VBox([self.rank_slider, self.label, self.output])
+        self._update()
+
+    def _accuracy(self, rank: int) -> float:
+        import jax.numpy as jnp
+
+        correct = 0
+        for i in range(0, len(self._x), 2500):
+            out = self._logits(self._state, jnp.int32(rank), jnp.asarray(self._x[i:i + 2500]))
+            correct += int((np.asarray(out).argmax(-1) == self._y[i:i + 2500]).sum())
+        return 100.0 * correct / len(self._x)
+
+    def result(self, rank: int | None) -> dict:
+        """Accuracy (%), layer parameters and measured latency for ``rank`` (cached)."""
+        from pruning_kit import structure
+
+        if rank not in self.results:
+            n_in, n_out = self.shape
+            if rank is None:
+                acc, model = self._accuracy(min(self.shape)), self.model
+            else:
+                acc, model = self._accuracy(rank), structure.low_rank(self.model,
+                                                                      {self.layer: rank})
+            self.results[rank] = {
+                "accuracy": acc, "params": structure.low_rank_params(n_in, n_out, rank),
+                "latency_ms": measure.latency(model, self._batch, runs=20).median_ms}
+        return self.results[rank]
+
+    def _update(self, *_):
+        import time
+
+        start = time.perf_counter()
+        r = self.rank_slider.value
+        res, dense = self.result(r), self.results[None]
+        energy = float((self.singular_values[:r] ** 2).sum() / (self.singular_values ** 2).sum())
+        self.readout = (f"rank {r}: accuracy {res['accuracy']:.2f}% "
+                        f"({res['accuracy'] - self.dense_accuracy:+.2f} pt), layer "
+                        f"{res['params']:,} params ({dense['params'] / res['params']:.1f}x fewer), "
+                        f"{energy:.1%} of the spectrum's energy, model "
+                        f"{res['latency_ms']:.2f} ms vs {dense['latency_ms']:.2f} ms dense "
+                        f"at batch {len(self._batch)}")
+        self.label.value = f"<b>{self.readout}</b>"
+        self.output.clear_output(wait=True)
+        with self.output:
+            fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.2))
+            ax1.semilogy(self.singular_values, color="tab:gray")
+            ax1.axvline(r, color="r", ls="--")
+            ax1.set(xlabel="index", ylabel="singular value",
+                    title=f"spectrum of layer {self.layer} {self.shape}")
+            accs = [self.results[k]["accuracy"] for k in self.ranks]
+            ax2.plot(self.ranks, accs, "o-", label="rank-r model")
+            ax2.axhline(self.dense_accuracy, color="k", ls=":", label="dense")
+            ax2.plot([r], [res["accuracy"]], "r*", markersize=15, zorder=5)
+            ax2.set(xscale="log", xlabel="rank", ylabel="test accuracy (%)",
+                    title="accuracy without fine-tuning")
+            ax2.legend(fontsize=8)
+            ax2.grid(alpha=0.3)
+            plt.show()
+        self.last_update_ms = 1000 * (time.perf_counter() - start)
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.widget)

@@ -107,3 +107,20 @@ def test_temperature_explorer_softens_with_t():
                                     temperatures=(0, 1))
     with pytest.raises(ValueError, match="shape"):
         widgets.TemperatureExplorer(logits[:, :3], images, np.array([0, 2]), list("abcd"))
+
+
+def test_rank_explorer_accuracy_grows_with_rank_and_full_rank_is_dense(digits):
+    from pruning_kit import train
+
+    mlp = models.MLP(64, (32,), rngs=nnx.Rngs(0))
+    train.fit(mlp, digits.x_train, digits.y_train, epochs=5, batch_size=32, progress=False)
+    ex = widgets.RankExplorer(mlp, digits.x_test, digits.y_test, ranks=(1, 4, 32),
+                              batch_size=8, progress=False)
+    assert set(ex.results) == {None, 1, 4, 32}
+    assert ex.results[32]["accuracy"] == pytest.approx(ex.dense_accuracy, abs=0.5)
+    assert ex.results[1]["accuracy"] < ex.results[32]["accuracy"]
+    assert ex.results[4]["params"] == 4 * (64 + 32) + 32
+    ex.rank_slider.value = 1
+    assert ex.readout.startswith("rank 1: accuracy")
+    with pytest.raises(ValueError, match="ranks must be in"):
+        widgets.RankExplorer(mlp, digits.x_test, digits.y_test, ranks=(64,), progress=False)
