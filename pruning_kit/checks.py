@@ -96,3 +96,30 @@ def check_scale(answer, max_abs: float, bits: int) -> None:
                           f"{qmax}.")
     print(f"Correct: scale = {max_abs:g} / {qmax} = {expected:.6g}; rounding error <= "
           f"{expected / 2:.3g}.")
+
+
+def check_zeros(answer, num_weights: int, sparsity: float) -> None:
+    """Zeros in a layer of ``num_weights`` pruned to ``sparsity`` (``round(s * n)``)."""
+    expected = round(sparsity * num_weights)
+    got = _number(answer, "the number of zeros")
+    if got == num_weights - expected:
+        raise CheckFailed("That is the number of weights kept. Sparsity counts the zeros.")
+    if got != expected:
+        raise CheckFailed("Not quite. Sparsity s of n weights means s * n of them are zero "
+                          "(rounded to a whole number).")
+    print(f"Correct: {expected:,} zeros and {num_weights - expected:,} weights kept.")
+
+
+def check_low_rank_params(answer, in_features: int, out_features: int, rank: int) -> None:
+    """Weights of a rank-``rank`` factorization ``u @ v`` of an ``(in, out)`` kernel."""
+    expected = rank * (in_features + out_features)
+    got = _number(answer, "the number of weights")
+    if got == in_features * out_features:
+        raise CheckFailed("That is the dense kernel. The factors are (in x r) and (r x out).")
+    if got == rank * rank or got == rank * in_features * out_features:
+        raise CheckFailed("Not quite. Count the entries of u (in x r) and of v (r x out).")
+    if got != expected:
+        raise CheckFailed("Not quite. u has in * r entries and v has r * out entries.")
+    print(f"Correct: {rank} x ({in_features} + {out_features}) = {expected:,} weights instead "
+          f"of {in_features * out_features:,} ({in_features * out_features / expected:.1f}x "
+          f"fewer).")

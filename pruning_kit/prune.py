@@ -583,7 +583,8 @@ def masked(inner: optax.GradientTransformation, masks: Params) -> optax.Gradient
         pure = _unwrap(params)
         ms = _mask_lookup(pure, masks)
         fixed = _rebuild(pure, lambda n, w: jnp.ones(jnp.shape(w), bool) if ms[n] is None
-                         else jnp.asarray(ms[n]).astype(bool))
+                         else jnp.array(ms[n], dtype=bool, copy=True))
+        # a copy: train.fit donates the optimizer state, and the caller's masks must survive
         return PruningState(jnp.zeros((), jnp.int32), fixed, inner.init(params))
 
     def update_fn(updates, state, params=None):

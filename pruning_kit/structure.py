@@ -361,7 +361,9 @@ def _rebuild(model: nnx.Module, config: Mapping[str, Any], leaves: Mapping[str, 
         if tuple(leaves[name].shape) != tuple(shaped.shape):
             raise ValueError(f"Internal shape mismatch at {name}: {leaves[name].shape} vs "
                              f"{shaped.shape}; the groups do not describe this model.")
-    nnx.update(new, jax.tree_util.tree_unflatten(treedef, [leaves[n] for n in names]))
+    # copies: the new model must not share buffers with the original (training donates them)
+    copies = [jnp.array(leaves[n], copy=True) for n in names]
+    nnx.update(new, jax.tree_util.tree_unflatten(treedef, copies))
     new.eval()
     return new
 

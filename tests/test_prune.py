@@ -505,3 +505,13 @@ def test_bad_optimizer_and_schedule_inputs():
         pr.polynomial_schedule(0.5, 0, 10, initial_sparsity=0.8)
     with pytest.raises(ValueError, match="power"):
         pr.polynomial_schedule(0.5, 0, 10, power=0)
+
+
+def test_masked_fit_leaves_the_callers_masks_usable(digits):
+    model = models.MLP(64, (16,), rngs=nnx.Rngs(0))
+    masks = pr.magnitude_masks(nnx.state(model, nnx.Param), 0.5)
+    for _ in range(2):     # the same masks twice: fit donates its optimizer state
+        train.fit(model, digits.x_train, digits.y_train, epochs=1, batch_size=64,
+                  tx=pr.masked(optax.adam(1e-3), masks), progress=False)
+    assert pr.sparsity(pr.apply_masks(nnx.state(model, nnx.Param), masks),
+                    filter=pr.default_filter) == pytest.approx(0.5)

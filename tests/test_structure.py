@@ -84,6 +84,14 @@ def test_original_model_is_untouched(cnn, images):
     np.testing.assert_array_equal(np.asarray(cnn(images)), before)
 
 
+def test_training_the_smaller_model_leaves_the_original_usable(digits):
+    mlp = models.MLP(64, (16,), rngs=nnx.Rngs(0))
+    before = np.asarray(mlp(digits.x_test[:4]))
+    small = structure.remove_channels(mlp, {"hidden.0": np.arange(8)})
+    train.fit(small, digits.x_train, digits.y_train, epochs=1, batch_size=64, progress=False)
+    np.testing.assert_array_equal(np.asarray(mlp(digits.x_test[:4])), before)
+
+
 def test_taylor_importance_ranks_a_dead_unit_last(digits):
     mlp = models.MLP(64, (16,), rngs=nnx.Rngs(0))
     train.fit(mlp, digits.x_train, digits.y_train, epochs=3, batch_size=64, progress=False)

@@ -124,3 +124,32 @@ def test_rank_explorer_accuracy_grows_with_rank_and_full_rank_is_dense(digits):
     assert ex.readout.startswith("rank 1: accuracy")
     with pytest.raises(ValueError, match="ranks must be in"):
         widgets.RankExplorer(mlp, digits.x_test, digits.y_test, ranks=(64,), progress=False)
+
+
+def test_sparsity_explorer_prunes_exactly_and_accuracy_falls(digits):
+    from pruning_kit import train
+
+    mlp = models.MLP(64, (64, 32), rngs=nnx.Rngs(0))
+    train.fit(mlp, digits.x_train, digits.y_train, epochs=10, batch_size=32, progress=False)
+    ex = widgets.SparsityExplorer(mlp, digits.x_test, digits.y_test,
+                                  sparsities=(0.0, 0.5, 0.99), progress=False)
+    assert ex.results[(0.5, "layer")]["layers"] == {
+        "layers.0.kernel": 0.5, "layers.1.kernel": 0.5, "layers.2.kernel": 0.5}
+    assert ex.results[(0.99, "global")]["accuracy"] < ex.dense_accuracy - 20
+    ex.scope_toggle.value = "global"
+    assert ex.readout.startswith("50% global: accuracy")
+    ex.sparsity_slider.value = 0.99
+    assert ex.readout.startswith("99% global")
+    with pytest.raises(ValueError, match=r"in \[0, 1\)"):
+        widgets.SparsityExplorer(mlp, digits.x_test, digits.y_test, sparsities=(1.0,))
+
+
+def test_pruning_and_low_rank_checks(capsys):
+    checks.check_zeros(27_000, 30_000, 0.9)
+    assert capsys.readouterr().out.startswith("Correct: 27,000 zeros")
+    with pytest.raises(checks.CheckFailed, match="kept"):
+        checks.check_zeros(3_000, 30_000, 0.9)
+    checks.check_low_rank_params(32 * 1084, 784, 300, 32)
+    assert "7.0x fewer" in capsys.readouterr().out
+    with pytest.raises(checks.CheckFailed, match="dense kernel"):
+        checks.check_low_rank_params(784 * 300, 784, 300, 32)
