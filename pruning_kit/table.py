@@ -64,6 +64,7 @@ class Table:
     Args:
         rows: a sequence of dicts (missing keys print as ``-``).
         columns: which keys to show, in order; default every key, in first-seen order.
+        title: optional line printed above the table (a caption in HTML and Markdown).
 
     Raises:
         ValueError: a row is not a dict, or a requested column is in no row.
@@ -75,7 +76,9 @@ class Table:
         dense    97.12%        1,066.4 KB
     """
 
-    def __init__(self, rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None):
+    def __init__(self, rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None,
+                 *, title: str | None = None):
+        self.title = title
         rows = list(rows)
         for i, r in enumerate(rows):
             if not isinstance(r, dict):
@@ -113,7 +116,8 @@ class Table:
                              for s, w, num in zip(items, widths, numeric, strict=True)).rstrip()
 
         rule = "  ".join("-" * w for w in widths)
-        return "\n".join([line(self.columns), rule] + [line(row) for row in cells])
+        title = [self.title] if self.title else []
+        return "\n".join(title + [line(self.columns), rule] + [line(row) for row in cells])
 
     __repr__ = __str__
 
@@ -121,14 +125,17 @@ class Table:
         """A GitHub-flavoured Markdown table (for README results)."""
         head = "| " + " | ".join(self.columns) + " |"
         rule = "|" + "|".join("---" for _ in self.columns) + "|"
-        return "\n".join([head, rule] + ["| " + " | ".join(r) + " |" for r in self.cells()])
+        title = [f"**{self.title}**", ""] if self.title else []
+        return "\n".join(title + [head, rule] + ["| " + " | ".join(r) + " |" for r in self.cells()])
 
     def _repr_html_(self) -> str:
         esc = html.escape
         head = "".join(f"<th>{esc(c)}</th>" for c in self.columns)
         body = "".join("<tr>" + "".join(f"<td style='text-align:right'>{esc(v)}</td>"
                                         for v in row) + "</tr>" for row in self.cells())
-        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        caption = f"<caption>{esc(self.title)}</caption>" if self.title else ""
+        return (f"<table>{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody>"
+                "</table>")
 
 
 def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:

@@ -254,3 +254,12 @@ def test_layer_table_keeps_forward_order_after_a_save_load_round_trip(tmp_path):
                                             rngs=nnx.Rngs(0)), tmp_path / "c.npz")
     names = [r["name"] for r in measure.layer_table(train.load_model(path))]
     assert names == list(models.SmallCNN.LAYER_ORDER)
+
+
+def test_table_title_prints_above_every_format():
+    from pruning_kit.table import Table
+
+    t = Table([{"name": "dense", "accuracy": 90.0}], title="My results")
+    assert str(t).splitlines()[0] == "My results"
+    assert t.to_markdown().startswith("**My results**")
+    assert "<caption>My results</caption>" in t._repr_html_()
