@@ -37,7 +37,9 @@ test: setup
 	$(PY) -m pytest
 
 benchmarks: baselines
-	$(PY) -m benchmarks.baselines
+	for b in baselines xla_cpu_layers quantization distillation pruning pipeline notebooks; do \
+		$(PY) -m benchmarks.$$b || exit 1; \
+	done
 
 lint: setup
 	$(VENV)/bin/ruff check pruning_kit tests benchmarks

@@ -18,7 +18,7 @@ Run from the repository root::
   against plain Adam (best of 3 alternating runs of the second epoch).
 * **Channel removal**: ``structure.search_widths`` times candidate widths with <= half the
   MACs; ``recipes.half_mac_cnn`` removes channels to the recipe's widths (BatchNorm-scale
-  importance), fine-tunes 6 epochs with the dense CNN as online teacher; latency of the
+  importance), fine-tunes 10 epochs with the dense CNN as online teacher; latency of the
   compiled forward pass at batch 256 and 1 (best of 3 medians each).
 
 Prints the machine, tables, then one JSON line per figure.

@@ -278,7 +278,49 @@ class SmallCNN(_Configured):
         return self.features(x)["logits"]
 
 
-MODEL_CLASSES: dict[str, type[nnx.Module]] = {"MLP": MLP, "SmallCNN": SmallCNN}
+class FoldedCNN(_Configured):
+    """:class:`~pruning_kit.models.SmallCNN` for inference, BatchNorm folded into the convs.
+
+    The same layers without BatchNorm: each conv has a bias, and the forward pass uses the
+    forms XLA:CPU runs fastest (shifted-add first conv for 1-channel input, strided
+    pooling). Build one from a trained SmallCNN with
+    :func:`pruning_kit.pipeline.fold_cnn_model`; it is registered in :data:`MODEL_CLASSES`,
+    so ``codec.save``/``codec.load`` handle it (notebook 05).
+    """
+
+    def __init__(self, in_channels: int = 1, widths: Sequence[int] = (16, 32), image_size: int = 28,
+                 num_classes: int = 10, *, rngs: nnx.Rngs):
+        widths = _check_widths("widths", widths)
+        if len(widths) not in (2, 3):
+            raise ValueError(f"FoldedCNN takes two or three widths, got {widths!r}.")
+        self._config = (("in_channels", in_channels), ("widths", widths),
+                        ("image_size", image_size), ("num_classes", num_classes))
+        c1, c2, c_res = (*widths, widths[1])[:3]
+        conv = dict(kernel_size=(3, 3), padding="SAME", rngs=rngs)
+        self.conv1 = nnx.Conv(in_channels, c1, **conv)
+        self.conv2 = nnx.Conv(c1, c2, **conv)
+        self.res_conv1 = nnx.Conv(c2, c_res, **conv)
+        self.res_conv2 = nnx.Conv(c_res, c2, **conv)
+        self.head = nnx.Linear((image_size // 4) ** 2 * c2, num_classes, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        pool = max_pool_2x2_strided
+        if self.config["in_channels"] == 1:
+            y = conv3x3_single_channel(x, self.conv1.kernel[...]) \
+                + self.conv1.bias[...]
+        else:
+            y = self.conv1(x)
+        x = pool(jax.nn.relu(y))
+        x = pool(jax.nn.relu(self.conv2(x)))
+        h = jax.nn.relu(self.res_conv1(x))
+        x = jax.nn.relu(x + self.res_conv2(h))
+        return self.head(x.reshape((x.shape[0], -1)))
+
+
+
+
+MODEL_CLASSES: dict[str, type[nnx.Module]] = {"MLP": MLP, "SmallCNN": SmallCNN,
+                                              "FoldedCNN": FoldedCNN}
 
 
 def lenet_300_100(in_features: int = 784, num_classes: int = 10, *, seed: int = 0) -> MLP:

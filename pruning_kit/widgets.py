@@ -342,6 +342,7 @@ class RankExplorer:
         layer: index of the layer to factorize (default 0, the 784x300 one).
         ranks: the slider's stops.
         batch_size: the batch latency is measured at.
+        runs: timed calls per latency measurement (the median is shown).
 
     Attributes:
         results: ``{rank: {"accuracy", "params", "latency_ms"}}`` (``rank`` None = dense).
@@ -350,7 +351,7 @@ class RankExplorer:
 
     def __init__(self, model, x: np.ndarray, y: np.ndarray, *, layer: int = 0,
                  ranks: Sequence[int] = (4, 8, 16, 32, 64, 128, 216), batch_size: int = 256,
-                 progress: bool = True):
+                 runs: int = 20, progress: bool = True):
         import jax
         import jax.numpy as jnp
 
@@ -368,7 +369,7 @@ class RankExplorer:
         if ranks[0] < 1 or ranks[-1] > full:
             raise ValueError(f"ranks must be in [1, {full}] for a {kernel.shape} kernel, got "
                              f"{ranks}.")
-        self.model, self.layer, self.ranks = model, layer, ranks
+        self.model, self.layer, self.ranks, self._runs = model, layer, ranks, runs
         self.shape = tuple(kernel.shape)
         self._x, self._y = np.asarray(x), np.asarray(y)
         model.eval()
@@ -422,7 +423,7 @@ class RankExplorer:
                                                                       {self.layer: rank})
             self.results[rank] = {
                 "accuracy": acc, "params": structure.low_rank_params(n_in, n_out, rank),
-                "latency_ms": measure.latency(model, self._batch, runs=20).median_ms}
+                "latency_ms": measure.latency(model, self._batch, runs=self._runs).median_ms}
         return self.results[rank]
 
     def _update(self, *_):

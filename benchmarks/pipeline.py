@@ -1,0 +1,243 @@
+"""The full pipeline of issue 6 (notebook 05): prune, share weights, distil, encode, reload.
+
+Run from the repository root::
+
+    python -m benchmarks.pipeline              # ~4 min on 2 CPU cores with the committed
+                                               # checkpoints (baselines and recipes)
+    python -m benchmarks.pipeline --seeds 0    # one seed
+    python -m benchmarks.pipeline --no-select  # skip the bit-width selection, use MLP_CHAIN
+
+What it measures (Fashion-MNIST; accuracies on the 10k test set, mean of the seeds):
+
+* **MLP chain** (Deep Compression): ``recipes.gmp_mlp`` (LeNet-300-100, 90.5% of the
+  kernels pruned by gradual magnitude pruning) -> k-means weight sharing of the non-zero
+  weights (``pipeline.kmeans_nonzero``; zeros stay exactly zero) -> centroids and biases
+  fine-tuned with the dense baseline as teacher (KD on precomputed logits,
+  ``distill.recovery_loss``) -> int8 biases -> ``codec.save`` (Huffman-coded codebook
+  indices and zero-run gaps) -> ``codec.load``. File bytes against the fp32 weights
+  (266,610 x 4 = 1,066,440 bytes), accuracy against the dense baseline.
+* **Bit-width selection** (seed 0): a few per-layer bit widths, each fine-tuned, measured
+  on a 5,000-image validation split held out of the training set (``data.holdout``,
+  seed 0; the fine-tuning uses the other 55,000). The smallest file whose validation
+  accuracy is within 1.0 pt of the dense model's wins; it should be ``MLP_CHAIN``.
+* **CNN chain**: ``recipes.half_mac_cnn`` (SmallCNN with channels removed, 2.3x fewer
+  MACs) -> BatchNorm folded into the convolutions (``pipeline.fold_cnn_model``) -> int8
+  per-output-channel weights (``quant_storage.quantize_tree``) stored by ``codec``. Bytes
+  of that file against the dense CNN's fp32 file (``coding="raw"``); latency at batch 256
+  of the model loaded from it (float compute with the dequantized weights: int8 matmuls
+  are not faster on XLA:CPU) against the dense CNN, best of 3 medians of 30 runs, taken
+  alternately. The W8A8 integer pipeline (``quant_infer.quantize_cnn`` +
+  ``int_forward``) is reported next to it, accuracy and latency, for honesty: it is
+  slower here.
+* **Reload**: predictions (logits, exactly) of every model loaded from its file against
+  the in-memory compressed model; ``reload_identical`` is 1 if all are identical.
+* **Huffman**: the worst payload overhead over the Shannon bound among all
+  Huffman-coded streams of all the files written (``codec.inspect``).
+
+Prints the machine, tables, then one JSON line per figure (``benchmarks._common.emit``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks import _common
+from pruning_kit import codec, data, distill, measure, pipeline, quant_infer, recipes, train
+from pruning_kit.quant_storage import dequantized_model, quantize_tree
+from pruning_kit.table import Table
+
+SEEDS = (0, 1, 2)
+FP32_MLP_BYTES = 266_610 * 4
+TARGETS = {
+    "mlp_file_bytes": "<= 26,661 B (40x; stretch 21,329 B, 50x)",
+    "mlp_compression_ratio": ">= 40x vs fp32 weights (stretch 50x)",
+    "mlp_pipeline_delta": ">= -1.0 pt vs dense",
+    "huffman_overhead_pct": "<= 3% over the entropy bound (worst stream)",
+    "cnn_speedup_b256": ">= 2x vs dense CNN",
+    "cnn_bytes_ratio": ">= 8x fewer bytes",
+    "cnn_pipeline_delta": ">= -1.0 pt vs dense",
+    "reload_identical": "1 (predictions identical after reload)",
+}
+#: Candidate bits (layer 0, 1, 2) for the selection, largest files first.
+CANDIDATES = ((4, 5, 6), (4, 4, 5), (3, 4, 5), (3, 3, 4), (2, 4, 5), (2, 3, 4))
+
+
+def emit(metric: str, value: float, unit: str) -> None:
+    _common.emit(metric, value, unit, TARGETS)
+
+
+def _bits(triple) -> dict[str, int]:
+    return {f"layers/{i}/kernel": b for i, b in enumerate(triple)}
+
+
+def mlp_chain(seed: int, x_fit, y_fit, folder: Path, bits=None, *, epochs=None):
+    """The MLP chain on one seed; returns (compressed model, file path, dense model)."""
+    cfg = pipeline.MLP_CHAIN
+    dense = train.baseline("mlp_fashion", seed, progress=False)
+    pruned = recipes.gmp_mlp(seed, progress=False)
+    targets = (y_fit, distill.teacher_logits(dense, x_fit))
+    c = pipeline.deep_compression(
+        pruned, x_fit, targets, bits or cfg["bits"], bias_bits=cfg["bias_bits"],
+        loss_fn=distill.recovery_loss(temperature=cfg["temperature"], alpha=cfg["alpha"]),
+        epochs=epochs or cfg["epochs"], lr=cfg["lr"], batch_size=cfg["batch_size"], seed=seed)
+    path = codec.save(folder / f"mlp_seed{seed}.pkc", c.model, quantized=c.quantized)
+    return c, path, dense, pruned
+
+
+def identical(model_a, model_b, x) -> bool:
+    return bool(np.array_equal(train.predict(model_a, x), train.predict(model_b, x)))
+
+
+def huffman_rows(info: dict) -> list[dict]:
+    return [r for r in info["streams"] if r["overhead_pct"] is not None]
+
+
+def select(ds, x_fit, y_fit, x_val, y_val, folder: Path) -> tuple:
+    dense = train.baseline("mlp_fashion", 0, progress=False)
+    acc_dense = 100 * train.evaluate(dense, x_val, y_val)
+    rows = []
+    for triple in CANDIDATES:
+        c, path, _, _ = mlp_chain(0, x_fit, y_fit, folder, _bits(triple))
+        rows.append({"bits": "/".join(map(str, triple)),
+                     "val_acc": 100 * train.evaluate(c.model, x_val, y_val),
+                     "file_bytes": path.stat().st_size, "triple": triple})
+    ok = [r for r in rows if r["val_acc"] >= acc_dense - 1.0]
+    best = min(ok, key=lambda r: r["file_bytes"]) if ok else max(rows, key=lambda r: r["val_acc"])
+    print(Table([{k: v for k, v in r.items() if k != "triple"} for r in rows],
+                title=f"bit-width selection, seed 0, validation split (dense {acc_dense:.2f}%; "
+                      "rule: smallest file within 1.0 pt)"))
+    chosen = _bits(best["triple"])
+    same = chosen == pipeline.MLP_CHAIN["bits"]
+    print(f"chosen: {best['bits']} ({'= MLP_CHAIN' if same else 'differs from MLP_CHAIN!'})")
+    return chosen
+
+
+def best_latency(models_or_fns: dict, x, rounds: int = 3) -> dict[str, float]:
+    best = {name: np.inf for name in models_or_fns}
+    for _ in range(rounds):
+        for name, m in models_or_fns.items():
+            best[name] = min(best[name], measure.latency(m, x, runs=30).median_ms)
+    return best
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
+    parser.add_argument("--no-select", action="store_true")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    print(measure.machine_summary())
+    ds = data.load_fashion_mnist()
+    (x_fit, y_fit), (x_val, y_val) = data.holdout(ds.x_train, ds.y_train, 5000, seed=0)
+    folder = Path(tempfile.mkdtemp())
+    bits = None if args.no_select else select(ds, x_fit, y_fit, x_val, y_val, folder)
+
+    # ------------------------------------------------------------------ MLP chain
+    mlp_rows, same, huff = [], [], []
+    for seed in args.seeds:
+        c, path, dense, pruned = mlp_chain(seed, x_fit, y_fit, folder, bits)
+        back = codec.load(path)
+        same.append(identical(back, c.model, ds.x_test))
+        info = codec.inspect(path)
+        huff += huffman_rows(info)
+        acc_dense = 100 * train.evaluate(dense, ds.x_test, ds.y_test)
+        acc = 100 * train.evaluate(back, ds.x_test, ds.y_test)
+        mlp_rows.append({"seed": seed, "dense_acc": acc_dense,
+                         "pruned_acc": 100 * train.evaluate(pruned, ds.x_test, ds.y_test),
+                         "compressed_acc": acc, "delta_pt": acc - acc_dense,
+                         "file_bytes": info["file_bytes"],
+                         "ratio": FP32_MLP_BYTES / info["file_bytes"],
+                         **{k: v for k, v in info["totals"].items()}})
+    print(Table(mlp_rows, title="MLP chain: pruned -> k-means -> KD fine-tune -> Huffman file "
+                                "(test set)"))
+    print(Table([{"leaf": r["leaf"], "stream": r["stream"], "symbols": r["symbols"],
+                  "payload_bytes": r["payload_bytes"], "entropy_bytes": r["entropy_bytes"],
+                  "overhead_pct": r["overhead_pct"]} for r in huffman_rows(info)],
+                title=f"Huffman streams of the seed {args.seeds[-1]} MLP file"))
+
+    # ------------------------------------------------------------------ CNN chain
+    cnn_rows = []
+    xb = jnp.asarray(ds.x_test[:256])
+    for seed in args.seeds:
+        dense = train.baseline("cnn_fashion", seed, progress=False)
+        half = recipes.half_mac_cnn(seed, progress=False)
+        folded = pipeline.fold_cnn_model(half)
+        qtree = quantize_tree(folded, 8)                       # int8, per output channel
+        compressed = dequantized_model(folded, qtree)
+        compressed.eval()
+        path = codec.save(folder / f"cnn_seed{seed}.pkc", compressed, quantized=qtree)
+        dense_path = codec.save(folder / f"cnn_dense_seed{seed}.pkc", dense, coding="raw")
+        back = codec.load(path)
+        same.append(identical(back, compressed, ds.x_test))
+        huff += huffman_rows(codec.inspect(path))
+        qm = quant_infer.quantize_cnn(half, x_val[:2000])
+        int_fwd = jax.jit(quant_infer.int_forward)
+        int_logits = np.concatenate([np.asarray(int_fwd(qm, jnp.asarray(ds.x_test[i:i + 1000])))
+                                     for i in range(0, len(ds.x_test), 1000)])
+        acc_dense = 100 * train.evaluate(dense, ds.x_test, ds.y_test)
+        acc = 100 * train.evaluate(back, ds.x_test, ds.y_test)
+        row = {"seed": seed, "dense_acc": acc_dense,
+               "half_acc": 100 * train.evaluate(half, ds.x_test, ds.y_test),
+               "int8_file_acc": acc, "delta_pt": acc - acc_dense,
+               "w8a8_int_acc": 100 * float(np.mean(int_logits.argmax(-1) == ds.y_test)),
+               "dense_bytes": dense_path.stat().st_size, "int8_bytes": path.stat().st_size}
+        row["bytes_ratio"] = row["dense_bytes"] / row["int8_bytes"]
+        if seed == args.seeds[0]:
+            lat = best_latency({"dense": dense, "half (BN)": half, "int8 file": back,
+                                "w8a8 int": lambda x, qm=qm: quant_infer.int_forward(qm, x)},
+                               xb)
+            macs = (measure.cost(dense, xb)["macs_per_example"],
+                    measure.cost(back, xb)["macs_per_example"])
+        cnn_rows.append(row)
+    print(Table(cnn_rows, title="CNN chain: channels removed -> BN folded -> int8 file (test)"))
+    print(Table([{"model": k, "latency_ms_b256": v, "speedup": lat["dense"] / v}
+                 for k, v in lat.items()],
+                title=f"CNN latency, batch 256, seed {args.seeds[0]} (best of 3 medians); "
+                      f"MACs/example dense {macs[0]:,.0f}, compressed {macs[1]:,.0f}"))
+
+    worst = max(huff, key=lambda r: r["overhead_pct"])
+    print(f"worst Huffman stream: {worst['leaf']}:{worst['stream']} "
+          f"({worst['overhead_pct']:.2f}% over {worst['entropy_bytes']:.0f} B bound)")
+    mean = lambda rows, k: float(np.mean([r[k] for r in rows]))  # noqa: E731
+    checks = {
+        "MLP file >= 40x smaller": mean(mlp_rows, "ratio") >= 40,
+        "MLP file >= 50x smaller (stretch)": mean(mlp_rows, "ratio") >= 50,
+        "MLP drop <= 1.0 pt": mean(mlp_rows, "delta_pt") >= -1.0,
+        "Huffman within 3% of entropy": worst["overhead_pct"] <= 3,
+        "CNN >= 2x faster at batch 256": lat["dense"] / lat["int8 file"] >= 2,
+        "CNN >= 8x fewer bytes": mean(cnn_rows, "bytes_ratio") >= 8,
+        "CNN drop <= 1.0 pt": mean(cnn_rows, "delta_pt") >= -1.0,
+        "reload identical": all(same),
+    }
+    for name, ok in checks.items():
+        print(f"{'met   ' if ok else 'MISSED'}  {name}")
+    if not checks["CNN drop <= 1.0 pt"] or not checks["CNN >= 2x faster at batch 256"]:
+        recipe_delta = mean(cnn_rows, "half_acc") - mean(cnn_rows, "dense_acc")
+        print("  (CNN: the drop and the speed-up are the channel-removal recipe's "
+              f"(half_acc - dense_acc = {recipe_delta:+.2f}"
+              " pt; speed-up of the unfolded model above); BN folding and int8 weights change "
+              "the accuracy by hundredths of a point. Tried: folding BN into the convs (no "
+              "BN ops left), the fast first-conv/pooling forms.)")
+    if not checks["MLP file >= 50x smaller (stretch)"]:
+        print("  (MLP stretch: positions (Huffman-coded zero runs, ~4.7 bits per non-zero in "
+              "layer 0) are over half the file; 2-bit layer 0 was tried in the selection.)")
+    print(f"seeds {args.seeds}; {time.perf_counter() - start:.0f} s")
+    emit("mlp_file_bytes", mean(mlp_rows, "file_bytes"), "B")
+    emit("mlp_compression_ratio", mean(mlp_rows, "ratio"), "x")
+    emit("mlp_pipeline_delta", mean(mlp_rows, "delta_pt"), "pt")
+    emit("huffman_overhead_pct", worst["overhead_pct"], "%")
+    emit("cnn_speedup_b256", lat["dense"] / lat["int8 file"], "x")
+    emit("cnn_bytes_ratio", mean(cnn_rows, "bytes_ratio"), "x")
+    emit("cnn_pipeline_delta", mean(cnn_rows, "delta_pt"), "pt")
+    emit("reload_identical", float(all(same)), "bool")
+
+
+if __name__ == "__main__":
+    main()
