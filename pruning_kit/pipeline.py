@@ -54,7 +54,7 @@ from pruning_kit import models as models_lib
 from pruning_kit import train as train_lib
 from pruning_kit.codebook import kmeans_codebook
 from pruning_kit.quant_infer import fold_cnn
-from pruning_kit.quant_storage import dequantized_model, quantize_tree
+from pruning_kit.quant_storage import _path_name, dequantized_model, quantize_tree
 
 __all__ = ["MLP_CHAIN", "Compressed", "FoldedCNN", "deep_compression", "finetune_shared",
            "fold_cnn_model", "kmeans_nonzero", "shared_model"]
@@ -67,17 +67,9 @@ MLP_CHAIN = dict(bits={"layers/0/kernel": 3, "layers/1/kernel": 4, "layers/2/ker
 
 # --------------------------------------------------------------------------- names
 def _name(path: tuple) -> str:
-    parts = []
-    for key in path:
-        for attr in ("key", "idx", "name"):
-            if hasattr(key, attr):
-                parts.append(str(getattr(key, attr)))
-                break
-        else:
-            parts.append(str(key))
-    if parts and parts[-1] == "value":      # nnx.Variable leaves
-        parts = parts[:-1]
-    return "/".join(parts)
+    if path and getattr(path[-1], "name", None) == "value":      # nnx.Variable leaves
+        path = path[:-1]
+    return _path_name(path, "/")
 
 
 def _params(model: nnx.Module) -> dict[str, jax.Array]:
@@ -218,15 +210,7 @@ def finetune_shared(model: nnx.Module, codebooks: Mapping[str, Any],
         FloatingPointError: the loss diverged.
     """
     _check_shared(model, codebooks, indices)
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs must be a positive integer, got {epochs!r}.")
-    if not (isinstance(lr, (int, float)) and np.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr must be a positive number, got {lr!r}.")
-    train_lib._check_xy(x, y)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) \
-            or not 1 <= batch_size <= len(x):
-        raise ValueError(f"batch_size must be an integer from 1 to {len(x)}, got "
-                         f"{batch_size!r}.")
+    train_lib.check_training_args(x, y, epochs=epochs, lr=lr, batch_size=batch_size)
     model.eval()
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     others = {n: v for n, v in _params(model).items() if n not in codebooks} \

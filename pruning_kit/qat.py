@@ -496,15 +496,7 @@ def finetune_codebooks(model: nnx.Module, codebooks: Mapping[str, Any],
             ``batch_size``, empty or mismatched data.
     """
     codebooks = _check_shared(model, codebooks, indices)
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs must be a positive integer, got {epochs!r}.")
-    if not (isinstance(lr, (int, float)) and np.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr must be a positive number, got {lr!r}.")
-    train_lib._check_xy(x, y)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) \
-            or not 1 <= batch_size <= len(x):
-        raise ValueError(f"batch_size must be an integer from 1 to {len(x)}, got "
-                         f"{batch_size!r}.")
+    train_lib.check_training_args(x, y, epochs=epochs, lr=lr, batch_size=batch_size)
     model.eval()
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     idx = {name: jnp.asarray(indices[name], jnp.int32) for name in codebooks}

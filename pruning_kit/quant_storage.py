@@ -197,7 +197,7 @@ def quantize_tensor(x: jax.typing.ArrayLike, bits: int = 8, *, axis: int | None 
     return QuantizedTensor(pack(q, bits, signed=symmetric), qp, tuple(q.shape))
 
 
-def _path_name(path: tuple) -> str:
+def _path_name(path: tuple, sep: str = ".") -> str:
     parts = []
     for key in path:
         for attr in ("key", "idx", "name"):
@@ -206,7 +206,7 @@ def _path_name(path: tuple) -> str:
                 break
         else:
             parts.append(str(key))
-    return ".".join(parts)
+    return sep.join(parts)
 
 
 def _default_filter(path: str, leaf: jax.Array) -> bool:

@@ -81,6 +81,26 @@ def _train_step(graphdef, state, batch, loss_fn):
     return nnx.state((model, optimizer)), loss, correct
 
 
+def check_training_args(x: Any, y: Any, *, epochs: Any, lr: Any, batch_size: Any) -> None:
+    """Validate the arguments of a training loop (``x``/``y``, epochs, rate, batch size).
+
+    Shared by the loops that cannot use :func:`fit` (fine-tuning codebooks, shared weights).
+
+    Raises:
+        ValueError: non-positive or non-integer ``epochs``, a non-positive or non-finite
+            ``lr``, a ``batch_size`` outside ``[1, len(x)]``, empty or mismatched data.
+    """
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be a positive integer, got {epochs!r}.")
+    if not (isinstance(lr, (int, float)) and np.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a positive number, got {lr!r}.")
+    _check_xy(x, y)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) \
+            or not 1 <= batch_size <= len(x):
+        raise ValueError(f"batch_size must be an integer from 1 to {len(x)}, got "
+                         f"{batch_size!r}.")
+
+
 def _check_xy(x, y, name: str = "x") -> None:
     labels = _labels(y)
     if len(x) != len(labels):

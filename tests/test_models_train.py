@@ -36,7 +36,7 @@ def test_bad_mlp_widths(kwargs, match):
 
 def test_bad_cnn_arguments():
     with pytest.raises(ValueError, match="two widths"):
-        models.SmallCNN(widths=(8, 16, 32), rngs=nnx.Rngs(0))
+        models.SmallCNN(widths=(8, 16, 32, 4), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="divisible by 4"):
         models.SmallCNN(image_size=30, rngs=nnx.Rngs(0))
     cnn = models.small_cnn()
