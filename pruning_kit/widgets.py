@@ -21,6 +21,17 @@ from tqdm.auto import tqdm
 from pruning_kit import measure, train
 
 
+def _percent_correct(logits_of, x: np.ndarray, y: np.ndarray, chunk: int = 2500) -> float:
+    """Accuracy (%) of ``logits_of(x_chunk)`` over ``x`` in chunks (bounded memory)."""
+    import jax.numpy as jnp
+
+    correct = 0
+    for i in range(0, len(x), chunk):
+        out = logits_of(jnp.asarray(x[i:i + chunk]))
+        correct += int((np.asarray(out).argmax(-1) == y[i:i + chunk]).sum())
+    return 100.0 * correct / len(x)
+
+
 class LatencyExplorer:
     """Latency against batch size for several models, measured once, explored live.
 
@@ -176,12 +187,9 @@ class BitWidthExplorer:
     def _accuracy(self, bits: int, per_channel: bool) -> float:
         import jax.numpy as jnp
 
-        correct = 0
-        for i in range(0, len(self._x), 2000):
-            logits = self._logits(self._params, jnp.int32(bits), jnp.asarray(self._x[i:i + 2000]),
-                                  per_channel)
-            correct += int((np.asarray(logits).argmax(-1) == self._y[i:i + 2000]).sum())
-        return 100.0 * correct / len(self._x)
+        return _percent_correct(
+            lambda xb: self._logits(self._params, jnp.int32(bits), xb, per_channel),
+            self._x, self._y, chunk=2000)
 
     def result(self, bits: int, per_channel: bool) -> dict:
         """Accuracy (%), stored bytes and rounding errors for one setting (cached)."""
@@ -404,11 +412,8 @@ class RankExplorer:
     def _accuracy(self, rank: int) -> float:
         import jax.numpy as jnp
 
-        correct = 0
-        for i in range(0, len(self._x), 2500):
-            out = self._logits(self._state, jnp.int32(rank), jnp.asarray(self._x[i:i + 2500]))
-            correct += int((np.asarray(out).argmax(-1) == self._y[i:i + 2500]).sum())
-        return 100.0 * correct / len(self._x)
+        return _percent_correct(lambda xb: self._logits(self._state, jnp.int32(rank), xb),
+                                self._x, self._y)
 
     def result(self, rank: int | None) -> dict:
         """Accuracy (%), layer parameters and measured latency for ``rank`` (cached)."""
@@ -537,18 +542,16 @@ class SparsityExplorer:
 
         key = (float(sparsity), scope)
         if key not in self.results:
-            correct = 0
-            for i in range(0, len(self._x), 2500):
-                out = self._logits(self._params, jnp.float32(sparsity),
-                                   jnp.asarray(self._x[i:i + 2500]), scope)
-                correct += int((np.asarray(out).argmax(-1) == self._y[i:i + 2500]).sum())
+            accuracy = _percent_correct(
+                lambda xb: self._logits(self._params, jnp.float32(sparsity), xb, scope),
+                self._x, self._y)
             masks = self._prune.magnitude_masks(self._params, float(sparsity), scope=scope)
             pruned = self._prune.apply_masks(self._params, masks)
             kept = np.concatenate([np.asarray(w)[np.asarray(w) != 0].ravel()
                                    for n, w in measure.named_params(pruned)
                                    if self._prune.default_filter(n, w)])
             counts, edges = np.histogram(kept, bins=80)
-            self.results[key] = {"accuracy": 100.0 * correct / len(self._x),
+            self.results[key] = {"accuracy": accuracy,
                                  "layers": self._prune.layer_sparsity(pruned),
                                  "kept": len(kept), "hist": (counts, edges)}
         return self.results[key]
