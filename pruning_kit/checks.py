@@ -1,4 +1,10 @@
-"""Self-check cells for the notebooks ("Check your understanding").
+"""Self-check cells for the notebooks ("Check your understanding"), and claim assertions.
+
+:func:`claim` holds a lesson's prose to its numbers: a sentence that states a result
+("per-channel beats per-tensor at 4 bits") sits next to ``claim(condition, "what the text
+says", measured=values)``, which raises :class:`ClaimFailed` with the measured values
+when the run no longer supports the sentence, so nbval fails instead of the course
+quietly saying something false.
 
 Each check takes the learner's answer, raises :class:`CheckFailed` with a hint when it is
 wrong, and prints one fixed line when it is right, so a notebook re-run (and nbval) sees
@@ -16,6 +22,51 @@ from collections.abc import Sequence
 
 class CheckFailed(AssertionError):
     """A self-check answer was wrong; the message carries a hint."""
+
+
+class ClaimFailed(AssertionError):
+    """A sentence of a lesson is not supported by the numbers of this run."""
+
+
+#: The line :func:`claim` prints when a claim holds (``benchmarks.notebooks`` counts them).
+CLAIM_PREFIX = "Checked on this run:"
+
+
+def claim(condition, text: str, **measured) -> None:
+    """Assert that this run's numbers support the sentence ``text`` of a lesson.
+
+    Args:
+        condition: the claim as a boolean computed from this run's variables.
+        text: the sentence (or its gist) as the lesson states it.
+        **measured: the values the condition was computed from; shown either way.
+
+    Raises:
+        ClaimFailed: ``condition`` is false; the message quotes ``text`` and the values,
+            so the lesson's prose can be corrected (or the result investigated).
+
+    Examples:
+        >>> claim(0.31 < 1.53, "per-channel loses less than per-tensor at 4 bits",
+        ...       per_channel_drop=0.31, per_tensor_drop=1.53)
+        Checked on this run: per-channel loses less than per-tensor at 4 bits (per_channel_drop=0.31, per_tensor_drop=1.53)
+        >>> claim(False, "QAT beats PTQ", qat=-2.0, ptq=-1.0)
+        Traceback (most recent call last):
+        ...
+        pruning_kit.checks.ClaimFailed: The text says "QAT beats PTQ", but this run measured qat=-2, ptq=-1. Rewrite the sentence or investigate the result.
+    """
+    values = ", ".join(f"{k}={_short(v)}" for k, v in measured.items())
+    if not bool(condition):
+        raise ClaimFailed(f'The text says "{text}", but this run measured '
+                          f"{values or '(no values given)'}. Rewrite the sentence or "
+                          "investigate the result.")
+    print(f"{CLAIM_PREFIX} {text}" + (f" ({values})" if values else ""))
+
+
+def _short(value) -> str:
+    """A measured value, rounded to 4 significant digits when it is a float."""
+    try:
+        return f"{float(value):.4g}" if not isinstance(value, (bool, int, str)) else repr(value)
+    except (TypeError, ValueError):
+        return repr(value)
 
 
 def _layer_sizes(in_features: int, hidden: Sequence[int], num_classes: int) -> list[int]:

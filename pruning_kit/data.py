@@ -5,7 +5,15 @@ technique works on any of them:
 
 * images are ``float32`` in ``[0, 1]``, shape ``(N, H, W, 1)`` (NHWC, one channel);
 * labels are ``int32`` in ``[0, num_classes)``, shape ``(N,)``;
-* the train/test split is the data set's official one (digits: a fixed stratified split).
+* three named parts, so a choice can never be made on the wrong one: ``train`` (models
+  learn from it), ``validation`` (every choice -- calibration, bits, sparsity, T/alpha,
+  widths, epochs -- is made on it; no model ever trains on it) and ``test`` (only
+  reported). The test set is the data set's official one; the validation set is a fixed,
+  stratified sample of the official training set (Fashion-MNIST and MNIST: 5,000 of the
+  60,000 images, 500 per class, chosen with ``numpy.random.default_rng(0)``; digits: a
+  fixed stratified split of scikit-learn's 1,797 images). ``Dataset.split`` names the
+  split (sizes and a SHA-256 of the validation indices) and is recorded in every
+  checkpoint, so a model trained on another split is recognised.
 
 Fashion-MNIST is looked for, in order, in ``data_dir`` (argument or the
 ``PRUNING_KIT_DATA`` environment variable), the project cache ``data/fashion-mnist/``,
@@ -62,15 +70,48 @@ MNIST_URLS = (
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
+VALIDATION_SIZE = 5000  #: Fashion-MNIST / MNIST validation images (500 per class)
+VALIDATION_SEED = 0     #: seeds the stratified choice of the validation images
+
+
+class Split(NamedTuple):
+    """Which examples of the official training set are ``train`` and which ``validation``.
+
+    ``val_indices`` index the official training set (sorted); ``train`` is the rest.
+    ``id`` (the first 16 hex digits of the SHA-256 of ``val_indices`` as ``int64``) is what
+    checkpoints record.
+    """
+
+    train: int
+    validation: int
+    test: int
+    val_indices: np.ndarray
+
+    @property
+    def id(self) -> str:
+        return hashlib.sha256(np.asarray(self.val_indices, np.int64).tobytes()).hexdigest()[:16]
+
+    def describe(self) -> dict:
+        """The JSON-able record stored in checkpoints."""
+        return {"train": self.train, "validation": self.validation, "test": self.test,
+                "validation_sha256": self.id}
+
+
 class Dataset(NamedTuple):
-    """A train/test split with the course's conventions (see the module docstring)."""
+    """Train / validation / test parts with the course's conventions (module docstring).
+
+    Fit on ``x_train``; make every choice on ``x_val``; only report ``x_test``.
+    """
 
     name: str
     x_train: np.ndarray
     y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
     classes: tuple[str, ...]
+    split: Split
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -82,8 +123,9 @@ class Dataset(NamedTuple):
         return len(self.classes)
 
     def __repr__(self) -> str:
-        return (f"Dataset({self.name!r}: train {self.x_train.shape} test {self.x_test.shape}, "
-                f"{self.num_classes} classes, {self.x_train.dtype} in [0, 1])")
+        return (f"Dataset({self.name!r}: train {self.x_train.shape} validation "
+                f"{self.x_val.shape} test {self.x_test.shape}, {self.num_classes} classes, "
+                f"{self.x_train.dtype} in [0, 1])")
 
 
 # --------------------------------------------------------------------------- IDX files
@@ -249,18 +291,42 @@ def _find_idx_set(name: str, files: dict[str, str], candidates: list[Path],
     return out
 
 
+def stratified_indices(y: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Sorted indices of ``n`` examples of ``y``, the same count of each class.
+
+    Examples:
+        >>> stratified_indices(np.array([0, 0, 1, 1, 0, 1]), 2, seed=0).size
+        2
+    """
+    classes = np.unique(y)
+    if n % len(classes):
+        raise ValueError(f"n={n} is not a multiple of the {len(classes)} classes.")
+    rng = np.random.default_rng(seed)
+    per = n // len(classes)
+    picked = [rng.choice(np.flatnonzero(y == c), per, replace=False) for c in classes]
+    return np.sort(np.concatenate(picked))
+
+
+def _with_validation(name: str, x: np.ndarray, y: np.ndarray, x_test: np.ndarray,
+                     y_test: np.ndarray, classes: tuple[str, ...], val_idx: np.ndarray
+                     ) -> Dataset:
+    train_mask = np.ones(len(x), bool)
+    train_mask[val_idx] = False
+    split = Split(int(train_mask.sum()), len(val_idx), len(x_test), val_idx)
+    return Dataset(name, x[train_mask], y[train_mask], x[val_idx], y[val_idx],
+                   x_test, y_test, classes, split)
+
+
 def _idx_dataset(name: str, paths: dict[str, Path], classes: tuple[str, ...]) -> Dataset:
     arrays = {k: read_idx(p) for k, p in paths.items()}
     def images(a):
         return (a.astype(np.float32) / 255.0)[..., None]
-    return Dataset(
-        name=name,
-        x_train=images(arrays["train-images-idx3-ubyte.gz"]),
-        y_train=arrays["train-labels-idx1-ubyte.gz"].astype(np.int32),
-        x_test=images(arrays["t10k-images-idx3-ubyte.gz"]),
-        y_test=arrays["t10k-labels-idx1-ubyte.gz"].astype(np.int32),
-        classes=classes,
-    )
+    x = images(arrays["train-images-idx3-ubyte.gz"])
+    y = arrays["train-labels-idx1-ubyte.gz"].astype(np.int32)
+    return _with_validation(
+        name, x, y, images(arrays["t10k-images-idx3-ubyte.gz"]),
+        arrays["t10k-labels-idx1-ubyte.gz"].astype(np.int32), classes,
+        stratified_indices(y, VALIDATION_SIZE, VALIDATION_SEED))
 
 
 def _candidates(data_dir, subdir: str, extra: tuple[Path, ...] = ()) -> list[Path]:
@@ -278,7 +344,11 @@ def _candidates(data_dir, subdir: str, extra: tuple[Path, ...] = ()) -> list[Pat
 
 def load_fashion_mnist(data_dir: str | os.PathLike | None = None, *,
                        download: bool = True) -> Dataset:
-    """Fashion-MNIST (Xiao et al., 2017): 60,000 train and 10,000 test 28x28 images.
+    """Fashion-MNIST (Xiao et al., 2017): 55,000 train, 5,000 validation, 10,000 test.
+
+    The official 60,000 training images are split into ``train`` (55,000) and a fixed,
+    stratified ``validation`` set (5,000; see the module docstring); the official 10,000
+    test images are ``test``.
 
     Args:
         data_dir: a folder holding the four official ``*-ubyte.gz`` files (or unpacked
@@ -291,8 +361,8 @@ def load_fashion_mnist(data_dir: str | os.PathLike | None = None, *,
 
     Examples:
         >>> ds = load_fashion_mnist()
-        >>> ds.x_train.shape, ds.y_test.shape, ds.classes[9]
-        ((60000, 28, 28, 1), (10000,), 'Ankle boot')
+        >>> ds.x_train.shape, ds.x_val.shape, ds.y_test.shape, ds.classes[9]
+        ((55000, 28, 28, 1), (5000, 28, 28, 1), (10000,), 'Ankle boot')
     """
     paths = _find_idx_set("Fashion-MNIST", FASHION_MNIST_FILES,
                           _candidates(data_dir, "fashion-mnist", (DEBIAN_FASHION_DIR,)),
@@ -311,28 +381,35 @@ def load_mnist(data_dir: str | os.PathLike | None = None, *, download: bool = Tr
     return _idx_dataset("mnist", paths, DIGIT_CLASSES)
 
 
-def load_digits(test_fraction: float = 0.3, seed: int = 0) -> Dataset:
-    """scikit-learn's bundled 8x8 handwritten digits (1,797 images), stratified split.
+def load_digits(test_fraction: float = 0.3, seed: int = 0, *,
+                val_fraction: float = 0.2) -> Dataset:
+    """scikit-learn's bundled 8x8 handwritten digits (1,797 images), stratified splits.
 
-    Pixel values 0..16 are scaled to [0, 1]; images have shape ``(8, 8, 1)``. The split is
-    fixed by ``seed`` so every notebook sees the same test set.
+    Pixel values 0..16 are scaled to [0, 1]; images have shape ``(8, 8, 1)``. The test set
+    is ``test_fraction`` of the images; ``val_fraction`` of the rest is the validation set.
+    Both are stratified and fixed by ``seed``, so every notebook sees the same parts.
 
     Examples:
         >>> ds = load_digits()
-        >>> ds.x_train.shape, ds.x_test.shape
-        ((1257, 8, 8, 1), (540, 8, 8, 1))
+        >>> ds.x_train.shape, ds.x_val.shape, ds.x_test.shape
+        ((1005, 8, 8, 1), (252, 8, 8, 1), (540, 8, 8, 1))
     """
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}.")
+    for name, frac in (("test_fraction", test_fraction), ("val_fraction", val_fraction)):
+        if not 0.0 < frac < 1.0:
+            raise ValueError(f"{name} must be in (0, 1), got {frac}.")
     from sklearn.datasets import load_digits as _sk_digits
     from sklearn.model_selection import train_test_split
 
     bunch = _sk_digits()
     x = (bunch.images.astype(np.float32) / 16.0)[..., None]
     y = bunch.target.astype(np.int32)
-    x_tr, x_te, y_tr, y_te = train_test_split(
-        x, y, test_size=test_fraction, stratify=y, random_state=seed)
-    return Dataset("digits", x_tr, y_tr, x_te, y_te, DIGIT_CLASSES)
+    idx_tr, idx_te = train_test_split(np.arange(len(y)), test_size=test_fraction,
+                                      stratify=y, random_state=seed)
+    idx_tr = np.sort(idx_tr)
+    _, idx_val = train_test_split(np.arange(len(idx_tr)), test_size=val_fraction,
+                                  stratify=y[idx_tr], random_state=seed)
+    return _with_validation("digits", x[idx_tr], y[idx_tr], x[idx_te], y[idx_te],
+                            DIGIT_CLASSES, np.sort(idx_val))
 
 
 LOADERS = {"fashion_mnist": load_fashion_mnist, "digits": load_digits, "mnist": load_mnist}

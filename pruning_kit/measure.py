@@ -44,11 +44,11 @@ from flax import nnx
 
 from pruning_kit import models as models_lib
 from pruning_kit import train as train_lib
-from pruning_kit.table import Table, compare, format_table, format_value
+from pruning_kit.table import Table, compare, format_bytes, format_table, format_value
 
 __all__ = [
     "LatencyResult", "Table", "compare", "cost", "count_nonzero", "count_params",
-    "dense_bytes", "format_table", "format_value", "latency", "layer_table", "machine_info",
+    "dense_bytes", "format_bytes", "format_table", "format_value", "latency", "layer_table", "machine_info",
     "machine_summary", "measure", "named_params", "serialized_bytes",
 ]
 

@@ -26,7 +26,7 @@ Rows = Sequence[Mapping[str, Any]]
 _AXIS_KEYS = {"ratio": "compression", "size": "serialized_bytes"}
 _LABELS = {
     "compression": "compression ratio (x, baseline bytes / bytes)",
-    "serialized_bytes": "serialized size (KB)", "dense_bytes": "dense float32 size (KB)",
+    "serialized_bytes": "serialized size (kB)", "dense_bytes": "dense float32 size (kB)",
     "sparsity": "sparsity (% of weights zero)", "accuracy": "test accuracy (%)",
     "macs": "multiply-accumulates per example",
 }
@@ -124,7 +124,7 @@ def accuracy_vs_compression(results: Mapping[str, Any] | Rows, *, x: str = "rati
             ``(x, accuracy)`` pair or a row from :func:`~pruning_kit.measure.measure` /
             :func:`~pruning_kit.measure.compare`.
         x: for rows, the key on the x axis: ``"ratio"`` (``compression``), ``"size"``
-            (``serialized_bytes``, plotted in KB), ``"sparsity"`` or any numeric key.
+            (``serialized_bytes``, plotted in kB), ``"sparsity"`` or any numeric key.
         baseline: the baseline accuracy (percent), or its row; drawn dashed.
         band: shade the band down to one point below the baseline.
         log_x: log-scale x; default on for ``"ratio"`` and ``"size"``.
@@ -246,7 +246,7 @@ def measurement_bars(rows: Rows, metrics: Sequence[str] = ("accuracy", "serializ
     """Side-by-side bar charts comparing rows of :func:`~pruning_kit.measure.measure`.
 
     One subplot per metric, one bar per row (labelled by its ``name``); bytes are shown
-    in KB and each bar carries its value in the units of :class:`~pruning_kit.measure.Table`.
+    in kB and each bar carries its value in the units of :class:`~pruning_kit.measure.Table`.
 
     Raises:
         ValueError: no rows, no metrics, or a metric missing from a row.

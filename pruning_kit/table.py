@@ -2,7 +2,7 @@
 
 :class:`Table` prints as fixed-width text, renders as HTML in Jupyter and as Markdown for
 the README; :func:`compare` adds ratio columns against a baseline row. Units come from the
-column names (``*bytes`` in KB, ``*_ms`` in milliseconds, ``accuracy`` in percent, ...).
+column names (``*bytes`` in kB = 1,000 bytes, :func:`format_bytes`, ``*_ms`` in milliseconds, ``accuracy`` in percent, ...).
 
 Used by :mod:`pruning_kit.measure` (which re-exports these names) and by every notebook.
 """
@@ -16,7 +16,25 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Table", "compare", "format_table", "format_value"]
+__all__ = ["Table", "compare", "format_bytes", "format_table", "format_value"]
+
+
+def format_bytes(n: float, *, digits: int = 1) -> str:
+    """A byte count in the course's one unit convention: kB = 1,000 bytes (SI).
+
+    Below 1 kB bytes are shown as they are, above it in kB (no switch to MB, so sizes
+    line up in a table). Every size in the
+    notebooks, the README and the tables goes through this function, so one file never
+    appears with two sizes.
+
+    Examples:
+        >>> format_bytes(1066440), format_bytes(25270), format_bytes(512)
+        ('1,066.4 kB', '25.3 kB', '512 B')
+    """
+    n = float(n)
+    if abs(n) < 1000:
+        return f"{n:,.0f} B"
+    return f"{n / 1000:,.{digits}f} kB"
 
 
 def format_value(column: str, value: Any) -> str:
@@ -24,7 +42,7 @@ def format_value(column: str, value: Any) -> str:
 
     Examples:
         >>> format_value("serialized_bytes", 1066440), format_value("latency_b1_ms", 0.01234)
-        ('1,066.4 KB', '0.0123 ms')
+        ('1,066.4 kB', '0.0123 ms')
         >>> format_value("accuracy", 97.5), format_value("compression", 9.0)
         ('97.50%', '9.00x')
     """
@@ -39,7 +57,7 @@ def format_value(column: str, value: Any) -> str:
     if not isinstance(value, (int, float, np.number)):
         return str(value)
     if column.endswith("bytes"):
-        return f"{value / 1000:,.1f} KB"
+        return format_bytes(value)
     if column.endswith("_ms"):
         return f"{value:,.0f} ms" if abs(value) >= 100 else f"{value:#.3g} ms"
     if column.endswith("_delta"):
@@ -58,7 +76,7 @@ class Table:
 
     ``str(table)`` is plain text for scripts and benchmarks, ``table.to_markdown()`` is for
     the README, and Jupyter shows ``_repr_html_``. Units follow the column names:
-    ``*bytes`` in KB, ``*_ms`` in milliseconds, ``accuracy``/``sparsity`` in percent,
+    ``*bytes`` in kB, ``*_ms`` in milliseconds, ``accuracy``/``sparsity`` in percent,
     ``compression``/``speedup*`` as ratios, ``*_delta`` in percentage points.
 
     Args:
@@ -73,7 +91,7 @@ class Table:
         >>> print(Table([{"name": "dense", "accuracy": 97.123, "serialized_bytes": 1066440}]))
         name   accuracy  serialized_bytes
         -----  --------  ----------------
-        dense    97.12%        1,066.4 KB
+        dense    97.12%        1,066.4 kB
     """
 
     def __init__(self, rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None,

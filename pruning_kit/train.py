@@ -29,6 +29,7 @@ import json
 import os
 import platform
 import time
+import warnings
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -368,6 +369,8 @@ def train_baseline(name: str, seed: int = 0, *, dataset: data_lib.Dataset | None
     acc = evaluate(model, ds.x_test, ds.y_test)
     if save:
         meta = {"baseline": name, "seed": seed, "dataset": recipe["dataset"],
+                "split": ds.split.describe(),
+                "val_accuracy": evaluate(model, ds.x_val, ds.y_val),
                 "test_accuracy": acc, "epochs": recipe["epochs"],
                 "train_seconds": round(seconds, 1), "final_loss": history["loss"][-1],
                 "history": {k: [round(v, 5) for v in vs] for k, vs in history.items()},
@@ -395,18 +398,50 @@ def baseline(name: str, seed: int = 0, *, retrain: bool = False, progress: bool 
     if name not in RECIPES:
         raise ValueError(f"Unknown baseline {name!r}; choose one of {sorted(RECIPES)}.")
     if path.exists() and not retrain:
+        ds = dataset if dataset is not None else data_lib.load(RECIPES[name]["dataset"])
+        check_split(path, ds, command=f"python -m pruning_kit.train {name} --seed {seed}")
         return load_model(path)
     return train_baseline(name, seed, dataset=dataset, progress=progress)
 
 
+class SplitMismatchWarning(UserWarning):
+    """A checkpoint was trained on another train/validation split than the data set's."""
+
+
+def check_split(path: str | os.PathLike, dataset: data_lib.Dataset, *,
+                command: str | None = None) -> bool:
+    """Whether the checkpoint at ``path`` was trained on ``dataset``'s train split.
+
+    Checkpoints record the split they were trained on (sizes and a hash of the validation
+    indices, :meth:`pruning_kit.data.Split.describe`). A checkpoint that records another
+    split, or none, may have trained on today's validation images, so choices made on
+    them would be biased: this warns (:class:`SplitMismatchWarning`) with what to run.
+
+    Returns:
+        True when the recorded split is ``dataset.split``.
+    """
+    recorded = read_checkpoint_header(path).get("metadata", {}).get("split")
+    expected = dataset.split.describe()
+    if recorded == expected:
+        return True
+    how = f"Retrain it ({command})" if command else "Retrain it"
+    warnings.warn(
+        f"{path} was trained on split {recorded or '(not recorded)'}, not on {dataset.name}'s "
+        f"current split {expected}: it may have seen the validation images. {how}.",
+        SplitMismatchWarning, stacklevel=2)
+    return False
+
+
 def cached(name: str, seed: int, make: Callable[[], nnx.Module], *, retrain: bool = False,
-           metadata: dict[str, Any] | None = None) -> nnx.Module:
+           metadata: dict[str, Any] | None = None,
+           dataset: data_lib.Dataset | None = None) -> nnx.Module:
     """Load the checkpoint ``name``/``seed`` if it exists, else ``make()`` it and save it.
 
     For models derived from a baseline (pruned and fine-tuned, distilled, ...) that take
     minutes to make: the benchmark makes them once, notebooks load them. ``metadata``
     (say, the recipe and the command that made it) is stored with the weights; read it
-    back with :func:`read_checkpoint_header`.
+    back with :func:`read_checkpoint_header`. With ``dataset``, its split is recorded and a
+    cached file trained on another split warns (:func:`check_split`).
 
     Examples:
         >>> import tempfile
@@ -420,11 +455,15 @@ def cached(name: str, seed: int, make: Callable[[], nnx.Module], *, retrain: boo
     """
     path = checkpoint_path(name, seed)
     if path.exists() and not retrain:
+        if dataset is not None:
+            check_split(path, dataset)
         return load_model(path)
     start = time.perf_counter()
     model = make()
     meta = {"name": name, "seed": seed, "seconds": round(time.perf_counter() - start, 1),
             "date": _dt.date.today().isoformat(), **(metadata or {})}
+    if dataset is not None:
+        meta["split"] = dataset.split.describe()
     save_model(model, path, metadata=meta)
     return model
 

@@ -217,7 +217,7 @@ class BitWidthExplorer:
         mode = "per-channel" if pc else "per-tensor"
         self.readout = (f"{bits}-bit {mode}: accuracy {r['accuracy']:.2f}% "
                         f"({r['accuracy'] - self.float_accuracy:+.2f} pt), "
-                        f"{r['bytes'] / 1024:.1f} KB stored "
+                        f"{measure.format_bytes(r['bytes'])} stored "
                         f"({self._fp32_bytes / r['bytes']:.1f}x smaller than float32)")
         self.label.value = f"<b>{self.readout}</b>"
         self.output.clear_output(wait=True)

@@ -206,7 +206,7 @@ ROWS = [
 def test_format_table_contains_names_and_units():
     text = measure.format_table(ROWS)
     assert "dense" in text and "pruned" in text
-    assert "4.0 KB" in text and "89.50%" in text and "2.00 ms" in text
+    assert "4.0 kB" in text and "89.50%" in text and "2.00 ms" in text
     lines = text.splitlines()
     assert len(lines) == 4 and len({len(line) for line in lines[:2]}) == 1
     assert measure.format_table(ROWS, ["name"]).splitlines()[2] == "dense"
@@ -234,7 +234,7 @@ def test_compare_adds_ratios_against_the_baseline():
 
 
 def test_format_value_units():
-    assert measure.format_value("dense_bytes", 1066440) == "1,066.4 KB"
+    assert measure.format_value("dense_bytes", 1066440) == "1,066.4 kB"
     assert measure.format_value("latency_b256_ms", 12.345) == "12.3 ms"
     assert measure.format_value("sparsity", 90) == "90.00%"
     assert measure.format_value("params", 266610) == "266,610"

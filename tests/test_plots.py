@@ -91,7 +91,7 @@ def test_training_curves_two_axes():
 def test_measurement_bars_one_axis_per_metric():
     fig = plots.measurement_bars(ROWS)
     assert len(fig.axes) == 3
-    assert [b.get_height() for b in fig.axes[1].patches] == [4.0, 1.0]  # KB
+    assert [b.get_height() for b in fig.axes[1].patches] == [4.0, 1.0]  # kB
     assert len(plots.measurement_bars(ROWS, metrics=("sparsity",)).axes) == 1
     with pytest.raises(ValueError, match="'macs' is missing"):
         plots.measurement_bars(ROWS, metrics=("macs",))
