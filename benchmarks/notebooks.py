@@ -7,7 +7,10 @@ Run from the repository root::
                                                    # cache: every baseline it needs is trained
 
 Executes copies (the committed notebooks are not modified) and prints one JSON line per
-notebook: ``{"metric": "notebook_NN_seconds", "value": ..., "unit": "s", "target": ...}``.
+notebook: ``{"metric": "notebook_NN_seconds", "value": ..., "unit": "s", "target": ...}``,
+then two totals over the notebooks run: ``claims_asserted`` (claim assertions,
+``checks.claim``, that executed and held) and ``handtyped_figures`` (measured-looking
+figures typed by hand in markdown, found by ``tests/test_notebook_prose.py``; must be 0).
 """
 
 from __future__ import annotations
@@ -22,20 +25,36 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 
-from pruning_kit import measure
+from pruning_kit import checks, measure
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = {"00": {"warm": "<= 60 s", "cold": "<= 180 s"}, "03": {"warm": "<= 180 s"},
            "04": {"warm": "<= 180 s"}, "05": {"warm": "<= 240 s"}}
 
 
-def run(path: Path, timeout: int = 3600) -> float:
+def run(path: Path, timeout: int = 3600) -> tuple[float, int]:
+    """Execute a copy of the notebook; ``(seconds, claims that held)``."""
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
                             resources={"metadata": {"path": str(path.parent)}})
     start = time.perf_counter()
     client.execute()
-    return time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    claims = sum(line.startswith(checks.CLAIM_PREFIX)
+                 for cell in nb.cells if cell.cell_type == "code"
+                 for out in cell.get("outputs", []) if out.get("name") == "stdout"
+                 for line in out.get("text", "").splitlines())
+    return seconds, claims
+
+
+def handtyped(paths: list[Path]) -> int:
+    """Hand-typed measured figures in the markdown of ``paths`` (the prose test's scan)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "test_notebook_prose", ROOT / "tests" / "test_notebook_prose.py")
+    scan = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(scan)
+    return sum(len(scan.handtyped_figures(p)) for p in paths)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -52,12 +71,19 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="pruning_kit_ckpt_") as empty:
         if args.cold:
             os.environ["PRUNING_KIT_CHECKPOINTS"] = empty
+        total_claims = 0
         for path in paths:
-            seconds = run(path)
-            print(f"{path.name}: {seconds:.1f} s ({mode} checkpoint cache)")
+            seconds, claims = run(path)
+            total_claims += claims
+            print(f"{path.name}: {seconds:.1f} s ({mode} checkpoint cache), {claims} claims "
+                  "asserted")
             print(json.dumps({"metric": f"notebook_{path.name[:2]}_seconds_{mode}",
                               "value": round(seconds, 1), "unit": "s",
                               "target": TARGETS.get(path.name[:2], {}).get(mode)}))
+    print(json.dumps({"metric": "claims_asserted", "value": total_claims, "unit": "count",
+                      "target": ">= 1 per qualitative claim in every notebook"}))
+    print(json.dumps({"metric": "handtyped_figures", "value": handtyped(paths),
+                      "unit": "count", "target": "0"}))
 
 
 if __name__ == "__main__":

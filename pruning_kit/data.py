@@ -77,7 +77,8 @@ VALIDATION_SEED = 0     #: seeds the stratified choice of the validation images
 class Split(NamedTuple):
     """Which examples of the official training set are ``train`` and which ``validation``.
 
-    ``val_indices`` index the official training set (sorted); ``train`` is the rest.
+    ``val_indices`` index the official training set (digits: its non-test images),
+    sorted; ``train`` is the rest.
     ``id`` (the first 16 hex digits of the SHA-256 of ``val_indices`` as ``int64``) is what
     checkpoints record.
     """
@@ -323,10 +324,14 @@ def _idx_dataset(name: str, paths: dict[str, Path], classes: tuple[str, ...]) ->
         return (a.astype(np.float32) / 255.0)[..., None]
     x = images(arrays["train-images-idx3-ubyte.gz"])
     y = arrays["train-labels-idx1-ubyte.gz"].astype(np.int32)
+    if len(y) >= 2 * VALIDATION_SIZE:
+        val_idx = stratified_indices(y, VALIDATION_SIZE, VALIDATION_SEED)
+    else:  # a small stand-in set (tests): a random twelfth, at least one image
+        rng = np.random.default_rng(VALIDATION_SEED)
+        val_idx = np.sort(rng.permutation(len(y))[:max(1, len(y) // 12)])
     return _with_validation(
         name, x, y, images(arrays["t10k-images-idx3-ubyte.gz"]),
-        arrays["t10k-labels-idx1-ubyte.gz"].astype(np.int32), classes,
-        stratified_indices(y, VALIDATION_SIZE, VALIDATION_SEED))
+        arrays["t10k-labels-idx1-ubyte.gz"].astype(np.int32), classes, val_idx)
 
 
 def _candidates(data_dir, subdir: str, extra: tuple[Path, ...] = ()) -> list[Path]:

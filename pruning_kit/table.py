@@ -2,7 +2,8 @@
 
 :class:`Table` prints as fixed-width text, renders as HTML in Jupyter and as Markdown for
 the README; :func:`compare` adds ratio columns against a baseline row. Units come from the
-column names (``*bytes`` in kB = 1,000 bytes, :func:`format_bytes`, ``*_ms`` in milliseconds, ``accuracy`` in percent, ...).
+column names (``*bytes`` in kB = 1,000 bytes via :func:`format_bytes`, ``*_ms`` in
+milliseconds, ``accuracy`` in percent, ...).
 
 Used by :mod:`pruning_kit.measure` (which re-exports these names) and by every notebook.
 """

@@ -464,6 +464,7 @@ def cached(name: str, seed: int, make: Callable[[], nnx.Module], *, retrain: boo
             "date": _dt.date.today().isoformat(), **(metadata or {})}
     if dataset is not None:
         meta["split"] = dataset.split.describe()
+        meta["val_accuracy"] = evaluate(model, dataset.x_val, dataset.y_val)
     save_model(model, path, metadata=meta)
     return model
 

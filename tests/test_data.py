@@ -63,7 +63,8 @@ def test_idx_truncated_and_bad_magic(tmp_path):
 def test_load_from_user_dir_unpacked_files(tmp_path):
     _write_fake_set(tmp_path, gz=False)
     ds = data.load_mnist(data_dir=tmp_path, download=False)
-    assert ds.x_train.shape == (12, 28, 28, 1) and ds.x_test.shape == (5, 28, 28, 1)
+    assert ds.x_train.shape == (11, 28, 28, 1) and ds.x_val.shape == (1, 28, 28, 1)
+    assert ds.x_test.shape == (5, 28, 28, 1)
     assert ds.x_train.dtype == np.float32 and ds.y_train.dtype == np.int32
     assert 0.0 <= ds.x_train.min() and ds.x_train.max() <= 1.0
 
@@ -109,7 +110,7 @@ def test_download_fallback_from_empty_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "DATA_CACHE", tmp_path / "cache")
     monkeypatch.delenv("PRUNING_KIT_DATA", raising=False)
     ds = data.load_mnist()
-    assert len(ds.x_train) == 12
+    assert len(ds.x_train) + len(ds.x_val) == 12
     assert sorted(p.name for p in (tmp_path / "cache" / "mnist").iterdir()) == sorted(files)
 
 
@@ -118,9 +119,26 @@ def test_download_fallback_from_empty_cache(tmp_path, monkeypatch):
                     reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
 def test_fashion_mnist_real_files():
     ds = data.load_fashion_mnist(download=False)
-    assert ds.x_train.shape == (60000, 28, 28, 1) and ds.x_test.shape == (10000, 28, 28, 1)
-    assert np.bincount(ds.y_train).tolist() == [6000] * 10
+    assert ds.x_train.shape == (55000, 28, 28, 1) and ds.x_test.shape == (10000, 28, 28, 1)
+    assert ds.x_val.shape == (5000, 28, 28, 1)
+    assert np.bincount(ds.y_train).tolist() == [5500] * 10
+    assert np.bincount(ds.y_val).tolist() == [500] * 10
     assert ds.classes[0] == "T-shirt/top" and ds.num_classes == 10
+    assert ds.split.describe() == {"train": 55000, "validation": 5000, "test": 10000,
+                                   "validation_sha256": ds.split.id}
+    assert len(ds.split.val_indices) == 5000 == len(set(ds.split.val_indices.tolist()))
+
+
+def test_split_is_fixed_and_disjoint(digits):
+    again = data.load_digits()
+    assert digits.split.id == again.split.id
+    np.testing.assert_array_equal(digits.x_val, again.x_val)
+    n = len(digits.x_train) + len(digits.x_val)
+    assert set(range(n)) - set(digits.split.val_indices.tolist()) and \
+        len(set(digits.split.val_indices.tolist())) == len(digits.x_val)
+    assert len(digits.x_test) == 540 and digits.split.test == 540
+    with pytest.raises(ValueError, match="val_fraction"):
+        data.load_digits(val_fraction=1.5)
 
 
 def test_fashion_mnist_corrupt_copy_in_user_dir(tmp_path):

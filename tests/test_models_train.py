@@ -128,6 +128,15 @@ def test_truncated_or_missing_checkpoint(tmp_path):
         train.load_model(tmp_path / "none.npz")
 
 
+def test_checkpoint_from_another_split_says_so(tmp_path, digits):
+    model = train.RECIPES["mlp_digits"]["build"](0)
+    path = train.save_model(model, tmp_path / "m.npz", metadata={"split": {"train": 1}})
+    with pytest.warns(train.SplitMismatchWarning, match="validation images"):
+        assert not train.check_split(path, digits)
+    train.save_model(model, path, metadata={"split": digits.split.describe()})
+    assert train.check_split(path, digits)
+
+
 def test_unknown_baseline():
     with pytest.raises(ValueError, match="Unknown baseline"):
         train.baseline("vgg16")
@@ -147,7 +156,12 @@ def test_committed_baselines_reach_their_accuracy(name):
     for p in paths:
         model = train.load_model(p)
         acc = train.evaluate(model, ds.x_test, ds.y_test)
-        recorded = train.read_checkpoint_header(p)["metadata"]["test_accuracy"]
-        assert acc == pytest.approx(recorded, abs=1e-4), "checkpoint differs from its record"
+        meta = train.read_checkpoint_header(p)["metadata"]
+        assert acc == pytest.approx(meta["test_accuracy"], abs=1e-4), \
+            "checkpoint differs from its record"
+        assert meta["split"] == ds.split.describe(), (
+            f"{p.name} was trained on another split; retrain: python -m pruning_kit.train "
+            f"{name} --seed 0 1 2")
+        assert train.check_split(p, ds)
         accs.append(acc)
     assert np.mean(accs) >= TARGETS[name]
