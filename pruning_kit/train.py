@@ -22,6 +22,7 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import functools
 import io
@@ -82,6 +83,65 @@ def _train_step(graphdef, state, batch, loss_fn):
     return nnx.state((model, optimizer)), loss, correct
 
 
+_MODE_ATTRIBUTES = ("deterministic", "use_running_average")
+
+
+def mode_of(model: nnx.Module) -> list[tuple[nnx.Module, dict[str, Any]]]:
+    """The train/eval flags of every submodule (``deterministic``, ``use_running_average``).
+
+    Hand the result to :func:`restore_mode` to put a model back the way it came.
+    """
+    return [(m, {a: getattr(m, a) for a in _MODE_ATTRIBUTES if hasattr(m, a)})
+            for _, m in nnx.iter_modules(model)]
+
+
+def restore_mode(flags: list[tuple[nnx.Module, dict[str, Any]]]) -> None:
+    """Undo any ``model.train()`` / ``model.eval()`` since :func:`mode_of` was taken."""
+    for module, attrs in flags:
+        for a, v in attrs.items():
+            setattr(module, a, v)
+
+
+@contextlib.contextmanager
+def eval_mode(model: nnx.Module):
+    """``with eval_mode(model):`` runs in inference mode, then restores the caller's mode.
+
+    Examples:
+        >>> m = nnx.Sequential(nnx.Linear(2, 2, rngs=nnx.Rngs(0)), nnx.Dropout(0.5))
+        >>> with eval_mode(m):
+        ...     m.layers[1].deterministic
+        True
+        >>> m.layers[1].deterministic          # back the way it came
+        False
+    """
+    flags = mode_of(model)
+    model.eval()
+    try:
+        yield model
+    finally:
+        restore_mode(flags)
+
+
+def own_arrays(model: nnx.Module) -> nnx.Module:
+    """A copy of ``model`` that shares no array with it (safe to train or donate).
+
+    ``nnx.clone`` and ``nnx.merge`` may hand back arrays that the original still holds;
+    training such a copy with buffer donation would delete the original's arrays.
+
+    Examples:
+        >>> a = nnx.Linear(2, 2, rngs=nnx.Rngs(0))
+        >>> b = own_arrays(a)
+        >>> b.kernel[...] is a.kernel[...], bool((b.kernel[...] == a.kernel[...]).all())
+        (False, True)
+    """
+    graphdef, state = nnx.split(model)
+    return nnx.merge(graphdef, jax.tree.map(_copy_leaf, state))
+
+
+def _copy_leaf(a):
+    return jnp.array(a, copy=True) if isinstance(a, jax.Array) else a
+
+
 def check_training_args(x: Any, y: Any, *, epochs: Any, lr: Any, batch_size: Any) -> None:
     """Validate the arguments of a training loop (``x``/``y``, epochs, rate, batch size).
 
@@ -137,6 +197,10 @@ def fit(model: nnx.Module, x: np.ndarray, y: Any, *, epochs: int = 10,
     Returns:
         History dict with per-epoch ``loss``, ``train_acc``, ``seconds`` and, with
         ``validation``, ``val_acc``.
+
+    The model trains in train mode and comes back in the mode it came in. Its arrays are
+    copied before the jitted step donates them, so a model that shares arrays with this
+    one (an ``nnx.clone``, say) is never left holding deleted arrays.
     """
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive integer, got {epochs!r}.")
@@ -150,9 +214,12 @@ def fit(model: nnx.Module, x: np.ndarray, y: Any, *, epochs: int = 10,
     steps_per_epoch = n // batch_size
     if tx is None:
         tx = default_optimizer(learning_rate, steps_per_epoch * epochs)
+    flags = mode_of(model)
     model.train()
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
     graphdef, state = nnx.split((model, optimizer))
+    # donate only arrays made here: other live models may share the model's arrays
+    state = jax.tree.map(_copy_leaf, state)
     ys = tuple(y) if isinstance(y, (tuple, list)) else (y,)
     history: dict[str, list[float]] = {"loss": [], "train_acc": [], "seconds": []}
     if validation is not None:
@@ -176,6 +243,7 @@ def fit(model: nnx.Module, x: np.ndarray, y: Any, *, epochs: int = 10,
         mean_loss = float(jnp.mean(jnp.stack(losses)))
         if not np.isfinite(mean_loss):
             nnx.update((model, optimizer), state)
+            restore_mode(flags)
             raise FloatingPointError(
                 f"Training diverged at epoch {epoch + 1} (loss {mean_loss}). Lower the "
                 "learning rate or check the inputs for NaN/inf.")
@@ -186,11 +254,10 @@ def fit(model: nnx.Module, x: np.ndarray, y: Any, *, epochs: int = 10,
         if validation is not None:
             nnx.update((model, optimizer), state)
             history["val_acc"].append(evaluate(model, *validation))
-            model.train()
             postfix["val"] = f"{history['val_acc'][-1]:.4f}"
         bar.set_postfix(postfix)
     nnx.update((model, optimizer), state)
-    model.eval()
+    restore_mode(flags)
     return history
 
 
@@ -200,11 +267,14 @@ def _forward(graphdef, state, x):
 
 
 def predict(model: nnx.Module, x: np.ndarray, *, batch_size: int = 1000) -> np.ndarray:
-    """Logits of ``model`` on ``x`` in inference mode (BatchNorm uses running averages)."""
+    """Logits of ``model`` on ``x`` in inference mode (BatchNorm uses running averages).
+
+    The model's own mode is left as it was.
+    """
     if len(x) == 0:
         raise ValueError("x is empty; pass at least one example.")
-    model.eval()
-    graphdef, state = nnx.split(model)
+    with eval_mode(model):
+        graphdef, state = nnx.split(model)
     outs = [np.asarray(_forward(graphdef, state, jnp.asarray(x[i:i + batch_size])))
             for i in range(0, len(x), batch_size)]
     return np.concatenate(outs)
@@ -218,6 +288,21 @@ def evaluate(model: nnx.Module, x: np.ndarray, y: np.ndarray, *,
 
 
 # --------------------------------------------------------------------------- checkpoints
+def is_key(a: Any) -> bool:
+    """Whether ``a`` is a typed PRNG key array (the RNG state of Dropout and friends)."""
+    return hasattr(a, "dtype") and jnp.issubdtype(a.dtype, jax.dtypes.prng_key)
+
+
+def host_array(a: Any) -> np.ndarray:
+    """``a`` as a NumPy array; a PRNG key becomes its raw ``uint32`` key data.
+
+    Examples:
+        >>> host_array(jax.random.key(0)).dtype
+        dtype('uint32')
+    """
+    return np.asarray(jax.random.key_data(a)) if is_key(a) else np.asarray(a)
+
+
 def _flatten(tree: dict, prefix: str = "", *, to_numpy: bool = True) -> dict[str, Any]:
     """``{"layers/0/kernel": array, ...}`` from a nested dict of arrays."""
     out = {}
@@ -226,7 +311,7 @@ def _flatten(tree: dict, prefix: str = "", *, to_numpy: bool = True) -> dict[str
         if isinstance(value, dict):
             out.update(_flatten(value, name, to_numpy=to_numpy))
         else:
-            out[name] = np.asarray(value) if to_numpy else value
+            out[name] = host_array(value) if to_numpy else value
     return out
 
 
@@ -314,7 +399,9 @@ def load_model(path: str | os.PathLike) -> nnx.Module:
         raise ValueError(f"{path} does not match a {header['class']} with config "
                          f"{header['config']}: arrays differ ({differ}).")
     for k, v in expected.items():
-        if tuple(v.shape) != flat[k].shape:
+        if is_key(v):  # RNG state is stored as its raw key data
+            flat[k] = jax.random.wrap_key_data(flat[k])
+        elif tuple(v.shape) != flat[k].shape:
             raise ValueError(f"{path}: array {k} has shape {flat[k].shape}, the model expects "
                              f"{tuple(v.shape)}.")
     nnx.replace_by_pure_dict(state, _unflatten({k: jnp.asarray(v) for k, v in flat.items()}))

@@ -1,0 +1,63 @@
+"""A model written the way a user writes one: other layer names, Dropout, BatchNorm, no
+``.config``. The toolkit must train a copy without destroying the original, measure and
+save models that carry RNG state, and leave the caller's mode alone."""
+
+import numpy as np
+import pytest
+from flax import nnx
+
+from pruning_kit import measure, train
+
+
+class UserNet(nnx.Module):
+    def __init__(self, rngs: nnx.Rngs):
+        self.fc_in = nnx.Linear(64, 32, rngs=rngs)
+        self.norm = nnx.BatchNorm(32, rngs=rngs)
+        self.drop = nnx.Dropout(0.2, rngs=rngs)
+        self.head = nnx.Linear(32, 10, rngs=rngs)
+
+    def __call__(self, x):
+        x = x.reshape(x.shape[0], -1)
+        return self.head(self.drop(nnx.relu(self.norm(self.fc_in(x)))))
+
+
+def _modes(model):
+    return model.drop.deterministic, model.norm.use_running_average
+
+
+def test_training_a_clone_leaves_the_original_usable(digits):
+    original = UserNet(nnx.Rngs(0))
+    before = train.predict(original, digits.x_val)
+    clone = nnx.clone(original)
+    train.fit(clone, digits.x_train, digits.y_train, epochs=1, batch_size=32, progress=False)
+    np.testing.assert_array_equal(train.predict(original, digits.x_val), before)
+    assert not np.array_equal(train.predict(clone, digits.x_val), before)
+
+
+def test_own_arrays_copy_is_independent(digits):
+    original = UserNet(nnx.Rngs(0))
+    copy = train.own_arrays(original)
+    assert copy.fc_in.kernel[...] is not original.fc_in.kernel[...]
+    train.fit(copy, digits.x_train, digits.y_train, epochs=1, batch_size=32, progress=False)
+    assert np.isfinite(train.evaluate(original, digits.x_val, digits.y_val))
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_inference_and_training_leave_the_mode_as_it_came(digits, mode):
+    model = UserNet(nnx.Rngs(1))
+    getattr(model, mode)()
+    expected = _modes(model)
+    train.evaluate(model, digits.x_val, digits.y_val)
+    assert _modes(model) == expected
+    train.fit(model, digits.x_train[:64], digits.y_train[:64], epochs=1, batch_size=32,
+              progress=False)
+    assert _modes(model) == expected
+    measure.measure(model, digits.x_test, digits.y_test, batch_sizes=(1,), runs=2)
+    assert _modes(model) == expected
+
+
+def test_models_with_rng_state_measure_and_serialize(digits):
+    model = UserNet(nnx.Rngs(2))
+    assert measure.serialized_bytes(model) > 4 * measure.count_params(model) * 0.9
+    row = measure.measure(model, digits.x_test, digits.y_test, batch_sizes=(1,), runs=2)
+    assert row["params"] == measure.count_params(model)
