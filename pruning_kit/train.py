@@ -527,8 +527,9 @@ def cached(name: str, seed: int, make: Callable[[], nnx.Module], *, retrain: boo
     For models derived from a baseline (pruned and fine-tuned, distilled, ...) that take
     minutes to make: the benchmark makes them once, notebooks load them. ``metadata``
     (say, the recipe and the command that made it) is stored with the weights; read it
-    back with :func:`read_checkpoint_header`. With ``dataset``, its split is recorded and a
-    cached file trained on another split warns (:func:`check_split`).
+    back with :func:`read_checkpoint_header`. With ``dataset``, its split and validation
+    accuracy are recorded, and a cached file trained on another split is remade (with a
+    :class:`SplitMismatchWarning` saying so).
 
     Examples:
         >>> import tempfile
@@ -542,9 +543,9 @@ def cached(name: str, seed: int, make: Callable[[], nnx.Module], *, retrain: boo
     """
     path = checkpoint_path(name, seed)
     if path.exists() and not retrain:
-        if dataset is not None:
-            check_split(path, dataset)
-        return load_model(path)
+        if dataset is None or check_split(path, dataset):
+            return load_model(path)
+        # trained on another split (warned above): a stale cache entry is remade
     start = time.perf_counter()
     model = make()
     meta = {"name": name, "seed": seed, "seconds": round(time.perf_counter() - start, 1),
