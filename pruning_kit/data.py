@@ -195,8 +195,20 @@ def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
     _atomic_write(Path(path), payload)
 
 
-def _atomic_write(path: Path, payload: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _atomic_write(path: Path, payload: bytes, *, create_parent: bool = False) -> None:
+    """Write ``payload`` to ``path`` via a temporary file, fsync and rename.
+
+    A missing parent folder is an error (a typo in a path should not silently create
+    folders) unless ``create_parent`` (the package's own caches) is set.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        if not create_parent:
+            raise FileNotFoundError(
+                f"Folder {path.parent} does not exist, so {path.name} was not written. "
+                f"Create it first (pathlib.Path({str(path.parent)!r}).mkdir(parents=True)) "
+                "or save into a folder that exists.")
+        path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -241,7 +253,7 @@ def download(url: str, dest: str | os.PathLike, expected_sha256: str, *,
         raise ValueError(f"Download of {url} has SHA-256 {digest}, expected "
                          f"{expected_sha256}; nothing was written. Try again later or "
                          "fetch the file by hand.")
-    _atomic_write(dest, payload)
+    _atomic_write(dest, payload, create_parent=True)
     return dest
 
 

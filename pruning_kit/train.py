@@ -168,6 +168,13 @@ def _check_xy(x, y, name: str = "x") -> None:
         raise ValueError(f"{name} has {len(x)} examples but the labels have {len(labels)}.")
     if len(x) == 0:
         raise ValueError(f"{name} is empty; pass at least one example.")
+    labels = np.asarray(labels) if not hasattr(labels, "dtype") else labels
+    if labels.ndim != 1 or not jnp.issubdtype(labels.dtype, jnp.integer):
+        hint = (" They look one-hot: pass y.argmax(-1)." if labels.ndim == 2 else
+                " Convert them with y.astype(np.int32) if they are whole numbers.")
+        raise ValueError(
+            f"Labels must be integer class indices of shape (N,); got {labels.dtype} with "
+            f"shape {tuple(labels.shape)}.{hint}")
 
 
 def fit(model: nnx.Module, x: np.ndarray, y: Any, *, epochs: int = 10,
@@ -206,6 +213,13 @@ def fit(model: nnx.Module, x: np.ndarray, y: Any, *, epochs: int = 10,
         raise ValueError(f"epochs must be a positive integer, got {epochs!r}.")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    if isinstance(y, (tuple, list)) and loss_fn is cross_entropy_loss:
+        raise ValueError(
+            f"y is a {type(y).__name__} of {len(y)} arrays (labels plus extra targets, such as "
+            "teacher logits), but loss_fn is the default cross-entropy, which takes integer "
+            "labels only. Pass the loss that uses the extra targets, e.g. "
+            "loss_fn=pruning_kit.distill.distillation_loss(temperature=4.0, alpha=0.9) for "
+            "(labels, teacher_logits), or pass only the labels.")
     _check_xy(x, y)
     n = len(x)
     if batch_size > n:
@@ -327,13 +341,14 @@ def _unflatten(flat: dict[str, np.ndarray]) -> dict:
 
 
 def save_model(model: nnx.Module, path: str | os.PathLike, *,
-               metadata: dict[str, Any] | None = None) -> Path:
+               metadata: dict[str, Any] | None = None, create_parent: bool = False) -> Path:
     """Save weights, BatchNorm statistics and the model's widths to one ``.npz`` file.
 
     The model's class name and ``model.config`` travel with the weights, so
     :func:`load_model` can rebuild a model whose widths differ from the defaults (a pruned
     one, say). The file is written to a temporary name and renamed: an interrupted save
-    never leaves a half-written checkpoint.
+    never leaves a half-written checkpoint. A missing folder raises
+    ``FileNotFoundError`` unless ``create_parent=True``.
 
     Examples:
         >>> import tempfile
@@ -353,7 +368,7 @@ def save_model(model: nnx.Module, path: str | os.PathLike, *,
     np.savez(buf, __header__=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8),
              **arrays)
     path = Path(path)
-    data_lib._atomic_write(path, buf.getvalue())
+    data_lib._atomic_write(path, buf.getvalue(), create_parent=create_parent)
     return path
 
 
@@ -363,6 +378,11 @@ def read_checkpoint_header(path: str | os.PathLike) -> dict[str, Any]:
     if not path.exists():
         raise FileNotFoundError(f"Checkpoint {path} does not exist. Train the model first "
                                 "(pruning_kit.train.baseline trains and caches baselines).")
+    with open(path, "rb") as f:
+        if f.read(4) == b"\x89PKC":
+            raise ValueError(
+                f"{path} is a compressed-model file written by pruning_kit.codec.save, not a "
+                "checkpoint. Load it with pruning_kit.codec.load(path).")
     try:
         with np.load(path) as f:
             return json.loads(bytes(f["__header__"]).decode())
@@ -465,7 +485,7 @@ def train_baseline(name: str, seed: int = 0, *, dataset: data_lib.Dataset | None
                               f"({os.cpu_count()} CPUs), jax {jax.__version__}",
                 "date": _dt.date.today().isoformat(),
                 "command": f"python -m pruning_kit.train {name} --seed {seed}"}
-        save_model(model, checkpoint_path(name, seed), metadata=meta)
+        save_model(model, checkpoint_path(name, seed), metadata=meta, create_parent=True)
     return model
 
 
@@ -553,7 +573,7 @@ def cached(name: str, seed: int, make: Callable[[], nnx.Module], *, retrain: boo
     if dataset is not None:
         meta["split"] = dataset.split.describe()
         meta["val_accuracy"] = evaluate(model, dataset.x_val, dataset.y_val)
-    save_model(model, path, metadata=meta)
+    save_model(model, path, metadata=meta, create_parent=True)
     return model
 
 

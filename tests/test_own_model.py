@@ -61,3 +61,22 @@ def test_models_with_rng_state_measure_and_serialize(digits):
     assert measure.serialized_bytes(model) > 4 * measure.count_params(model) * 0.9
     row = measure.measure(model, digits.x_test, digits.y_test, batch_sizes=(1,), runs=2)
     assert row["params"] == measure.count_params(model)
+
+
+def test_first_hour_errors_say_what_to_do(digits, tmp_path):
+    from pruning_kit import codec, models
+    model = models.MLP(64, (8,), rngs=nnx.Rngs(0))
+    x, y = digits.x_train[:64], digits.y_train[:64]
+    with pytest.raises(ValueError, match="loss_fn=pruning_kit.distill.distillation_loss"):
+        train.fit(model, x, (y, np.zeros((64, 10), np.float32)), epochs=1, progress=False)
+    with pytest.raises(ValueError, match="one-hot: pass y.argmax"):
+        train.fit(model, x, np.eye(10, dtype=np.float32)[y], epochs=1, progress=False)
+    with pytest.raises(ValueError, match="integer class indices"):
+        train.evaluate(model, x, y.astype(np.float32))
+    pkc = codec.save(tmp_path / "m.pkc", model)
+    with pytest.raises(ValueError, match=r"codec.load\(path\)"):
+        train.load_model(pkc)
+    for save in (lambda p: train.save_model(model, p), lambda p: codec.save(p, model)):
+        with pytest.raises(FileNotFoundError, match="does not exist"):
+            save(tmp_path / "no_such_folder" / "m.npz")
+        assert not (tmp_path / "no_such_folder").exists()
