@@ -1,12 +1,17 @@
 # Two commands (see README.md):
-#   make course   install, fetch + verify data, load/train baselines, execute every notebook,
-#                 then open JupyterLab (OPEN=0 to skip opening)
+#   make course   install, fetch + verify data, copy the executed notebooks into work/
+#                 (never overwriting your copies) and open JupyterLab there (OPEN=0: don't)
 #   make test     install, then run the package tests and every notebook under nbval
+# More:
+#   make notebooks          re-execute every notebook into work/, with progress
+#   make notebooks-inplace  maintainers: re-execute the committed notebooks (widget state
+#                           saved, times recorded in notebooks/timings.json)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 OPEN   ?= 1
+PORT   ?= 8888
 
-.PHONY: course test setup data baselines notebooks benchmarks lint clean
+.PHONY: course test setup data baselines notebooks notebooks-inplace benchmarks lint clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -24,14 +29,21 @@ baselines: data
 	$(PY) -c "from pruning_kit import train; [train.baseline(n, s) for n in train.RECIPES for s in (0, 1, 2)]"
 
 notebooks: baselines
-	for nb in notebooks/[0-9]*.ipynb; do \
-		$(PY) -m jupyter nbconvert --to notebook --execute --inplace \
-			--ExecutePreprocessor.timeout=1200 "$$nb" || exit 1; \
-	done
+	$(PY) -m pruning_kit.course execute
 
-course: notebooks
-	@if [ "$(OPEN)" = "1" ]; then $(PY) -m jupyter lab notebooks/; \
-	else echo "Executed notebooks are in notebooks/; open them with: $(PY) -m jupyter lab notebooks/"; fi
+notebooks-inplace: baselines
+	$(PY) -m pruning_kit.course execute --inplace
+
+course: data
+	@$(PY) -m pruning_kit.course prepare
+	@if [ "$(OPEN)" = "1" ]; then \
+		token=$$($(PY) -c "import secrets; print(secrets.token_hex(16))"); \
+		echo "Starting JupyterLab on work/ (Ctrl+C twice to stop)."; \
+		echo "JupyterLab: http://localhost:$(PORT)/lab?token=$$token"; \
+		PYTHONWARNINGS=ignore $(PY) -m jupyter lab work/ --port=$(PORT) \
+			--ServerApp.port_retries=0 --IdentityProvider.token=$$token \
+			--ServerApp.log_level=WARN; \
+	else echo "Course ready in work/. Open it with: $(PY) -m jupyter lab work/"; fi
 
 test: setup
 	$(PY) -m pytest

@@ -50,3 +50,47 @@ def test_notebooks_are_numbered_and_committed_executed():
         for section in ("Learning objectives", "Check your understanding", "Summary",
                         "Exercises"):
             assert section in text, f"{path.name} lacks a '{section}' section"
+
+
+def _hashes():
+    import hashlib
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted((ROOT / "notebooks").glob("*.ipynb"))}
+
+
+def test_course_target_leaves_the_committed_notebooks_alone(tmp_path):
+    import subprocess
+    import sys
+
+    from pruning_kit import course
+    before = _hashes()
+    dry = subprocess.run(["make", "-n", "-B", "course", "OPEN=0"], cwd=ROOT, text=True,
+                         capture_output=True, check=True).stdout
+    assert "pruning_kit.course prepare" in dry and "--inplace" not in dry
+    assert "nbconvert" not in dry and "course execute" not in dry
+    subprocess.run([sys.executable, "-m", "pruning_kit.course", "prepare", "--dest",
+                    str(tmp_path)], check=True, capture_output=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(before)
+    (tmp_path / next(iter(before))).write_text("{}")      # a learner's edit
+    assert course.prepare(tmp_path) == []                 # ... is never overwritten
+    assert (tmp_path / next(iter(before))).read_text() == "{}"
+    assert _hashes() == before
+
+
+def test_explorers_are_visible_before_running():
+    """Committed notebooks carry widget state, and each explorer says how to make it live."""
+    for path in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        nb = json.loads(path.read_text())
+        views = [o for c in nb["cells"] if c["cell_type"] == "code"
+                 for o in c.get("outputs", [])
+                 if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+        if not views:
+            continue
+        state = nb["metadata"].get("widgets", {}).get(
+            "application/vnd.jupyter.widget-state+json", {}).get("state", {})
+        for view in views:
+            model_id = view["data"]["application/vnd.jupyter.widget-view+json"]["model_id"]
+            assert model_id in state, f"{path.name}: widget {model_id} has no saved state"
+        text = "".join("".join(c["source"]) for c in nb["cells"]
+                       if c["cell_type"] == "markdown")
+        assert "run this cell to make it live" in text.lower(), path.name
