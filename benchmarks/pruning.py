@@ -15,13 +15,19 @@ Run from the repository root::
   about as many weights as the GMP model has non-zeros) trained from scratch for 40 epochs
   -- the baseline's 20 plus GMP's 20, the same budget.
 * **Masked step**: seconds per epoch of ``fit`` with ``prune.gradual_pruning`` around Adam
-  against plain Adam (best of 3 alternating runs of the second epoch).
+  against plain Adam: one epoch of each in turn, alternating, for ``MASKED_ROUNDS`` rounds
+  after a compiling epoch each (``measure.compare_latency(..., jit=False)``); the ratio
+  masked / plain is taken per round.
 * **Channel removal**: ``structure.search_widths`` times candidate widths with <= half the
   MACs; ``recipes.half_mac_cnn`` removes channels to the recipe's widths (BatchNorm-scale
-  importance), fine-tunes 10 epochs with the dense CNN as online teacher; latency of the
-  compiled forward pass at batch 256 and 1 (best of 3 medians each).
+  importance), fine-tunes with the dense CNN as online teacher; latency of the compiled
+  forward pass at batch 256 and 1, dense and pruned timed interleaved
+  (``measure.compare_latency``, ``LATENCY_ROUNDS`` rounds), speed-up per round.
 
-Prints the machine, tables, then one JSON line per figure.
+Every ratio is printed as the median over rounds with its IQR and range; one whose IQR
+contains 1.0 is printed as "no measurable difference". Timing batches are validation
+images (their values do not change the time). Prints the machine (CPU, instruction set),
+tables, then one JSON line per figure (ratios with ``"iqr"`` and ``"min_max"``).
 """
 
 from __future__ import annotations
@@ -49,6 +55,8 @@ TARGETS = {
     "masked_step_ratio": "<= 1.2",
     "channel_speedup_b1": "extra: batch 1",
 }
+LATENCY_ROUNDS = 30   #: interleaved rounds per channel-removal latency comparison
+MASKED_ROUNDS = 7     #: alternating epochs of each optimizer for the masked-step ratio
 CANDIDATES = [{"widths": list(w)} for w in
               ((16, 16, 16), (16, 16, 8), (8, 16, 16), (16, 24, 8), (12, 24, 12), (8, 24, 24),
                (12, 20, 20), (16, 20, 12))]
@@ -58,14 +66,20 @@ def emit(metric: str, value: float, unit: str) -> None:
     _common.emit(metric, value, unit, TARGETS)
 
 
+def emit_ratio(metric: str, comparison: measure.LatencyComparison, name: str) -> None:
+    """The speed-up of ``name`` over the comparison's baseline, with IQR, range, verdict."""
+    _common.emit_speedup(metric, comparison[name], TARGETS,
+                         verdict=comparison.verdict(name))
+
+
 def pct(model, x, y) -> float:
     return 100.0 * train.evaluate(model, x, y)
 
 
-def best_latency(model, x, repeats: int = 5) -> float:
-    """Best of ``repeats`` medians: robust to other jobs on a shared machine."""
-    return min(measure.latency(model, x, runs=50 if len(x) == 1 else 20).median_ms
-               for _ in range(repeats))
+def channel_latency(dense, pruned, x) -> measure.LatencyComparison:
+    """Dense and pruned CNN timed interleaved on batch ``x``; speed-up = dense / pruned."""
+    return measure.compare_latency({"dense": dense, "pruned": pruned}, x,
+                                   rounds=LATENCY_ROUNDS, runs=20 if len(x) == 1 else 5)
 
 
 def mlp_figures(ds: data.Dataset, seeds: tuple[int, ...]) -> None:
@@ -101,28 +115,38 @@ def mlp_figures(ds: data.Dataset, seeds: tuple[int, ...]) -> None:
     emit("oneshot90_acc", np.mean([r["oneshot"] for r in rows]), "%")
 
 
-def epoch_seconds(ds: data.Dataset, tx: optax.GradientTransformation) -> float:
+def one_epoch(ds: data.Dataset, tx: optax.GradientTransformation):
+    """``run(x)``: one more epoch of a LeNet-300-100 with ``tx`` on ``(x, ds.y_train)``.
+
+    The same ``tx`` object every call, so ``fit``'s compiled step is reused (the first
+    call compiles: it is the untimed warm-up).
+    """
     model = models.lenet_300_100(seed=0)
-    history = train.fit(model, ds.x_train, ds.y_train, epochs=2, batch_size=128, tx=tx,
-                        progress=False)
-    return history["seconds"][1]
+    return lambda x: train.fit(model, x, ds.y_train, epochs=1, batch_size=128, tx=tx,
+                               progress=False)
 
 
 def masked_step(ds: data.Dataset) -> None:
     steps = 2 * (len(ds.x_train) // 128)
-    plain, wrapped = [], []
-    for _ in range(3):
-        plain.append(epoch_seconds(ds, optax.adam(1e-3)))
-        schedule = prune.polynomial_schedule(0.9, 0, steps)
-        wrapped.append(epoch_seconds(ds, prune.gradual_pruning(optax.adam(1e-3), schedule,
-                                                               update_every=100)))
-    print(f"epoch seconds, plain Adam {[round(t, 2) for t in plain]}, with gradual_pruning "
-          f"{[round(t, 2) for t in wrapped]}")
-    emit("masked_step_ratio", min(wrapped) / min(plain), "x")
+    schedule = prune.polynomial_schedule(0.9, 0, steps)
+    epochs = {"gradual_pruning": one_epoch(ds, prune.gradual_pruning(
+                  optax.adam(1e-3), schedule, update_every=100)),
+              "plain Adam": one_epoch(ds, optax.adam(1e-3))}
+    # Baseline = the masked run, so the per-round "speedup" of plain Adam is masked / plain.
+    r = measure.compare_latency(epochs, ds.x_train, rounds=MASKED_ROUNDS, runs=1, warmup=1,
+                                jit=False)
+    print(r.table(title=f"one epoch of LeNet-300-100, {r.rounds} alternating epochs each; "
+                        "speedup of plain Adam = masked / plain seconds per round"))
+    s = r["plain Adam"]
+    print(f"masked step ratio {s.speedup:.2f}x (IQR {s.speedup_iqr[0]:.2f}-"
+          f"{s.speedup_iqr[1]:.2f}x, range {s.speedup_min_max[0]:.2f}-"
+          f"{s.speedup_min_max[1]:.2f}x): plain Adam {r.verdict('plain Adam')}")
+    _common.emit_speedup("masked_step_ratio", s, TARGETS,
+                         verdict=f"plain Adam vs gradual_pruning: {r.verdict('plain Adam')}")
 
 
 def cnn_figures(ds: data.Dataset, seeds: tuple[int, ...]) -> None:
-    x256 = ds.x_test[:256]
+    x256 = ds.x_val[:256]  # for timing and MAC counts only: the values do not matter
     base0 = train.baseline("cnn_fashion", 0, progress=False)
     rows = structure.search_widths(base0, CANDIDATES, x256)
     print(Table([{"widths": r["config"]["widths"], "mac_ratio": r["mac_ratio"],
@@ -142,18 +166,19 @@ def cnn_figures(ds: data.Dataset, seeds: tuple[int, ...]) -> None:
                     / measure.cost(small, x256)["macs"],
                     "seconds": time.perf_counter() - start})
     small0 = recipes.half_mac_cnn(0, dataset=ds, progress=False)
-    b256 = [best_latency(base0, x256), best_latency(small0, x256)]
-    b1 = [best_latency(base0, x256[:1]), best_latency(small0, x256[:1])]
+    b256 = channel_latency(base0, small0, x256)
+    b1 = channel_latency(base0, small0, x256[:1])
     print(Table(out, title="SmallCNN channel removal + fine-tuning (test accuracy %)"))
-    print(f"seed 0 latency batch 256: dense {b256[0]:.2f} ms, pruned {b256[1]:.2f} ms; batch 1: "
-          f"dense {b1[0]:.3f} ms, pruned {b1[1]:.3f} ms")
+    for batch, r in ((256, b256), (1, b1)):
+        print(r.table(title=f"seed 0 latency, batch {batch}: median of {r.rounds} interleaved "
+                            f"rounds; speedup = dense / pruned per round"))
     delta = np.array([r["pruned"] - r["dense"] for r in out])
     print(f"channel removal change {delta.mean():+.2f} +- "
           f"{delta.std(ddof=1) if len(out) > 1 else 0:.2f} pt")
     emit("channel_mac_ratio", np.mean([r["mac_ratio"] for r in out]), "x")
-    emit("channel_speedup_b256", b256[0] / b256[1], "x")
+    emit_ratio("channel_speedup_b256", b256, "pruned")
     emit("channel_delta", delta.mean(), "pt")
-    emit("channel_speedup_b1", b1[0] / b1[1], "x")
+    emit_ratio("channel_speedup_b1", b1, "pruned")
 
 
 def main() -> None:

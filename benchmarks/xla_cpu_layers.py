@@ -9,7 +9,10 @@
    against ``models.conv3x3_single_channel`` (nine shifted multiply-adds), at 4 and 16
    output channels.
 
-Each pair is checked to give the same values; one JSON line per speedup.
+Each pair is checked to give the same values, then timed interleaved
+(``measure.compare_latency``: ``ROUNDS`` rounds, the speed-up taken per round); each
+speed-up is printed with its IQR and range, and called "no measurable difference" when
+its IQR contains 1.0. One JSON line per speed-up, with ``"iqr"`` and ``"min_max"``.
 """
 
 from __future__ import annotations
@@ -21,6 +24,13 @@ from flax import nnx
 from benchmarks import _common
 from pruning_kit import measure, models
 
+ROUNDS = 30  #: interleaved rounds per comparison
+
+
+def report(metric: str, r: measure.LatencyComparison, name: str) -> None:
+    print(r.table())
+    _common.emit_speedup(metric, r[name], {metric: "> 1"}, verdict=r.verdict(name))
+
 
 def pooling() -> None:
     x = np.random.default_rng(0).random((128, 28, 28, 16), dtype=np.float32)
@@ -28,14 +38,12 @@ def pooling() -> None:
                 "max_pool_2x2": models.max_pool_2x2}
     same = np.array_equal(np.asarray(variants["nnx.max_pool"](x)),
                           np.asarray(variants["max_pool_2x2"](x)))
-    times = {}
-    for name, pool in variants.items():
-        grad = jax.grad(lambda a, pool=pool: (pool(a) ** 2).sum())
-        times[name] = measure.latency(grad, x, runs=30).median_ms
-        print(f"{name:13s} forward + backward: {times[name]:.2f} ms (median of 30)")
-    ratio = times["nnx.max_pool"] / times["max_pool_2x2"]
-    print(f"identical values: {same}; max_pool_2x2 is {ratio:.1f}x faster")
-    _common.emit("pool_fwd_bwd_speedup", ratio, "x", {"pool_fwd_bwd_speedup": "> 1"})
+    grads = {name: jax.grad(lambda a, pool=pool: (pool(a) ** 2).sum())
+             for name, pool in variants.items()}
+    r = measure.compare_latency(grads, x, rounds=ROUNDS, runs=3)
+    print(f"2x2 max-pooling, forward + backward, identical values: {same}; "
+          f"max_pool_2x2: {r.verdict('max_pool_2x2')}")
+    report("pool_fwd_bwd_speedup", r, "max_pool_2x2")
 
 
 def first_conv() -> None:
@@ -45,14 +53,13 @@ def first_conv() -> None:
         kernel = conv.kernel[...]
         ref = np.asarray(conv(x))
         fast = np.asarray(models.conv3x3_single_channel(x, kernel))
-        t_conv = measure.latency(conv, x, runs=30).median_ms
-        t_fast = measure.latency(lambda a, k=kernel: models.conv3x3_single_channel(a, k), x,
-                                 runs=30).median_ms
-        print(f"1->{width:2d} conv: nnx.Conv {t_conv:.2f} ms, shifted multiply-adds "
-              f"{t_fast:.2f} ms ({t_conv / t_fast:.1f}x), max |difference| "
-              f"{np.abs(ref - fast).max():.1e}")
-        metric = f"first_conv_{width}_speedup"
-        _common.emit(metric, t_conv / t_fast, "x", {metric: "> 1"})
+        r = measure.compare_latency(
+            {"nnx.Conv": conv,
+             "shifted multiply-adds": lambda a, k=kernel: models.conv3x3_single_channel(a, k)},
+            x, rounds=ROUNDS, runs=3)
+        print(f"1->{width:2d} conv, max |difference| {np.abs(ref - fast).max():.1e}; shifted "
+              f"multiply-adds: {r.verdict('shifted multiply-adds')}")
+        report(f"first_conv_{width}_speedup", r, "shifted multiply-adds")
 
 
 def main() -> None:

@@ -571,6 +571,7 @@ def cached(name: str, seed: int, make: Callable[[], nnx.Module], *, retrain: boo
     meta = {"name": name, "seed": seed, "seconds": round(time.perf_counter() - start, 1),
             "date": _dt.date.today().isoformat(), **(metadata or {})}
     if dataset is not None:
+        meta["dataset"] = dataset.name
         meta["split"] = dataset.split.describe()
         meta["val_accuracy"] = evaluate(model, dataset.x_val, dataset.y_val)
     save_model(model, path, metadata=meta, create_parent=True)

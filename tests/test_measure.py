@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -243,10 +245,11 @@ def test_format_value_units():
 
 def test_machine_info():
     info = measure.machine_info()
-    assert {"cpu", "cores", "backend", "device", "jax", "jaxlib", "flax", "optax", "python",
-            "date"} <= set(info)
+    assert {"cpu", "isa", "cores", "backend", "device", "jax", "jaxlib", "flax", "optax",
+            "python", "date"} <= set(info)
     assert info["jax"] == jax.__version__
     assert jax.__version__ in measure.machine_summary()
+    assert f"[{info['isa']}]" in measure.machine_summary()
 
 
 def test_layer_table_keeps_forward_order_after_a_save_load_round_trip(tmp_path):
@@ -263,3 +266,169 @@ def test_table_title_prints_above_every_format():
     assert str(t).splitlines()[0] == "My results"
     assert t.to_markdown().startswith("**My results**")
     assert "<caption>My results</caption>" in t._repr_html_()
+
+
+# --------------------------------------------------------------------------- compare_latency
+class FakeMachine:
+    """Candidates that record their call order and advance a fake clock by a set time."""
+
+    def __init__(self, seconds: dict[str, float]):
+        self.now, self.calls = 0.0, []
+        self.fns = {name: self._fn(name, s) for name, s in seconds.items()}
+
+    def _fn(self, name, seconds):
+        def call(x):
+            self.calls.append(name)
+            self.now += seconds
+            return x
+        return call
+
+    def clock(self) -> float:
+        return self.now
+
+
+def test_compare_latency_interleaves_and_alternates_the_order():
+    fake = FakeMachine({"a": 0.004, "b": 0.002, "c": 0.001})
+    r = measure.compare_latency(fake.fns, np.ones((3, 2)), rounds=4, runs=2, warmup=1,
+                                jit=False, _clock=fake.clock)
+    assert fake.calls[:3] == ["a", "b", "c"]  # warm-up, once each
+    timed = fake.calls[3:]
+    expected = []
+    for order in ("abc", "cba", "abc", "cba"):
+        expected += [n for n in order for _ in range(2)]
+    assert timed == expected
+    assert r.names == ("a", "b", "c") and r.baseline == "a" and r.rounds == 4
+    assert r["a"].median_ms == pytest.approx(4.0)
+    assert r["b"].speedup == pytest.approx(2.0) and r["c"].speedup == pytest.approx(4.0)
+    assert r["a"].speedup == 1.0 and r.batch_sizes == {"a": 3, "b": 3, "c": 3}
+
+
+def test_compare_latency_baseline_and_per_candidate_inputs():
+    fake = FakeMachine({"a": 0.004, "b": 0.002})
+    r = measure.compare_latency(fake.fns, {"a": np.ones((5, 2)), "b": np.ones((1, 2))},
+                                rounds=2, runs=1, warmup=0, baseline="b", jit=False,
+                                _clock=fake.clock)
+    assert r["a"].speedup == pytest.approx(0.5)
+    assert r.verdict("a").startswith("2.00x slower") and r.verdict("b") == "baseline"
+    assert r.batch_sizes == {"a": 5, "b": 1}
+
+
+def test_compare_latency_jitted_functions_and_models_keep_their_mode():
+    model = models.small_cnn(image_size=8)
+    model.train()
+    x = np.random.default_rng(0).random((4, 8, 8, 1), dtype=np.float32)
+    r = measure.compare_latency({"cnn": model, "double": lambda a: 2 * a}, x, rounds=2, runs=1,
+                                warmup=0)
+    assert set(r.as_dict()["candidates"]) == {"cnn", "double"}
+    assert r["cnn"].median_ms > 0
+    assert model.bn1.use_running_average is False  # still in training mode
+    # ... while what was timed ran in eval mode (BatchNorm running averages).
+    call, _ = measure._compiled_forward(model)
+    assert model.bn1.use_running_average is False
+    model.eval()
+    np.testing.assert_allclose(np.asarray(call(x)), np.asarray(model(x)), rtol=1e-5, atol=1e-5)
+
+
+def test_latency_leaves_dropout_in_training_mode():
+    class WithDropout(nnx.Module):
+        def __init__(self, rngs):
+            self.dense = nnx.Linear(4, 3, rngs=rngs)
+            self.drop = nnx.Dropout(0.5, rngs=rngs)
+
+        def __call__(self, x):
+            return self.drop(self.dense(x))
+
+    model = WithDropout(nnx.Rngs(0))
+    assert model.drop.deterministic is False
+    measure.latency(model, np.ones((2, 4), np.float32), runs=1, warmup=0)
+    assert model.drop.deterministic is False
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(candidates={}), "non-empty dict"),
+    (dict(candidates=[jnp.tanh]), "non-empty dict"),
+    (dict(rounds=1), "rounds must be an integer >= 2"),
+    (dict(runs=0), "runs must be an integer >= 1"),
+    (dict(warmup=-1), "warmup must be an integer >= 0"),
+    (dict(baseline="c"), "Unknown baseline 'c'"),
+    (dict(x={"a": np.ones((2, 3))}), "one batch per candidate"),
+    (dict(x=np.ones((0, 3))), "non-empty batch"),
+    (dict(candidates={"a": "model"}), "NNX model or a callable"),
+    (dict(candidates={"a": 3}, jit=False), "not callable"),
+])
+def test_compare_latency_bad_input(kwargs, match):
+    args = dict(candidates={"a": jnp.tanh, "b": jnp.sin}, x=np.ones((2, 3), np.float32),
+                rounds=2, runs=1, warmup=0)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        measure.compare_latency(args.pop("candidates"), args.pop("x"), **args)
+
+
+def test_latency_comparison_statistics_from_known_times():
+    base = [10.0] * 8
+    fast = [5.0, 5.0, 5.5, 6.0, 4.0, 5.0, 5.0, 5.0]                   # all rounds faster
+    noisy = [9.0, 11.0, 9.5, 10.5, 10.0, 8.0, 12.0, 10.0]            # either side of 1
+    slow = [20.0] * 8
+    r = measure.LatencyComparison({"base": base, "fast": fast, "noisy": noisy, "slow": slow},
+                                  baseline="base", runs=3)
+    s = r["fast"]
+    assert s.median_ms == 5.0 and s.min_max_ms == (4.0, 6.0)
+    assert s.speedup == 2.0 and s.speedup_min_max == (10 / 6, 2.5)
+    lo, hi = s.speedup_iqr
+    assert 1 < lo <= 2.0 <= hi
+    assert r.measurable("fast") and r.verdict("fast") == f"2.00x faster (IQR {lo:.2f}-{hi:.2f}x)"
+    assert not r.measurable("noisy")
+    lo, hi = r["noisy"].speedup_iqr
+    assert lo < 1 < hi
+    assert r.verdict("noisy") == f"no measurable difference (IQR {lo:.2f}-{hi:.2f}x crosses 1.0)"
+    assert r.verdict("slow") == "2.00x slower (IQR 2.00-2.00x)"
+    assert r.verdict("base") == "baseline" and not r.measurable("base")
+    np.testing.assert_allclose(r.ratios("noisy"), np.array(base) / np.array(noisy))
+
+
+def test_latency_comparison_table_and_dict():
+    r = measure.LatencyComparison({"dense": (2.0, 2.2, 2.1), "small": (1.0, 1.0, 1.2)},
+                                  baseline="dense", runs=5, batch_sizes={"dense": 8, "small": 8})
+    table = r.table()
+    assert [row["name"] for row in table] == ["dense", "small"]
+    assert {"name", "median_ms", "iqr", "speedup", "spread", "range", "verdict"} <= set(
+        table.columns)
+    text = str(table)
+    assert "2.00x faster" in text and "baseline" in text and "interleaved" in text
+    d = r.as_dict()
+    assert d["baseline"] == "dense" and d["rounds"] == 3 and d["runs"] == 5
+    small = d["candidates"]["small"]
+    assert small["speedup"] == 2.0 and small["times_ms"] == [1.0, 1.0, 1.2]
+    assert small["batch_size"] == 8 and len(small["speedup_iqr"]) == 2
+    json.dumps(d)  # JSON-ready
+
+
+@pytest.mark.parametrize("times, baseline, match", [
+    ({}, "a", "at least one candidate"),
+    ({"a": [1.0]}, "a", "at least 2"),
+    ({"a": [1.0, 2.0], "b": [1.0, 2.0, 3.0]}, "a", "same number of rounds"),
+    ({"a": [1.0, 0.0]}, "a", "positive and finite"),
+    ({"a": [1.0, float("nan")]}, "a", "positive and finite"),
+    ({"a": [1.0, 2.0]}, "b", "Unknown baseline"),
+])
+def test_latency_comparison_bad_times(times, baseline, match):
+    with pytest.raises(ValueError, match=match):
+        measure.LatencyComparison(times, baseline=baseline)
+
+
+def test_latency_comparison_unknown_name():
+    r = measure.LatencyComparison({"a": [1.0, 2.0]}, baseline="a")
+    with pytest.raises(ValueError, match="No candidate 'b'"):
+        r["b"]
+
+
+@pytest.mark.parametrize("cpuinfo, expected", [
+    ("flags\t: fpu sse4_2 avx avx2 fma\n", "AVX2, FMA"),
+    ("flags : avx2 fma avx512f avx512_vnni amx_tile\n", "AVX2, FMA, AVX-512F, AVX-512 VNNI, AMX"),
+    ("flags : avx2 fma avx_vnni\n", "AVX2, FMA, AVX-VNNI"),
+    ("flags : fpu sse4_2\n", "SSE4.2 (no AVX2)"),
+    ("Features\t: fp asimd asimddp sve\n", "NEON, NEON dot product, SVE"),
+    ("model name : something\n", "unknown"),
+])
+def test_isa_names_the_vector_instruction_sets(cpuinfo, expected):
+    assert measure._isa(cpuinfo) == expected
