@@ -2,12 +2,16 @@
 
 Run from the repository root::
 
-    python -m benchmarks.pipeline              # ~4 min on 2 CPU cores with the committed
+    python -m benchmarks.pipeline              # ~5 min on 2 CPU cores with the committed
                                                # checkpoints (baselines and recipes)
     python -m benchmarks.pipeline --seeds 0    # one seed
-    python -m benchmarks.pipeline --no-select  # skip the bit-width selection, use MLP_CHAIN
+    python -m benchmarks.pipeline --no-select  # skip the selection on validation, use MLP_CHAIN
 
-What it measures (Fashion-MNIST; accuracies on the 10k test set, mean of the seeds):
+Data: ``data.load_fashion_mnist()``'s named parts. Fine-tuning uses the 55,000 training
+images (``ds.x_train``), every choice is made on the 5,000 validation images (``ds.x_val``),
+and the 10,000 test images are only reported.
+
+What it measures (Fashion-MNIST; accuracies on the test set, mean of the seeds):
 
 * **MLP chain** (Deep Compression): ``recipes.gmp_mlp`` (LeNet-300-100, 90.5% of the
   kernels pruned by gradual magnitude pruning) -> k-means weight sharing of the non-zero
@@ -16,19 +20,22 @@ What it measures (Fashion-MNIST; accuracies on the 10k test set, mean of the see
   ``distill.recovery_loss``) -> int8 biases -> ``codec.save`` (Huffman-coded codebook
   indices and zero-run gaps) -> ``codec.load``. File bytes against the fp32 weights
   (266,610 x 4 = 1,066,440 bytes), accuracy against the dense baseline.
-* **Bit-width selection** (seed 0): a few per-layer bit widths, each fine-tuned, measured
-  on a 5,000-image validation split held out of the training set (``data.holdout``,
-  seed 0; the fine-tuning uses the other 55,000). The smallest file whose validation
-  accuracy is within 1.0 pt of the dense model's wins; it should be ``MLP_CHAIN``.
+* **Selection on validation** (seed 0), one setting after the other, the others at
+  ``MLP_CHAIN``'s values: per-layer bit widths (each candidate fine-tuned; the smallest
+  file whose validation accuracy is within 1.0 pt of the dense model's wins), then the
+  fine-tuning epochs and the KD temperature/weight (``MLP_CHAIN``'s own value stays
+  unless a candidate beats it by more than one standard error, ``recipes.pick``). The
+  three-seed run uses what was chosen and says whether it is ``MLP_CHAIN``; if not,
+  update ``pipeline.MLP_CHAIN``.
 * **CNN chain**: ``recipes.half_mac_cnn`` (SmallCNN with channels removed, 2.3x fewer
   MACs) -> BatchNorm folded into the convolutions (``pipeline.fold_cnn_model``) -> int8
   per-output-channel weights (``quant_storage.quantize_tree``) stored by ``codec``. Bytes
   of that file against the dense CNN's fp32 file (``coding="raw"``); latency at batch 256
-  of the model loaded from it (float compute with the dequantized weights: int8 matmuls
-  are not faster on XLA:CPU) against the dense CNN, best of 3 medians of 30 runs, taken
-  alternately. The W8A8 integer pipeline (``quant_infer.quantize_cnn`` +
-  ``int_forward``) is reported next to it, accuracy and latency, for honesty: it is
-  slower here.
+  of the model loaded from it (float compute with the dequantized weights) against the
+  dense CNN, timed interleaved by ``measure.compare_latency`` (median speed-up over the
+  rounds, printed with its IQR; an IQR that crosses 1.0 is "no measurable difference").
+  The W8A8 integer pipeline (``quant_infer.quantize_cnn`` calibrated on 2,000 validation
+  images, + ``int_forward``) is reported next to it, accuracy and latency.
 * **Reload**: predictions (logits, exactly) of every model loaded from its file against
   the in-memory compressed model; ``reload_identical`` is 1 if all are identical.
 * **Huffman**: the worst payload overhead over the Shannon bound among all
@@ -67,6 +74,9 @@ TARGETS = {
 }
 #: Candidate bits (layer 0, 1, 2) for the selection, largest files first.
 CANDIDATES = ((4, 5, 6), (4, 4, 5), (3, 4, 5), (3, 3, 4), (2, 4, 5), (2, 3, 4))
+#: Candidate fine-tuning epochs and (temperature, alpha) of the KD loss.
+EPOCH_CANDIDATES = (2, 4, 8)
+KD_CANDIDATES = ((4.0, 0.7), (2.0, 0.5), (4.0, 0.9))
 
 
 def emit(metric: str, value: float, unit: str) -> None:
@@ -77,16 +87,19 @@ def _bits(triple) -> dict[str, int]:
     return {f"layers/{i}/kernel": b for i, b in enumerate(triple)}
 
 
-def mlp_chain(seed: int, x_fit, y_fit, folder: Path, bits=None, *, epochs=None):
-    """The MLP chain on one seed; returns (compressed model, file path, dense model)."""
-    cfg = pipeline.MLP_CHAIN
+def mlp_chain(seed: int, x_fit, y_fit, folder: Path, cfg: dict | None = None):
+    """The MLP chain on one seed with ``cfg`` (default ``pipeline.MLP_CHAIN``).
+
+    Returns (compressed, file path, dense model, pruned model).
+    """
+    cfg = {**pipeline.MLP_CHAIN, **(cfg or {})}
     dense = train.baseline("mlp_fashion", seed, progress=False)
     pruned = recipes.gmp_mlp(seed, progress=False)
     targets = (y_fit, distill.teacher_logits(dense, x_fit))
     c = pipeline.deep_compression(
-        pruned, x_fit, targets, bits or cfg["bits"], bias_bits=cfg["bias_bits"],
+        pruned, x_fit, targets, cfg["bits"], bias_bits=cfg["bias_bits"],
         loss_fn=distill.recovery_loss(temperature=cfg["temperature"], alpha=cfg["alpha"]),
-        epochs=epochs or cfg["epochs"], lr=cfg["lr"], batch_size=cfg["batch_size"], seed=seed)
+        epochs=cfg["epochs"], lr=cfg["lr"], batch_size=cfg["batch_size"], seed=seed)
     path = codec.save(folder / f"mlp_seed{seed}.pkc", c.model, quantized=c.quantized)
     return c, path, dense, pruned
 
@@ -99,32 +112,60 @@ def huffman_rows(info: dict) -> list[dict]:
     return [r for r in info["streams"] if r["overhead_pct"] is not None]
 
 
-def select(ds, x_fit, y_fit, x_val, y_val, folder: Path) -> tuple:
+def _pick(scores: dict, current, n_val: int):
+    """``recipes.pick`` on accuracies in %: ``current`` stays unless beaten beyond noise."""
+    return recipes.pick({k: v / 100 for k, v in scores.items()}, current, n_val)
+
+
+def select(ds: data.Dataset, folder: Path) -> dict:
+    """Choose bits, epochs and (T, alpha) of the MLP chain on the validation split (seed 0)."""
+    cfg = dict(pipeline.MLP_CHAIN)
     dense = train.baseline("mlp_fashion", 0, progress=False)
-    acc_dense = 100 * train.evaluate(dense, x_val, y_val)
+    acc_dense = 100 * train.evaluate(dense, ds.x_val, ds.y_val)
+
+    done: dict = {}
+
+    def run(setting: dict) -> tuple[float, int]:
+        """(validation accuracy, file bytes) of the chain with ``setting``; each made once."""
+        key = repr(sorted(setting.items()))
+        if key not in done:
+            c, path, _, _ = mlp_chain(0, ds.x_train, ds.y_train, folder, setting)
+            done[key] = (100 * train.evaluate(c.model, ds.x_val, ds.y_val),
+                         path.stat().st_size)
+        return done[key]
+
+    def val_acc(setting: dict) -> float:
+        return run(setting)[0]
+
     rows = []
     for triple in CANDIDATES:
-        c, path, _, _ = mlp_chain(0, x_fit, y_fit, folder, _bits(triple))
-        rows.append({"bits": "/".join(map(str, triple)),
-                     "val_acc": 100 * train.evaluate(c.model, x_val, y_val),
-                     "file_bytes": path.stat().st_size, "triple": triple})
+        acc, size = run({**cfg, "bits": _bits(triple)})
+        rows.append({"bits": "/".join(map(str, triple)), "val_acc": acc,
+                     "file_bytes": size, "triple": triple})
     ok = [r for r in rows if r["val_acc"] >= acc_dense - 1.0]
     best = min(ok, key=lambda r: r["file_bytes"]) if ok else max(rows, key=lambda r: r["val_acc"])
     print(Table([{k: v for k, v in r.items() if k != "triple"} for r in rows],
                 title=f"bit-width selection, seed 0, validation split (dense {acc_dense:.2f}%; "
                       "rule: smallest file within 1.0 pt)"))
-    chosen = _bits(best["triple"])
-    same = chosen == pipeline.MLP_CHAIN["bits"]
-    print(f"chosen: {best['bits']} ({'= MLP_CHAIN' if same else 'differs from MLP_CHAIN!'})")
-    return chosen
+    cfg["bits"] = _bits(best["triple"])
 
-
-def best_latency(models_or_fns: dict, x, rounds: int = 3) -> dict[str, float]:
-    best = {name: np.inf for name in models_or_fns}
-    for _ in range(rounds):
-        for name, m in models_or_fns.items():
-            best[name] = min(best[name], measure.latency(m, x, runs=30).median_ms)
-    return best
+    epochs = {e: val_acc({**cfg, "epochs": e}) for e in EPOCH_CANDIDATES}
+    cfg["epochs"] = _pick(epochs, pipeline.MLP_CHAIN["epochs"], len(ds.y_val))
+    kd = {(t, a): val_acc({**cfg, "temperature": t, "alpha": a}) for t, a in KD_CANDIDATES}
+    cfg["temperature"], cfg["alpha"] = _pick(
+        kd, (pipeline.MLP_CHAIN["temperature"], pipeline.MLP_CHAIN["alpha"]), len(ds.y_val))
+    print(Table([{"setting": f"epochs={e}", "val_acc": a} for e, a in epochs.items()]
+                + [{"setting": f"T={t}, alpha={al}", "val_acc": a} for (t, al), a in kd.items()],
+                title=f"fine-tuning epochs, then KD T/alpha (bits {best['bits']}; rule: best "
+                      f"validation accuracy, MLP_CHAIN's value kept unless beaten by more than one "
+                      "standard error)"))
+    same = {k: cfg[k] == pipeline.MLP_CHAIN[k] for k in ("bits", "epochs", "temperature", "alpha")}
+    print(f"chosen: bits {best['bits']}, epochs {cfg['epochs']}, T {cfg['temperature']}, "
+          f"alpha {cfg['alpha']} ("
+          + ("= MLP_CHAIN" if all(same.values()) else
+             "differs from MLP_CHAIN in " + ", ".join(k for k, v in same.items() if not v)
+             + ": update pipeline.MLP_CHAIN") + ")")
+    return cfg
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -135,14 +176,14 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     print(measure.machine_summary())
     ds = data.load_fashion_mnist()
-    (x_fit, y_fit), (x_val, y_val) = data.holdout(ds.x_train, ds.y_train, 5000, seed=0)
+    print(f"split: {ds.split.describe()}")
     folder = Path(tempfile.mkdtemp())
-    bits = None if args.no_select else select(ds, x_fit, y_fit, x_val, y_val, folder)
+    cfg = None if args.no_select else select(ds, folder)
 
     # ------------------------------------------------------------------ MLP chain
     mlp_rows, same, huff = [], [], []
     for seed in args.seeds:
-        c, path, dense, pruned = mlp_chain(seed, x_fit, y_fit, folder, bits)
+        c, path, dense, pruned = mlp_chain(seed, ds.x_train, ds.y_train, folder, cfg)
         back = codec.load(path)
         same.append(identical(back, c.model, ds.x_test))
         info = codec.inspect(path)
@@ -164,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # ------------------------------------------------------------------ CNN chain
     cnn_rows = []
-    xb = jnp.asarray(ds.x_test[:256])
+    xb = jnp.asarray(ds.x_val[:256])
     for seed in args.seeds:
         dense = train.baseline("cnn_fashion", seed, progress=False)
         half = recipes.half_mac_cnn(seed, progress=False)
@@ -177,7 +218,7 @@ def main(argv: list[str] | None = None) -> None:
         back = codec.load(path)
         same.append(identical(back, compressed, ds.x_test))
         huff += huffman_rows(codec.inspect(path))
-        qm = quant_infer.quantize_cnn(half, x_val[:2000])
+        qm = quant_infer.quantize_cnn(half, ds.x_val[:2000])    # calibration: validation
         int_fwd = jax.jit(quant_infer.int_forward)
         int_logits = np.concatenate([np.asarray(int_fwd(qm, jnp.asarray(ds.x_test[i:i + 1000])))
                                      for i in range(0, len(ds.x_test), 1000)])
@@ -190,17 +231,18 @@ def main(argv: list[str] | None = None) -> None:
                "dense_bytes": dense_path.stat().st_size, "int8_bytes": path.stat().st_size}
         row["bytes_ratio"] = row["dense_bytes"] / row["int8_bytes"]
         if seed == args.seeds[0]:
-            lat = best_latency({"dense": dense, "half (BN)": half, "int8 file": back,
-                                "w8a8 int": lambda x, qm=qm: quant_infer.int_forward(qm, x)},
-                               xb)
+            timing = measure.compare_latency(
+                {"dense": dense, "half (BN)": half, "int8 file": back,
+                 "w8a8 int": lambda x, qm=qm: quant_infer.int_forward(qm, x)},
+                xb, rounds=20, runs=3)
             macs = (measure.cost(dense, xb)["macs_per_example"],
                     measure.cost(back, xb)["macs_per_example"])
         cnn_rows.append(row)
     print(Table(cnn_rows, title="CNN chain: channels removed -> BN folded -> int8 file (test)"))
-    print(Table([{"model": k, "latency_ms_b256": v, "speedup": lat["dense"] / v}
-                 for k, v in lat.items()],
-                title=f"CNN latency, batch 256, seed {args.seeds[0]} (best of 3 medians); "
-                      f"MACs/example dense {macs[0]:,.0f}, compressed {macs[1]:,.0f}"))
+    print(timing.table(title=f"CNN latency, batch 256, seed {args.seeds[0]}: median of "
+                             f"{timing.rounds} interleaved rounds ({timing.runs} calls each); "
+                             f"MACs/example dense {macs[0]:,.0f}, compressed {macs[1]:,.0f}"))
+    speedup = timing["int8 file"].speedup
 
     worst = max(huff, key=lambda r: r["overhead_pct"])
     print(f"worst Huffman stream: {worst['leaf']}:{worst['stream']} "
@@ -211,13 +253,14 @@ def main(argv: list[str] | None = None) -> None:
         "MLP file >= 50x smaller (stretch)": mean(mlp_rows, "ratio") >= 50,
         "MLP drop <= 1.0 pt": mean(mlp_rows, "delta_pt") >= -1.0,
         "Huffman within 3% of entropy": worst["overhead_pct"] <= 3,
-        "CNN >= 2x faster at batch 256": lat["dense"] / lat["int8 file"] >= 2,
+        "CNN >= 2x faster at batch 256": speedup >= 2,
         "CNN >= 8x fewer bytes": mean(cnn_rows, "bytes_ratio") >= 8,
         "CNN drop <= 1.0 pt": mean(cnn_rows, "delta_pt") >= -1.0,
         "reload identical": all(same),
     }
     for name, ok in checks.items():
         print(f"{'met   ' if ok else 'MISSED'}  {name}")
+    print(f"  CNN speed-up at batch 256: {timing.verdict('int8 file')}")
     if not checks["CNN drop <= 1.0 pt"] or not checks["CNN >= 2x faster at batch 256"]:
         recipe_delta = mean(cnn_rows, "half_acc") - mean(cnn_rows, "dense_acc")
         print("  (CNN: the drop and the speed-up are the channel-removal recipe's "
@@ -233,7 +276,7 @@ def main(argv: list[str] | None = None) -> None:
     emit("mlp_compression_ratio", mean(mlp_rows, "ratio"), "x")
     emit("mlp_pipeline_delta", mean(mlp_rows, "delta_pt"), "pt")
     emit("huffman_overhead_pct", worst["overhead_pct"], "%")
-    emit("cnn_speedup_b256", lat["dense"] / lat["int8 file"], "x")
+    emit("cnn_speedup_b256", speedup, "x")
     emit("cnn_bytes_ratio", mean(cnn_rows, "bytes_ratio"), "x")
     emit("cnn_pipeline_delta", mean(cnn_rows, "delta_pt"), "pt")
     emit("reload_identical", float(all(same)), "bool")

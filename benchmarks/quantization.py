@@ -1,4 +1,4 @@
-"""Quantization figures of issue 3 (Fashion-MNIST, mean of 3 seeds) quoted in notebook 01.
+"""Quantization figures (Fashion-MNIST, mean of 3 seeds) quoted in notebook 01.
 
 Run from the repository root::
 
@@ -6,12 +6,16 @@ Run from the repository root::
     python -m benchmarks.quantization --seeds 0  # one seed, quicker
 
 Every accuracy change is in points against the same seed's float model (negative = drop).
-Choices -- the weight clipping (min-max or MSE), the activation calibration method, and
-whether QAT or trained k-means is the better 2-bit method -- are made on a validation
-split of 5,000 training images (``data.holdout``, seed 0), which also serves as the
-calibration set; QAT and codebook fine-tuning train on the other 55,000. The test set is
-only measured. (The cached baselines were trained on all 60,000 training images, so the
-validation accuracies are optimistic; the deltas are what the choices use.)
+Data: ``data.load_fashion_mnist()``'s parts. Every choice -- the weight clipping (min-max or
+MSE), the activation calibration method, and whether QAT or trained k-means is the better
+2-bit method -- is made on the validation split ``ds.x_val`` (5,000 images no model trains
+on), by the mean validation delta over seeds. Activation ranges are calibrated on a fixed
+sample of 5,000 images of the training split ``ds.x_train`` (seed 0); QAT and codebook
+fine-tuning train on the whole training split (55,000). The test set is only measured:
+every JSON figure is the test delta of the option chosen on validation.
+
+Speed is measured with :func:`pruning_kit.measure.compare_latency` (interleaved rounds,
+median and IQR of the per-round ratio); it depends on the machine, which is printed first.
 
 Prints the machine, a table, then one JSON line per figure:
 ``{"metric": NAME, "value": NUMBER, "unit": ..., "target": ...}``.
@@ -58,7 +62,11 @@ TARGETS = {
     "stored_bytes_ratio_kmeans2": "~ 2/32 = 0.0625 (extra)",
     "mixed_3bit_budget_delta": "above uniform_3bit_delta (extra, seed 0)",
     "uniform_3bit_delta": "extra, seed 0",
-    "int8_matmul_speedup": "none expected on XLA:CPU (size is the win)",
+    "qat_w2_delta": "extra: QAT on the chosen 2-bit grid, beside ptq_w2_delta (same grid)",
+    "kmeans2_ptq_delta": "extra: 4 k-means levels per kernel, untrained",
+    "uniform2_4level_delta": "extra: 4 uniform levels per kernel (asymmetric, per tensor)",
+    "int8_matmul_speedup": "measured with its IQR; machine-dependent, no direction asserted",
+    "w8a8_model_speedup": "extra: whole W8A8 MLP vs float32, batch 256, with its IQR",
 }
 
 
@@ -90,6 +98,11 @@ class Seed:
         return (100 * train.evaluate(q, *self.val) - self.float_val,
                 100 * train.evaluate(q, *self.test) - self.float_test)
 
+    def weight_only_asym(self, bits: int, method: str) -> tuple[float, float]:
+        """One asymmetric grid per kernel: ``2**bits`` levels, as many as k-means has."""
+        qtree = quantize_tree(self.model, bits, axis=None, symmetric=False, method=method)
+        return self.floats(dequantized_model(self.model, qtree))
+
     def integer(self, qmodel) -> tuple[float, float]:
         fn = jax.jit(qi.int_forward)
         return (accuracy(lambda x: fn(qmodel, x), *self.val) - self.float_val,
@@ -105,8 +118,10 @@ def best_of(results: dict[str, list[tuple[float, float]]]) -> str:
     return max(results, key=lambda k: np.mean([v for v, _ in results[k]]))
 
 
-def run_mlp_ptq(seed: int, ds, val, log) -> dict[str, dict[str, tuple[float, float]]]:
-    """Post-training figures of one MLP seed: {figure: {option: (val_delta, test_delta)}}."""
+def run_mlp_ptq(seed: int, ds, calib, log) -> dict[str, dict[str, tuple[float, float]]]:
+    """Post-training figures of one MLP seed: {figure: {option: (val_delta, test_delta)}}.
+    Activation ranges come from ``calib`` (training images)."""
+    val = (ds.x_val, ds.y_val)
     model = train.baseline("mlp_fashion", seed, progress=False)
     s = Seed(model, val, (ds.x_test, ds.y_test))
     log(f"mlp seed {seed}: float val {s.float_val:.2f}%, test {s.float_test:.2f}%")
@@ -115,31 +130,35 @@ def run_mlp_ptq(seed: int, ds, val, log) -> dict[str, dict[str, tuple[float, flo
                            ("ptq_w2", 2, True)):
         out[name] = {m: s.weight_only(bits, pc, m) for m in WEIGHT_METHODS}
     for name, act_bits in (("w8a8_int", 8), ("ptq_w8a4", 4)):
-        out[name] = {m: s.integer(qi.quantize_mlp(model, val[0], weight_bits=8,
+        out[name] = {m: s.integer(qi.quantize_mlp(model, calib, weight_bits=8,
                                                   act_bits=act_bits, method=m, output_bits=8))
                      for m in ACT_METHODS}
-    out["ptq_w8a4_logits4"] = {m: s.integer(qi.quantize_mlp(model, val[0], weight_bits=8,
+    out["ptq_w8a4_logits4"] = {m: s.integer(qi.quantize_mlp(model, calib, weight_bits=8,
                                                             act_bits=4, method=m))
                                for m in ("minmax", "mse")}
     codebooks, indices = qat.kmeans_quantize_model(model, 2)
     out["kmeans2_ptq"] = {"density": s.floats(qat.shared_weights_model(model, codebooks,
                                                                        indices))}
+    # the same number of levels as k-means (4 per kernel): asymmetric per-tensor 2-bit grids
+    out["uniform2_4level"] = {m: s.weight_only_asym(2, m) for m in WEIGHT_METHODS}
     return out
 
 
-def run_mlp_trained(seed: int, ds, val, rest, act_method: str,
+def run_mlp_trained(seed: int, ds, calib, act_method: str, w2_method: str,
                     log) -> dict[str, dict[str, tuple[float, float]]]:
-    """QAT W8A4 (ranges calibrated with ``act_method``), QAT W2 and trained k-means 2-bit,
-    each fine-tuned from the seed's float baseline on ``rest``."""
+    """QAT W8A4 (ranges calibrated on ``calib`` with ``act_method``), QAT W2 (on the
+    ``w2_method`` grid) and trained k-means 2-bit, each fine-tuned from the seed's float
+    baseline on the training split."""
+    val, rest = (ds.x_val, ds.y_val), (ds.x_train, ds.y_train)
     model = train.baseline("mlp_fashion", seed, progress=False)
     s = Seed(model, val, (ds.x_test, ds.y_test))
     out: dict[str, dict[str, tuple[float, float]]] = {}
     start = time.perf_counter()
-    clips = qat.calibrate_mlp(model, val[0], 4, method=act_method)
+    clips = qat.calibrate_mlp(model, calib, 4, method=act_method)
     tuned = train.baseline("mlp_fashion", seed, progress=False)
     train.fit(tuned, *rest, epochs=QAT_EPOCHS, batch_size=128, learning_rate=QAT_LR,
               loss_fn=qat.qat_mlp_loss(8, 4, act_clips=clips), seed=seed, progress=False)
-    qm = qi.quantize_mlp(tuned, val[0], weight_bits=8, act_bits=4, output_bits=8,
+    qm = qi.quantize_mlp(tuned, calib, weight_bits=8, act_bits=4, output_bits=8,
                          act_qparams=clips)
     out["qat_w8a4"] = {act_method: s.integer(qm)}
     log(f"mlp seed {seed}: QAT W8A4 ({act_method} ranges, {QAT_EPOCHS} epochs) "
@@ -147,10 +166,11 @@ def run_mlp_trained(seed: int, ds, val, rest, act_method: str,
     start = time.perf_counter()
     w2 = train.baseline("mlp_fashion", seed, progress=False)
     train.fit(w2, *rest, epochs=W2_QAT_EPOCHS, batch_size=128, learning_rate=W2_QAT_LR,
-              loss_fn=qat.qat_mlp_loss(2, None, weight_method="mse"), seed=seed,
+              loss_fn=qat.qat_mlp_loss(2, None, weight_method=w2_method), seed=seed,
               progress=False)
-    out["w2_best"] = {"qat": s.weight_only(2, True, "mse", model=w2)}
-    log(f"QAT W2 (MSE clipping, {W2_QAT_EPOCHS} epochs) {time.perf_counter() - start:.0f} s",
+    out["w2_best"] = {"qat": s.weight_only(2, True, w2_method, model=w2)}
+    log(f"QAT W2 ({w2_method} grid, {W2_QAT_EPOCHS} epochs) "
+        f"{time.perf_counter() - start:.0f} s",
         end="; ")
     start = time.perf_counter()
     codebooks, indices = qat.kmeans_quantize_model(model, 2)
@@ -161,12 +181,13 @@ def run_mlp_trained(seed: int, ds, val, rest, act_method: str,
     return out
 
 
-def run_cnn(seed: int, ds, val, log) -> dict[str, dict[str, tuple[float, float]]]:
+def run_cnn(seed: int, ds, calib, log) -> dict[str, dict[str, tuple[float, float]]]:
+    val = (ds.x_val, ds.y_val)
     model = train.baseline("cnn_fashion", seed, progress=False)
     s = Seed(model, val, (ds.x_test, ds.y_test))
     log(f"cnn seed {seed}: float val {s.float_val:.2f}%, test {s.float_test:.2f}%")
     out = {"int8_pc_cnn": {m: s.weight_only(8, True, m) for m in WEIGHT_METHODS}}
-    out["w8a8_int_cnn"] = {m: s.integer(qi.quantize_cnn(model, val[0][:CNN_CALIB], method=m))
+    out["w8a8_int_cnn"] = {m: s.integer(qi.quantize_cnn(model, calib[:CNN_CALIB], method=m))
                            for m in ACT_METHODS}
     return out
 
@@ -209,9 +230,11 @@ def mixed_precision(model, val, test) -> dict:
             "uniform": deltas(3)}
 
 
-def honest_speed(runs: int, rounds: int = 5) -> dict[str, float]:
-    """float32 vs int8 x int8 -> int32 matmul, timed in alternating rounds so that load from
-    other processes on a shared machine hits both alike; medians over rounds."""
+def honest_speed(model, calib, rounds: int = 30, runs: int = 10
+                 ) -> tuple[measure.LatencyComparison, measure.LatencyComparison]:
+    """float32 vs int8 x int8 -> int32 matmul (256x784 @ 784x300), and the float32 MLP vs
+    its W8A8 integer pipeline at batch 256, each timed interleaved by
+    :func:`pruning_kit.measure.compare_latency` (median and IQR of the per-round ratio)."""
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(256, 784)), jnp.float32)
     w = jnp.asarray(rng.normal(size=(784, 300)), jnp.float32)
@@ -222,27 +245,32 @@ def honest_speed(runs: int, rounds: int = 5) -> dict[str, float]:
     def int8_matmul(a):
         return jax.lax.dot_general(a, w8, dims, preferred_element_type=jnp.int32)
 
-    per_round = max(1, runs // rounds)
-    f32, i8 = [], []
-    for _ in range(rounds):
-        f32.append(measure.latency(lambda a: a @ w, x, runs=per_round).median_ms)
-        i8.append(measure.latency(int8_matmul, x8, runs=per_round).median_ms)
-    return {"f32_ms": float(np.median(f32)), "int8_ms": float(np.median(i8)),
-            "speedup": float(np.median(np.array(f32) / np.array(i8)))}
+    matmul = measure.compare_latency({"float32": lambda a: a @ w, "int8": int8_matmul},
+                                     {"float32": x, "int8": x8}, rounds=rounds, runs=runs)
+    qm = qi.quantize_mlp(model, calib, weight_bits=8, act_bits=8, method="mse")
+    whole = measure.compare_latency(
+        {"float32": model, "W8A8": lambda a: qi.int_forward(qm, a)},
+        np.asarray(calib[:256]), rounds=rounds, runs=max(1, runs // 2))
+    return matmul, whole
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
-    parser.add_argument("--runs", type=int, default=50, help="timed calls per latency")
+    parser.add_argument("--runs", type=int, default=10,
+                        help="timed calls per candidate per interleaved round (30 rounds)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
 
     print(measure.machine_summary())
-    ds = data.load("fashion_mnist")
-    rest, val = data.holdout(ds.x_train, ds.y_train, CALIB_SIZE, seed=0)
-    print(f"validation/calibration split: {CALIB_SIZE} training images (data.holdout seed 0);"
-          f" QAT trains on the other {len(rest[0])}; seeds {tuple(args.seeds)}\n")
+    ds = data.load_fashion_mnist()
+    calib = ds.x_train[np.random.default_rng(0).choice(len(ds.x_train), CALIB_SIZE,
+                                                       replace=False)]
+    val = (ds.x_val, ds.y_val)
+    print(f"split {ds.split.describe()}: choices on the {len(ds.x_val):,} validation images, "
+          f"test only measured; calibration: {CALIB_SIZE:,} training images (seed 0); QAT "
+          f"and codebooks train on all {len(ds.x_train):,} training images; seeds "
+          f"{tuple(args.seeds)}\n")
 
     results: dict[str, dict[str, list[tuple[float, float]]]] = {}
 
@@ -252,11 +280,12 @@ def main(argv: list[str] | None = None) -> None:
                 results.setdefault(figure, {}).setdefault(option, []).append(deltas)
 
     for seed in args.seeds:
-        record(run_mlp_ptq(seed, ds, val, print))
-        record(run_cnn(seed, ds, val, print))
+        record(run_mlp_ptq(seed, ds, calib, print))
+        record(run_cnn(seed, ds, calib, print))
     act_method = best_of(results["ptq_w8a4"])  # QAT trains with PTQ's best ranges
+    w2_method = best_of(results["ptq_w2"])     # and on PTQ's best 2-bit grid
     for seed in args.seeds:
-        record(run_mlp_trained(seed, ds, val, rest, act_method, print))
+        record(run_mlp_trained(seed, ds, calib, act_method, w2_method, print))
 
     rows, chosen = [], {}
     labels = {
@@ -266,8 +295,9 @@ def main(argv: list[str] | None = None) -> None:
         "int4_pt": "MLP int4 weights, per-tensor", "ptq_w8a4": "MLP W8A4 PTQ (integer)",
         "ptq_w8a4_logits4": "MLP W8A4 PTQ, logits at 4 bits too",
         "qat_w8a4": "MLP W8A4 QAT (integer)", "ptq_w2": "MLP 2-bit weights PTQ",
-        "kmeans2_ptq": "MLP k-means 2-bit, before fine-tuning", "w2_best": "MLP 2-bit weights "
-        "trained"}
+        "kmeans2_ptq": "MLP k-means 2-bit (4 levels/kernel), untrained",
+        "uniform2_4level": "MLP uniform 2-bit asym. per-tensor (4 levels/kernel)",
+        "w2_best": "MLP 2-bit weights trained"}
     for figure, options in results.items():
         chosen[figure] = best_of(options)
         for option, deltas in options.items():
@@ -305,11 +335,13 @@ def main(argv: list[str] | None = None) -> None:
           f"pts; uniform 3-bit: val {mixed['uniform'][0]:+.2f}, test "
           f"{mixed['uniform'][1]:+.2f} pts")
 
-    speed = honest_speed(args.runs)
-    print(f"\nHonest speed, 256x784 @ 784x300 on this CPU ({args.runs} calls each, in 5 "
-          f"alternating rounds): float32 {speed['f32_ms']:.3f} ms, int8 x int8 -> int32 "
-          f"{speed['int8_ms']:.3f} ms, int8 speedup {speed['speedup']:.2f}x (median of the "
-          "per-round ratios)")
+    matmul, whole = honest_speed(model, calib, runs=args.runs)
+    print()
+    print(matmul.table("Speed, 256x784 @ 784x300 on this CPU: float32 vs int8 x int8 -> int32 "
+                       "(interleaved rounds; speedup = float32 time / int8 time)"))
+    print(whole.table("Speed, LeNet-300-100 at batch 256: float32 vs the W8A8 integer "
+                      "pipeline (speedup = float32 time / W8A8 time)"))
+    print(f"int8 matmul: {matmul.verdict('int8')}; W8A8 model: {whole.verdict('W8A8')}")
     print(f"\ntotal {time.perf_counter() - start:.0f} s\n")
 
     def test_mean(figure: str) -> float:
@@ -333,7 +365,11 @@ def main(argv: list[str] | None = None) -> None:
     emit("stored_bytes_ratio_kmeans2", kmeans_bytes / sizes[8]["fp32"], "ratio")
     emit("mixed_3bit_budget_delta", mixed["mixed"][1], "points")
     emit("uniform_3bit_delta", mixed["uniform"][1], "points")
-    emit("int8_matmul_speedup", speed["speedup"], "x")
+    emit("qat_w2_delta", float(np.mean([t for _, t in results["w2_best"]["qat"]])), "points")
+    emit("kmeans2_ptq_delta", test_mean("kmeans2_ptq"), "points")
+    emit("uniform2_4level_delta", test_mean("uniform2_4level"), "points")
+    emit("int8_matmul_speedup", matmul["int8"].speedup, "x")
+    emit("w8a8_model_speedup", whole["W8A8"].speedup, "x")
 
 
 if __name__ == "__main__":

@@ -119,6 +119,7 @@ def execute(paths: Sequence[Path], *, out_dir: str | Path | None = WORK,
         nb = nbformat.read(path, as_version=4)
         client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
                                 store_widget_state=True,
+                                extra_arguments=["--IPKernelApp.log_level=ERROR"],
                                 resources={"metadata": {"path": str(NOTEBOOKS)}})
         start = time.perf_counter()
         client.execute()
