@@ -40,9 +40,10 @@ course: data
 		token=$$($(PY) -c "import secrets; print(secrets.token_hex(16))"); \
 		echo "Starting JupyterLab on work/ (Ctrl+C twice to stop)."; \
 		echo "JupyterLab: http://localhost:$(PORT)/lab?token=$$token"; \
-		PYTHONWARNINGS=ignore $(PY) -m jupyter lab work/ --port=$(PORT) \
+		root=""; [ "$$(id -u)" = 0 ] && root="--allow-root"; \
+		PYTHONWARNINGS=ignore $(PY) -m jupyter lab work/ --port=$(PORT) $$root \
 			--ServerApp.port_retries=0 --IdentityProvider.token=$$token \
-			--ServerApp.log_level=WARN; \
+			--log-level=WARN; \
 	else echo "Course ready in work/. Open it with: $(PY) -m jupyter lab work/"; fi
 
 test: setup
