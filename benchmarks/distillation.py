@@ -1,62 +1,65 @@
-"""Knowledge-distillation figures of issue 4 (Fashion-MNIST, mean of 3 seeds) for notebook 02.
+"""Knowledge-distillation figures (Fashion-MNIST, 3 seeds) for notebook 02.
 
 Run from the repository root::
 
-    python -m benchmarks.distillation             # about 11 minutes on 2 CPU cores
-    python -m benchmarks.distillation --seeds 0   # one seed, quicker
-    python -m benchmarks.distillation --speed-only   # section 2 only (size, latency)
+    python -m benchmarks.distillation               # loads the cached students
+    python -m benchmarks.distillation --retrain     # remakes every cached student first
+    python -m benchmarks.distillation --speed-only  # section 2 only (size, latency)
 
+The students are cached models (:mod:`pruning_kit.recipes`, ``data/checkpoints/
+student_cnn_*_seed<S>.npz`` and ``mlp_fashion_w2_*_seed<S>.npz``); a missing one is trained,
+nothing else is trained here. The one command that reproduces all of them is
+``python -m benchmarks.distillation --retrain`` (about 8 minutes on 2 CPU cores: ten
+5-epoch CNN students and six short 2-bit fine-tunings); notebook 02 loads the same files.
+
+* **Data**: students train on the 55,000 training images; every choice is made on the
+  fixed 5,000-image validation split (``ds.x_val``); the 10,000 test images are only
+  reported.
 * **Teacher**: each seed's cached SmallCNN baseline (``train.baseline("cnn_fashion",
   seed)``, 39,098 parameters), never retrained here.
-* **Student vs control**: ``models.student_cnn(seed=s)`` (5,462 parameters) trained with
-  plain cross-entropy and with logit KD (``distill.distillation_loss``, the teacher's
-  logits precomputed on the un-augmented training images) under the *same* budget: epochs,
-  batch size, learning-rate schedule, no augmentation, seed. The MLP student
-  (``models.student_mlp``) is an extra line with the same ``(T, alpha)``.
-* **Choices on validation only**: students train on 55,000 training images; the other
-  5,000 (``data.holdout`` seed 0) are the validation split on which ``(T, alpha)`` is
-  picked (a grid on seed 0 with fewer epochs). The test set is only measured.
-* **Size and speed**: parameters, and the median latency of the compiled forward pass at
-  batch 256 (``measure.latency``) of teacher and student on this machine.
+* **Choosing (T, alpha)**: :func:`pruning_kit.recipes.kd_grid` scores the plain CNN student
+  and the distilled one at each cell of ``recipes.KD_GRID`` on validation (seed 0, the full
+  student budget); :func:`pruning_kit.recipes.kd_choice` takes the best cell.
+* **Student vs control**: ``recipes.plain_student`` and ``recipes.kd_student`` -- the same
+  student (``models.student_cnn``, 5,462 parameters) trained with cross-entropy and with
+  logit KD (teacher logits precomputed on the un-augmented training images) under the
+  *same* budget (``recipes.STUDENT_BUDGET``: epochs, batch, Adam with cosine decay, seed,
+  no augmentation), at the ``(T, alpha)`` chosen on validation; the FitNets-hinted student
+  (``recipes.hint_student``, seed 0) is printed.
+* **Size and speed**: parameters, MACs, and the batch-256 latency of teacher and students
+  timed interleaved (``measure.compare_latency``): median speed-up over the teacher with
+  its IQR; an IQR that contains 1.0 is "no measurable difference".
 * **KD as a recovery tool**: see :func:`run_recovery`.
 
-Prints the machine, tables, how long each training run took, then one JSON line per
-figure: ``{"metric": NAME, "value": NUMBER, "unit": ..., "target": ...}``.
+Prints the machine, tables, then one JSON line per figure:
+``{"metric": NAME, "value": NUMBER, "unit": ..., "target": ...}``.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable
 
 import jax
 import numpy as np
 from flax import nnx
 
 from benchmarks import _common
-from pruning_kit import data, distill, measure, models, qat, train
+from pruning_kit import data, measure, models, qat, recipes, train
 
 SEEDS = (0, 1, 2)
-VAL_SIZE = 5000
-BATCH = 128
-STUDENT_EPOCHS, STUDENT_LR = 5, 3e-3      # every student run, plain and KD alike
-GRID_EPOCHS = 3                           # the (T, alpha) grid on seed 0
-GRID = tuple((t, a) for t in (2.0, 4.0, 8.0) for a in (0.5, 0.9))
-MLP_EPOCHS = 10                           # the extra MLP student (about 1 s per epoch)
-RECOVERY_N, RECOVERY_EPOCHS = 3000, 10    # the recovery headline: a small fine-tuning set
-FULL_EPOCHS = 1                           # the recovery extra line: all 55,000 images
-RECOVERY_LR = 3e-4
+GRID_SEED = 0
+STUDENTS = {"CNN 4/8": "cnn"}
 TARGETS = {
     "kd_gain_pts": ">= +0.5 (stretch +1.0)",
-    "kd_gain_std": "reported beside kd_gain_pts",
+    "kd_gain_std": "reported beside kd_gain_pts (sample std over seeds, ddof=1)",
     "student_param_ratio": ">= 5",
     "student_latency_ratio": ">= 3",
     "kd_recovery_fraction": ">= 0.5",
-    "kd_gain_pts_mlp_student": "extra: the MLP student (1.5x fewer parameters only)",
     "student_mac_ratio": "extra: teacher MACs / student MACs per image",
-    "student_latency_ratio_mlp": "extra: the MLP student",
-    "kd_recovery_fraction_full_data": "extra: fine-tuning on all 55,000 images, 1 epoch",
+    "student_latency_ratio_q25": "extra: 25th percentile of the per-round ratio",
+    "student_latency_ratio_q75": "extra: 75th percentile of the per-round ratio",
+    "student_latency_ratio_mlp": "extra: the MLP student 784-32-10 (untrained weights)",
 }
 
 
@@ -64,147 +67,132 @@ def emit(metric: str, value: float, unit: str) -> None:
     _common.emit(metric, value, unit, TARGETS)
 
 
-def pct(model: nnx.Module, xy: tuple[np.ndarray, np.ndarray]) -> float:
-    return 100.0 * train.evaluate(model, *xy)
+def std(values) -> float:
+    """Sample standard deviation (ddof=1) over seeds; 0 for a single seed."""
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
-def train_run(build: Callable[[], nnx.Module], x: np.ndarray, y, *, epochs: int,
-              lr: float, seed: int, loss_fn: train.LossFn = train.cross_entropy_loss
-              ) -> tuple[nnx.Module, float]:
-    """A fresh model trained with ``fit``; returns it and the wall time in seconds."""
-    model = build()
-    start = time.perf_counter()
-    train.fit(model, x, y, epochs=epochs, batch_size=BATCH, learning_rate=lr,
-              loss_fn=loss_fn, seed=seed, progress=False)
-    return model, time.perf_counter() - start
+def pct(model: nnx.Module, x: np.ndarray, y: np.ndarray) -> float:
+    return 100.0 * train.evaluate(model, x, y)
 
 
 # --------------------------------------------------------------------------- 1. students
-def choose_t_alpha(rest, val, t_logits, seed: int, log) -> tuple[tuple[float, float], list]:
-    """The (T, alpha) of :data:`GRID` with the best validation accuracy on ``seed``."""
-    rows = []
-    plain, secs = train_run(lambda: models.student_cnn(seed=seed), *rest, epochs=GRID_EPOCHS,
-                            lr=STUDENT_LR, seed=seed)
-    rows.append({"T": "-", "alpha": "-", "val_pct": pct(plain, val), "train_time": f"{secs:.0f} s"})
-    log(f"grid (seed {seed}, {GRID_EPOCHS} epochs): plain val {rows[-1]['val_pct']:.2f}% "
-        f"({secs:.0f} s)")
-    for t, a in GRID:
-        model, secs = train_run(lambda: models.student_cnn(seed=seed), rest[0],
-                                (rest[1], t_logits), epochs=GRID_EPOCHS, lr=STUDENT_LR,
-                                seed=seed, loss_fn=distill.distillation_loss(temperature=t,
-                                                                             alpha=a))
-        rows.append({"T": t, "alpha": a, "val_pct": pct(model, val), "train_time": f"{secs:.0f} s"})
-        log(f"grid: T={t:g} alpha={a:g} val {rows[-1]['val_pct']:.2f}% ({secs:.0f} s)")
-    best = max(rows[1:], key=lambda r: r["val_pct"])
-    return (best["T"], best["alpha"]), rows
+def choose_t_alpha(ds: data.Dataset, retrain: bool) -> tuple[tuple[float, float], list]:
+    """The (T, alpha) of ``recipes.KD_GRID`` with the best validation accuracy (seed 0)."""
+    scores = recipes.kd_grid(GRID_SEED, dataset=ds, retrain=retrain, progress=False)
+    rows = [{"T": "-" if c == "plain" else c[0], "alpha": "0 (plain)" if c == "plain"
+             else c[1], "val_pct": 100 * v,
+             "vs_plain_delta": None if c == "plain" else 100 * (v - scores["plain"])}
+            for c, v in scores.items()]
+    return recipes.kd_choice(scores), rows
 
 
-def run_students(seed: int, rest, val, test, t_logits, t_alpha, log) -> list[dict]:
-    """Plain and KD runs of the CNN student (and the extra MLP student) for one seed."""
+def run_students(seed: int, ds: data.Dataset, t_alpha: tuple[float, float],
+                 retrain: bool) -> list[dict]:
+    """Plain and KD runs of the CNN student for one seed (cached, see module docstring)."""
     t, a = t_alpha
-    kd = distill.distillation_loss(temperature=t, alpha=a)
     rows = []
-    for student, build, epochs in (
-            ("CNN 4/8", lambda: models.student_cnn(seed=seed), STUDENT_EPOCHS),
-            ("MLP 784-32-10", lambda: models.student_mlp(seed=seed), MLP_EPOCHS)):
+    for student, arch in STUDENTS.items():
+        # the grid (re)made seed 0's plain CNN student and its chosen KD cell already
+        again = retrain and not (arch == "cnn" and seed == GRID_SEED)
         accs = {}
-        for how, y, loss_fn in (("plain", rest[1], train.cross_entropy_loss),
-                                ("KD", (rest[1], t_logits), kd)):
-            model, secs = train_run(build, rest[0], y, epochs=epochs, lr=STUDENT_LR,
-                                    seed=seed, loss_fn=loss_fn)
-            accs[how] = (pct(model, val), pct(model, test))
-            log(f"seed {seed} student {student} {how}: val {accs[how][0]:.2f}%, test "
-                f"{accs[how][1]:.2f}% ({epochs} epochs, {secs:.0f} s)")
+        for how, model in (
+                ("plain", recipes.plain_student(seed, arch=arch, retrain=again, dataset=ds,
+                                                progress=False)),
+                ("KD", recipes.kd_student(seed, temperature=t, alpha=a, arch=arch,
+                                          retrain=again, dataset=ds, progress=False))):
+            accs[how] = (pct(model, ds.x_val, ds.y_val), pct(model, ds.x_test, ds.y_test))
             rows.append({"student": student, "seed": seed, "training": how,
-                         "val_pct": accs[how][0], "test_pct": accs[how][1],
-                         "train_time": f"{secs:.0f} s"})
+                         "val_pct": accs[how][0], "test_pct": accs[how][1]})
         rows[-1]["gain_delta"] = accs["KD"][1] - accs["plain"][1]
     return rows
 
 
 # --------------------------------------------------------------------------- 2. speed
-def size_and_speed(teacher: nnx.Module, x: np.ndarray, runs: int, rounds: int = 3) -> dict:
-    """Parameters, MACs and batch-256 latency of teacher and students.
+def size_and_speed(teacher: nnx.Module, x: np.ndarray, rounds: int, runs: int
+                   ) -> tuple[dict, measure.LatencyComparison]:
+    """Parameters, MACs and the interleaved batch-256 latency of teacher and students.
 
-    Teacher and student are timed in alternating rounds (``runs`` calls each per round),
-    so load from other processes on a shared machine hits both alike; the ratio is the
-    median of the per-round ratios.
+    The latency does not depend on the weights, so fresh students stand in for the
+    trained ones (no training needed for ``--speed-only``).
     """
-    students = {"CNN 4/8": models.student_cnn(), "MLP 784-32-10": models.student_mlp()}
+    cands = {"teacher": teacher, "CNN 4/8": models.student_cnn(),
+             "MLP 784-32-10": models.student_mlp()}
     batch = x[:256]
-    times: dict[str, list[float]] = {"teacher": [], **{k: [] for k in students}}
-    for _ in range(rounds):
-        times["teacher"].append(measure.latency(teacher, batch, runs=runs).median_ms)
-        for name, model in students.items():
-            times[name].append(measure.latency(model, batch, runs=runs).median_ms)
-    out = {}
-    for name, model in {"teacher": teacher, **students}.items():
-        out[name] = {"params": measure.count_params(model),
-                     "macs": measure.cost(model, x[:1])["macs_per_example"],
-                     "latency_b256_ms": float(np.median(times[name]))}
-        if name != "teacher":
-            out[name]["latency_ratio"] = float(np.median(
-                np.array(times["teacher"]) / np.array(times[name])))
-    # Where a tiny CNN's time went on XLA:CPU: the 3x3 convolution of the 1-channel image
-    # as nnx.Conv runs it, and as SmallCNN now runs it at inference.
+    comp = measure.compare_latency(cands, batch, rounds=rounds, runs=runs)
+    out = {name: {"params": measure.count_params(m),
+                  "macs": measure.cost(m, x[:1])["macs_per_example"]}
+           for name, m in cands.items()}
+    # Where a tiny CNN's time goes on XLA:CPU: the 3x3 convolution of the 1-channel image
+    # as nnx.Conv runs it, and as SmallCNN runs it at inference (shifted multiply-adds).
+    convs = {}
     for c_out in (4, 16):
         kernel = np.ones((3, 3, 1, c_out), np.float32)
+        convs[f"conv 1->{c_out}"] = lambda a, k=kernel: jax.lax.conv_general_dilated(
+            a, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        convs[f"shifted 1->{c_out}"] = lambda a, k=kernel: models.conv3x3_single_channel(a, k)
+    out["first_layer"] = measure.compare_latency(convs, batch, rounds=max(rounds // 3, 4),
+                                                 runs=runs)
+    return out, comp
 
-        def conv(a, kernel=kernel):
-            return jax.lax.conv_general_dilated(a, kernel, (1, 1), "SAME",
-                                                dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        out[f"conv1_1to{c_out}_ms"] = measure.latency(conv, batch, runs=runs).median_ms
-        out[f"shifted_1to{c_out}_ms"] = measure.latency(
-            lambda a, kernel=kernel: models.conv3x3_single_channel(a, kernel), batch,
-            runs=runs).median_ms
-    return out
+
+def report_speed(teacher: nnx.Module, x: np.ndarray, rounds: int, runs: int) -> dict:
+    print(f"\n2. Size and speed (batch 256, {rounds} interleaved rounds of {runs} calls)")
+    speed, comp = size_and_speed(teacher, x, rounds, runs)
+    print(measure.Table([{"model": k, **v} for k, v in speed.items() if isinstance(v, dict)],
+                        ["model", "params", "macs"]))
+    print(comp.table())
+    print("the 3x3 convolution of the 1-channel image alone (batch 256), as nnx.Conv runs "
+          "it and as SmallCNN runs it in eval mode:")
+    print(speed["first_layer"].table())
+    speed["latency"] = comp
+    return speed
+
+
+def emit_speed(speed: dict) -> None:
+    comp = speed["latency"]
+    emit("student_param_ratio", speed["teacher"]["params"] / speed["CNN 4/8"]["params"], "x")
+    emit("student_latency_ratio", comp["CNN 4/8"].speedup, "x")
+    emit("student_latency_ratio_q25", comp["CNN 4/8"].speedup_iqr[0], "x")
+    emit("student_latency_ratio_q75", comp["CNN 4/8"].speedup_iqr[1], "x")
+    emit("student_mac_ratio", speed["teacher"]["macs"] / speed["CNN 4/8"]["macs"], "x")
+    emit("student_latency_ratio_mlp", comp["MLP 784-32-10"].speedup, "x")
 
 
 # --------------------------------------------------------------------------- 3. recovery
-def w2_accuracy(model: nnx.Module, xy) -> float:
+def w2_accuracy(model: nnx.Module, x: np.ndarray, y: np.ndarray) -> float:
     """Percent accuracy of the MLP as deployed with 2-bit MSE-clipped weights."""
-    return 100.0 * qat.evaluate_deployed_mlp(model, *xy, weight_bits=2, act_bits=None,
+    return 100.0 * qat.evaluate_deployed_mlp(model, x, y, weight_bits=2, act_bits=None,
                                              weight_method="mse")
 
 
-def run_recovery(seed: int, rest, test, t_alpha, log) -> list[dict]:
+def run_recovery(seed: int, ds: data.Dataset, t_alpha: tuple[float, float],
+                 retrain: bool) -> list[dict]:
     """KD as a recovery tool: the float MLP teaches its own 2-bit QAT copy.
 
     The compressed model is the 2-bit-weight QAT setting of ``benchmarks.quantization``
     (``qat.qat_mlp_loss(2, None, weight_method="mse")`` from the seed's cached
-    LeNet-300-100). With its recipe there (3 epochs on 55,000 images) plain fine-tuning
-    leaves only ~0.6 points, too little to measure a fraction of, so the headline setting
-    fine-tunes on a small set, :data:`RECOVERY_N` training images (a random subset per
-    seed), for :data:`RECOVERY_EPOCHS` epochs; the full-data setting (55,000 images, one
-    epoch) is the extra line. Plain = QAT's cross-entropy; KD = the same fake-quantized
-    forward with :func:`pruning_kit.distill.kd_wrap` against the float MLP's logits (same
-    seed), at the ``(T, alpha)`` chosen for the students. Same epochs, batch, learning
-    rate, data and seed for both. Both are measured as deployed (2-bit weights).
+    LeNet-300-100), fine-tuned by ``recipes.recovered_mlp`` (cached) on
+    ``recipes.RECOVERY["images"]`` training images for ``recipes.RECOVERY["epochs"]``
+    epochs, a setting where plain fine-tuning leaves a clear gap. Plain = QAT's cross-entropy; KD =
+    the same fake-quantized forward with :func:`pruning_kit.distill.kd_wrap` against the
+    float MLP's logits (same seed), at the ``(T, alpha)`` chosen for the students. Same
+    epochs, batch, learning rate, data and seed for both; both measured as deployed
+    (2-bit weights) on the test set.
     """
     t, a = t_alpha
+    test = (ds.x_test, ds.y_test)
     dense = train.baseline("mlp_fashion", seed, progress=False)
-    dense_acc, ptq_acc = pct(dense, test), w2_accuracy(dense, test)
-    log(f"seed {seed} recovery: float MLP test {dense_acc:.2f}%, 2-bit PTQ {ptq_acc:.2f}%")
-    qat_loss = qat.qat_mlp_loss(2, None, weight_method="mse")
-    kd = distill.kd_wrap(qat_loss, temperature=t, alpha=a)
-    pick = np.random.default_rng([seed, 4]).permutation(len(rest[0]))[:RECOVERY_N]
+    dense_acc, ptq_acc = pct(dense, *test), w2_accuracy(dense, *test)
     rows = []
-    for setting, (x, y), epochs in (
-            (f"{RECOVERY_N:,} images", (rest[0][pick], rest[1][pick]), RECOVERY_EPOCHS),
-            (f"{len(rest[0]):,} images", rest, FULL_EPOCHS)):
-        t_logits = distill.teacher_logits(dense, x)
-        accs = {}
-        for how, yy, loss_fn in (("plain", y, qat_loss), ("KD", (y, t_logits), kd)):
-            model, secs = train_run(lambda: train.baseline("mlp_fashion", seed,
-                                                           progress=False),
-                                    x, yy, epochs=epochs, lr=RECOVERY_LR, seed=seed,
-                                    loss_fn=loss_fn)
-            accs[how] = w2_accuracy(model, test)
-            log(f"seed {seed} 2-bit QAT on {setting}, {how}: test {accs[how]:.2f}% "
-                f"({epochs} epochs, {secs:.0f} s)")
+    small = {"plain": recipes.recovered_mlp(seed, retrain=retrain, dataset=ds, progress=False),
+             "KD": recipes.recovered_mlp(seed, temperature=t, alpha=a, retrain=retrain,
+                                         dataset=ds, progress=False)}
+    for setting, pair in ((f"{recipes.RECOVERY['images']:,} images", small),):
+        accs = {how: w2_accuracy(m, *test) for how, m in pair.items()}
+        for how, acc in accs.items():
             rows.append({"setting": setting, "seed": seed, "fine-tuning": how,
-                         "test_pct": accs[how], "gap_delta": accs[how] - dense_acc,
-                         "train_time": f"{secs:.0f} s"})
+                         "test_pct": acc, "gap_delta": acc - dense_acc})
         gap = dense_acc - accs["plain"]
         rows[-1]["closed"] = (accs["KD"] - accs["plain"]) / gap if gap > 0 else float("nan")
         rows[-1]["gap_closed"] = f"{rows[-1]['closed']:.2f}"
@@ -212,87 +200,74 @@ def run_recovery(seed: int, rest, test, t_alpha, log) -> list[dict]:
     return rows
 
 
-def report_speed(teacher: nnx.Module, x: np.ndarray, runs: int) -> dict:
-    print(f"\n2. Size and speed (batch 256, median of 3 alternating rounds of {runs} calls)")
-    speed = size_and_speed(teacher, x, runs)
-    print(measure.Table([{"model": k, **v} for k, v in speed.items() if isinstance(v, dict)],
-                        ["model", "params", "macs", "latency_b256_ms", "latency_ratio"]))
-    print(f"the 3x3 convolution of the 1-channel image alone, batch 256, as nnx.Conv: 1->4 "
-          f"channels {speed['conv1_1to4_ms']:.1f} ms, 1->16 {speed['conv1_1to16_ms']:.1f} ms; "
-          f"as SmallCNN runs it in eval mode (shifted multiply-adds): 1->4 "
-          f"{speed['shifted_1to4_ms']:.2f} ms, 1->16 {speed['shifted_1to16_ms']:.2f} ms")
-    return speed
-
-
-def emit_speed(speed: dict) -> None:
-    emit("student_param_ratio", speed["teacher"]["params"] / speed["CNN 4/8"]["params"], "x")
-    emit("student_latency_ratio", speed["CNN 4/8"]["latency_ratio"], "x")
-    emit("student_mac_ratio", speed["teacher"]["macs"] / speed["CNN 4/8"]["macs"], "x")
-    emit("student_latency_ratio_mlp", speed["MLP 784-32-10"]["latency_ratio"], "x")
-
-
 # --------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
-    parser.add_argument("--runs", type=int, default=50, help="timed calls per latency")
+    parser.add_argument("--rounds", type=int, default=30, help="interleaved timing rounds")
+    parser.add_argument("--runs", type=int, default=5, help="timed calls per round")
+    parser.add_argument("--retrain", action="store_true",
+                        help="remake every cached student (recipes.*_student, "
+                             "recipes.recovered_mlp); the teachers are never retrained")
     parser.add_argument("--speed-only", action="store_true",
                         help="only section 2 (size and speed, about a minute): no training")
     args = parser.parse_args(argv)
     start = time.perf_counter()
 
     print(measure.machine_summary())
-    ds = data.load("fashion_mnist")
+    ds = data.load_fashion_mnist()
     if args.speed_only:
         speed = report_speed(train.baseline("cnn_fashion", args.seeds[0], progress=False),
-                             ds.x_test, args.runs)
+                             ds.x_test, args.rounds, args.runs)
         emit_speed(speed)
         return
-    rest, val = data.holdout(ds.x_train, ds.y_train, VAL_SIZE, seed=0)
-    test = (ds.x_test, ds.y_test)
-    print(f"validation split: {VAL_SIZE} training images (data.holdout seed 0); students "
-          f"train on the other {len(rest[0])}; seeds {tuple(args.seeds)}; batch {BATCH}, "
-          f"Adam {STUDENT_LR:g} with cosine decay, no augmentation\n")
+    print(f"split: {ds.split.describe()}; students train on ds.x_train, every choice on "
+          f"ds.x_val, the test set is only reported; seeds {tuple(args.seeds)}; budgets "
+          f"{recipes.STUDENT_BUDGET} (Adam with cosine decay, no augmentation)\n")
 
-    teachers, t_logits = {}, {}
+    teachers = {}
     for seed in args.seeds:
         teachers[seed] = train.baseline("cnn_fashion", seed, progress=False)
-        t0 = time.perf_counter()
-        t_logits[seed] = distill.teacher_logits(teachers[seed], rest[0])
-        agree = 100 * np.mean(t_logits[seed].argmax(-1) == rest[1])
-        print(f"teacher seed {seed}: SmallCNN test {pct(teachers[seed], test):.2f}%, agrees "
-              f"with the training labels on {agree:.2f}% (logits on {len(rest[0])} images "
-              f"in {time.perf_counter() - t0:.0f} s)")
+        print(f"teacher seed {seed}: SmallCNN validation "
+              f"{pct(teachers[seed], ds.x_val, ds.y_val):.2f}%, test "
+              f"{pct(teachers[seed], ds.x_test, ds.y_test):.2f}%")
 
-    print("\n1. Choosing (T, alpha) on validation")
-    t_alpha, grid = choose_t_alpha(rest, val, t_logits[args.seeds[0]], args.seeds[0], print)
-    print(measure.Table(grid, ["T", "alpha", "val_pct", "train_time"]))
+    print(f"\n1. Choosing (T, alpha) on validation (CNN student, seed {GRID_SEED})")
+    t_alpha, grid = choose_t_alpha(ds, args.retrain)
+    print(measure.Table(grid, ["T", "alpha", "val_pct", "vs_plain_delta"]))
     print(f"chosen: T = {t_alpha[0]:g}, alpha = {t_alpha[1]:g}\n")
 
     rows = []
     for seed in args.seeds:
-        rows += run_students(seed, rest, val, test, t_logits[seed], t_alpha, print)
-    print("\nStudents, plain vs KD (same budget); gain = KD test - plain test")
+        rows += run_students(seed, ds, t_alpha, args.retrain)
+    print("Students, plain vs KD (same budget); gain = KD test - plain test")
     print(measure.Table(rows, ["student", "seed", "training", "val_pct", "test_pct",
-                               "gain_delta", "train_time"]))
+                               "gain_delta"]))
     gains = {s: [r["gain_delta"] for r in rows if r["student"] == s and "gain_delta" in r]
-             for s in ("CNN 4/8", "MLP 784-32-10")}
+             for s in STUDENTS}
     for s, g in gains.items():
         accs = {how: [r["test_pct"] for r in rows if r["student"] == s
                       and r["training"] == how] for how in ("plain", "KD")}
-        print(f"{s}: plain {np.mean(accs['plain']):.2f} +- {np.std(accs['plain']):.2f}%, KD "
-              f"{np.mean(accs['KD']):.2f} +- {np.std(accs['KD']):.2f}%, gain "
-              f"{np.mean(g):+.2f} +- {np.std(g):.2f} pts")
+        print(f"{s}: plain {np.mean(accs['plain']):.2f} +- {std(accs['plain']):.2f}%, KD "
+              f"{np.mean(accs['KD']):.2f} +- {std(accs['KD']):.2f}%, gain "
+              f"{np.mean(g):+.2f} +- {std(g):.2f} pts (mean +- sample std; per seed "
+              + ", ".join(f"{v:+.2f}" for v in g) + ")")
+    hint = recipes.hint_student(GRID_SEED, temperature=t_alpha[0], alpha=t_alpha[1],
+                                retrain=args.retrain, dataset=ds, progress=False)
+    print(f"CNN 4/8 with logit KD + {recipes.HINT['layer']} hint (seed {GRID_SEED}): "
+          f"validation {pct(hint, ds.x_val, ds.y_val):.2f}%, test "
+          f"{pct(hint, ds.x_test, ds.y_test):.2f}%")
 
-    speed = report_speed(teachers[args.seeds[0]], ds.x_test, args.runs)
+    speed = report_speed(teachers[args.seeds[0]], ds.x_test, args.rounds, args.runs)
 
     print("\n3. KD as a recovery tool (2-bit QAT of LeNet-300-100, teacher = its float "
-          f"model, T = {t_alpha[0]:g}, alpha = {t_alpha[1]:g}, Adam {RECOVERY_LR:g})")
+          f"model, T = {t_alpha[0]:g}, alpha = {t_alpha[1]:g}, "
+          f"Adam {recipes.RECOVERY['learning_rate']:g})")
     rec = []
     for seed in args.seeds:
-        rec += run_recovery(seed, rest, test, t_alpha, print)
+        rec += run_recovery(seed, ds, t_alpha, args.retrain)
     print(measure.Table(rec, ["setting", "seed", "fine-tuning", "test_pct", "gap_delta",
-                              "gap_closed", "train_time"]))
+                              "gap_closed"]))
     fractions = {}
     for setting in dict.fromkeys(r["setting"] for r in rec):
         done = [r for r in rec if r["setting"] == setting and "closed" in r]
@@ -303,16 +278,14 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{setting}: float {np.mean([r['dense_pct'] for r in done]):.2f}%, PTQ "
               f"{np.mean([r['ptq_pct'] for r in done]):.2f}%, plain fine-tuning "
               f"{np.mean(plain):.2f}%, KD {np.mean(kd):.2f}%; fraction of the gap closed "
-              f"{np.mean(fractions[setting]):.2f} +- {np.std(fractions[setting]):.2f}")
+              f"{np.mean(fractions[setting]):.2f} +- {std(fractions[setting]):.2f}")
     print(f"\ntotal {time.perf_counter() - start:.0f} s\n")
 
     emit("kd_gain_pts", np.mean(gains["CNN 4/8"]), "points")
-    emit("kd_gain_std", np.std(gains["CNN 4/8"]), "points")
-    emit("kd_gain_pts_mlp_student", np.mean(gains["MLP 784-32-10"]), "points")
+    emit("kd_gain_std", std(gains["CNN 4/8"]), "points")
     emit_speed(speed)
-    headline, extra = list(fractions)
+    (headline,) = list(fractions)
     emit("kd_recovery_fraction", np.mean(fractions[headline]), "fraction")
-    emit("kd_recovery_fraction_full_data", np.mean(fractions[extra]), "fraction")
 
 
 if __name__ == "__main__":
