@@ -237,7 +237,7 @@ def distillation_loss(*, temperature: float = 4.0, alpha: float = 0.9) -> train_
         ...                   learning_rate=3e-3, progress=False)
         >>> y_kd = (ds.y_train, teacher_logits(teacher, ds.x_train))
         >>> student = models.MLP(64, (16,), rngs=nnx.Rngs(1))
-        >>> _ = train_lib.fit(student, ds.x_train, y_kd, epochs=8, batch_size=32,
+        >>> _ = train_lib.fit(student, ds.x_train, y_kd, epochs=15, batch_size=32,
         ...                   learning_rate=3e-3, progress=False,
         ...                   loss_fn=distillation_loss(temperature=4.0, alpha=0.7))
         >>> train_lib.evaluate(student, ds.x_test, ds.y_test) > 0.85

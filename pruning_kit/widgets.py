@@ -230,7 +230,7 @@ class BitWidthExplorer:
                          label="per-channel" if mode_pc else "per-tensor")
             ax1.axhline(self.float_accuracy, color="k", ls=":", label="float32")
             ax1.plot([bits], [r["accuracy"]], "r*", markersize=15, zorder=5)
-            ax1.set(xlabel="weight bits", ylabel="test accuracy (%)", title="accuracy")
+            ax1.set(xlabel="weight bits", ylabel="accuracy (%) on the data given", title="accuracy")
             ax1.legend(fontsize=8)
             ax1.grid(alpha=0.3)
             ax2.hist(r["errors"], bins=80, color="tab:orange")
@@ -459,7 +459,7 @@ class RankExplorer:
             ax2.axhline(self.dense_accuracy, color="k", ls=":", label="dense")
             ax2.plot([self.ranks.index(r)], [res["accuracy"]], "r*", markersize=15, zorder=5)
             ax2.set_xticks(pos, [str(k) for k in self.ranks])
-            ax2.set(xlabel="rank", ylabel="test accuracy (%)",
+            ax2.set(xlabel="rank", ylabel="accuracy (%) on the data given",
                     title="accuracy without fine-tuning")
             ax2.legend(fontsize=8)
             ax2.grid(alpha=0.3)
@@ -575,7 +575,7 @@ class SparsityExplorer:
                         else np.nan for v in self.sparsities]
                 ax1.plot(self.sparsities, accs, style, label=sc)
             ax1.plot([s], [r["accuracy"]], "r*", markersize=15, zorder=5)
-            ax1.set(xlabel="sparsity", ylabel="test accuracy (%)", title="one-shot pruning")
+            ax1.set(xlabel="sparsity", ylabel="accuracy (%) on the data given", title="one-shot pruning")
             ax1.legend(fontsize=8)
             ax1.grid(alpha=0.3)
             names = list(r["layers"])

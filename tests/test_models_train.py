@@ -86,7 +86,7 @@ def test_cnn_batchnorm_statistics_update(digits):
     before = np.asarray(model.bn1.mean[...]).copy()
     train.fit(model, digits.x_train, digits.y_train, epochs=1, batch_size=64, progress=False)
     assert not np.allclose(before, model.bn1.mean[...])
-    assert model.bn1.use_running_average  # fit leaves the model in eval mode
+    assert not model.bn1.use_running_average  # fit restores the mode it came in (train)
 
 
 def test_fit_bad_input(digits):
