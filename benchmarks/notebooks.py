@@ -19,14 +19,9 @@ import argparse
 import json
 import os
 import tempfile
-import time
 from pathlib import Path
 
-import nbformat
-from nbclient import NotebookClient
-
 from pruning_kit import checks, course, measure
-from pruning_kit.data import _atomic_write
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = {"00": {"warm": "<= 60 s", "cold": "<= 180 s"}, "03": {"warm": "<= 180 s"},
@@ -39,16 +34,9 @@ def run(path: Path, timeout: int = 3600, *, inplace: bool = False) -> tuple[floa
     With ``inplace`` the executed notebook (widget state included) replaces the committed
     one, as ``make notebooks-inplace`` does; otherwise nothing is written.
     """
-    nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                            store_widget_state=True,
-                            extra_arguments=["--IPKernelApp.log_level=ERROR"],
-                            resources={"metadata": {"path": str(path.parent)}})
-    start = time.perf_counter()
-    client.execute()
-    seconds = time.perf_counter() - start
+    nb, seconds = course.run_notebook(path, timeout=timeout)
     if inplace:
-        _atomic_write(path, (nbformat.writes(nb) + "\n").encode())
+        course.write_notebook(nb, path)
     claims = sum(line.startswith(checks.CLAIM_PREFIX)
                  for cell in nb.cells if cell.cell_type == "code"
                  for out in cell.get("outputs", []) if out.get("name") == "stdout"
@@ -87,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
         times: dict[str, float] = {}
         for path in paths:
             seconds, claims = run(path, inplace=args.inplace)
-            times[path.name] = round(seconds, 1)
+            times[path.name] = seconds
             total_claims += claims
             print(f"{path.name}: {seconds:.1f} s ({mode} checkpoint cache), {claims} claims "
                   "asserted")
@@ -95,9 +83,7 @@ def main(argv: list[str] | None = None) -> None:
                               "value": round(seconds, 1), "unit": "s",
                               "target": TARGETS.get(path.name[:2], {}).get(mode)}))
     if args.inplace:
-        recorded = {**course.expected_seconds(), **times}
-        _atomic_write(course.TIMINGS,
-                      (json.dumps({"seconds": recorded}, indent=1) + "\n").encode())
+        course.record_times(times)
     print(json.dumps({"metric": "claims_asserted", "value": total_claims, "unit": "count",
                       "target": ">= 1 per qualitative claim in every notebook"}))
     print(json.dumps({"metric": "handtyped_figures", "value": handtyped(paths),

@@ -87,6 +87,40 @@ def _quiet() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+def run_notebook(path: Path, *, timeout: int = 1800):
+    """Execute the notebook at ``path`` in memory; ``(executed notebook, seconds)``.
+
+    Widget state is stored in the result, so a written copy shows its explorers before
+    any cell runs. Nothing is written here.
+    """
+    import nbformat
+    from nbclient import NotebookClient
+
+    _quiet()
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                            store_widget_state=True,
+                            extra_arguments=["--IPKernelApp.log_level=ERROR"],
+                            resources={"metadata": {"path": str(NOTEBOOKS)}})
+    start = time.perf_counter()
+    client.execute()
+    return nb, round(time.perf_counter() - start, 1)
+
+
+def write_notebook(nb, target: Path) -> None:
+    """Write an executed notebook atomically (nothing half-written if interrupted)."""
+    import nbformat
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(target, (nbformat.writes(nb) + "\n").encode())
+
+
+def record_times(seconds: dict[str, float]) -> None:
+    """Merge ``seconds`` into ``notebooks/timings.json`` (the next run's estimates)."""
+    recorded = dict(sorted({**expected_seconds(), **seconds}.items()))
+    _atomic_write(TIMINGS, (json.dumps({"seconds": recorded}, indent=1) + "\n").encode())
+
+
 def execute(paths: Sequence[Path], *, out_dir: str | Path | None = WORK,
             timeout: int = 1800, record: bool = False) -> dict[str, float]:
     """Execute ``paths`` one by one with a progress bar; returns seconds per notebook.
@@ -102,11 +136,8 @@ def execute(paths: Sequence[Path], *, out_dir: str | Path | None = WORK,
         nbclient.exceptions.CellExecutionError: a cell failed; the message names it. The
             notebook being run is left as it was (nothing half-written).
     """
-    import nbformat
-    from nbclient import NotebookClient
     from tqdm.auto import tqdm
 
-    _quiet()
     expected = expected_seconds()
     total = sum(expected.get(p.name, 60.0) for p in paths)
     seconds: dict[str, float] = {}
@@ -116,26 +147,16 @@ def execute(paths: Sequence[Path], *, out_dir: str | Path | None = WORK,
     for i, path in enumerate(paths, 1):
         guess = expected.get(path.name, 60.0)
         bar.set_description(f"[{i}/{len(paths)}] {path.name} (about {guess:.0f} s)")
-        nb = nbformat.read(path, as_version=4)
-        client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                                store_widget_state=True,
-                                extra_arguments=["--IPKernelApp.log_level=ERROR"],
-                                resources={"metadata": {"path": str(NOTEBOOKS)}})
-        start = time.perf_counter()
-        client.execute()
-        seconds[path.name] = round(time.perf_counter() - start, 1)
+        nb, seconds[path.name] = run_notebook(path, timeout=timeout)
         target = path if out_dir is None else Path(out_dir) / path.name
-        if out_dir is not None:
-            Path(out_dir).mkdir(parents=True, exist_ok=True)
-        _atomic_write(target, (nbformat.writes(nb) + "\n").encode())
+        write_notebook(nb, target)
         bar.update(round(guess))
         bar.write(f"{path.name}: {seconds[path.name]:.0f} s (expected {guess:.0f} s) -> "
                   f"{target}")
     bar.close()
     print(f"All {len(paths)} notebooks ran in {sum(seconds.values()):.0f} s.")
     if record:
-        recorded = {**expected, **seconds}
-        _atomic_write(TIMINGS, (json.dumps({"seconds": recorded}, indent=1) + "\n").encode())
+        record_times(seconds)
     return seconds
 
 

@@ -21,11 +21,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import optax
 from flax import nnx
 
 from pruning_kit import data as data_lib
-from pruning_kit import distill, prune, structure
+from pruning_kit import distill, prune, qat, structure
 from pruning_kit import models as models_lib
 from pruning_kit import train as train_lib
 
@@ -380,8 +381,6 @@ RECOVERY = dict(weight_bits=2, weight_method="mse", images=3000, epochs=10, batc
 
 def recovery_images(seed: int, dataset: data_lib.Dataset) -> Any:
     """Indices into ``dataset.x_train`` of :func:`recovered_mlp`'s fine-tuning set."""
-    import numpy as np
-
     return np.random.default_rng([seed, 4]).permutation(len(dataset.x_train))[
         :RECOVERY["images"]]
 
@@ -400,8 +399,6 @@ def recovered_mlp(seed: int = 0, *, temperature: float | None = None,
     ``qat.evaluate_deployed_mlp(model, x, y, weight_bits=2, act_bits=None,
     weight_method="mse")``.
     """
-    from pruning_kit import qat
-
     if (temperature is None) != (alpha is None):
         raise ValueError("give both temperature and alpha (KD fine-tuning) or neither "
                          "(plain fine-tuning).")

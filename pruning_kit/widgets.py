@@ -575,7 +575,8 @@ class SparsityExplorer:
                         else np.nan for v in self.sparsities]
                 ax1.plot(self.sparsities, accs, style, label=sc)
             ax1.plot([s], [r["accuracy"]], "r*", markersize=15, zorder=5)
-            ax1.set(xlabel="sparsity", ylabel="accuracy (%) on the data given", title="one-shot pruning")
+            ax1.set(xlabel="sparsity", ylabel="accuracy (%) on the data given",
+                    title="one-shot pruning")
             ax1.legend(fontsize=8)
             ax1.grid(alpha=0.3)
             names = list(r["layers"])

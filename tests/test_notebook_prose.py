@@ -30,7 +30,7 @@ ALLOWED = {
 
 #: Literature figures quoted with their source, per notebook (paper numbers, not ours).
 LITERATURE = {
-    "00": {"35x", "49x", "40x", "39x"},   # Han et al. 2016, Deep Compression (AlexNet, VGG-16, LeNet)
+    "00": {"35x", "49x", "40x", "39x"},  # Han et al. 2016 (AlexNet, VGG-16, LeNet)
     "05": {"35x", "49x", "40x", "39x"},
 }
 
