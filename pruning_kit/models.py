@@ -122,6 +122,35 @@ class MLP(_Configured):
             nnx.Linear(a, b, rngs=rngs) if r is None else LowRankLinear(a, b, r, rngs=rngs)
             for (a, b), r in zip(pairs, ranks, strict=True)])
 
+    def example_input(self) -> jax.Array:
+        """Two zero inputs, for tracing the model's channel graph."""
+        return jnp.zeros((2, self.config["in_features"]))
+
+    def channel_group_names(self) -> dict[str, str]:
+        """Traced group names -> the course's: ``layers.i`` -> ``hidden.i`` (for a low-rank
+        layer, ``layers.i.v`` -> ``hidden.i`` and its rank ``layers.i.u`` -> ``rank.i``)."""
+        names = {}
+        for i in range(len(self.layers)):
+            names.update({f"layers.{i}": f"hidden.{i}", f"layers.{i}.v": f"hidden.{i}",
+                          f"layers.{i}.u": f"rank.{i}"})
+        return names
+
+    def after_resize(self) -> None:
+        """Re-read widths and ranks from the arrays after channel removal or low rank."""
+        hidden, ranks = [], []
+        for layer in self.layers:
+            if isinstance(layer, LowRankLinear):
+                out, rank = layer.v.shape[1], layer.u.shape[1]
+            else:
+                out, rank = layer.kernel.shape[1], None
+            hidden.append(out)
+            ranks.append(rank)
+        config = dict(self._config)
+        config["hidden"] = tuple(hidden[:-1])
+        if any(r is not None for r in ranks):
+            config["ranks"] = tuple(ranks)
+        self._config = tuple(config.items())
+
     def __call__(self, x: jax.Array) -> jax.Array:
         x = x.reshape((x.shape[0], -1))
         if x.shape[1] != self.config["in_features"]:
@@ -249,6 +278,22 @@ class SmallCNN(_Configured):
         self.res_bn2 = nnx.BatchNorm(c2, **bn)
         side = image_size // 4
         self.head = nnx.Linear(side * side * c2, num_classes, rngs=rngs)
+
+    def example_input(self) -> jax.Array:
+        """Two zero images, for tracing the model's channel graph."""
+        c = self.config
+        return jnp.zeros((2, c["image_size"], c["image_size"], c["in_channels"]))
+
+    def channel_group_names(self) -> dict[str, str]:
+        """Traced group names (the layer computing a group) -> the course's names."""
+        return {"conv1": "stage1", "conv2": "stage2", "res_conv1": "res_inner"}
+
+    def after_resize(self) -> None:
+        """Re-read the widths from the kernels after channel removal."""
+        config = dict(self._config)
+        config["widths"] = (self.conv1.kernel.shape[-1], self.conv2.kernel.shape[-1],
+                            self.res_conv1.kernel.shape[-1])
+        self._config = tuple(config.items())
 
     def features(self, x: jax.Array) -> dict[str, jax.Array]:
         """Intermediate activations by name (used for feature distillation)."""

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -43,143 +43,124 @@ import optax
 from flax import nnx
 
 from pruning_kit import data as data_lib
+from pruning_kit import graph as graph_lib
 from pruning_kit import measure
 from pruning_kit import models as models_lib
+from pruning_kit import train as train_lib
 
 CRITERIA = ("l1", "l2", "bn_scale", "taylor")
 
+Member = graph_lib.Member
+ChannelGroup = graph_lib.Group
 
-class Member(NamedTuple):
-    """One array axis that indexes a group's channels.
 
-    ``leaf`` is a dotted state path (``"conv2.kernel"``, ``"bn1.mean"``); ``view`` is an
-    optional reshape applied before slicing ``axis`` (the CNN head's rows are
-    ``(7, 7, C)`` flattened).
+def _example(model: nnx.Module, example: Any, x: Any = None) -> Any:
+    if example is not None:
+        return example
+    if x is not None and len(x):
+        return np.asarray(x[:2])
+    hook = getattr(model, "example_input", None)
+    if callable(hook):
+        return hook()
+    raise ValueError(f"{type(model).__name__}: pass example= a small batch of inputs the model "
+                     "accepts (e.g. x_train[:2]); channel groups are traced from one forward "
+                     "pass.")
+
+
+def channel_graph(model: nnx.Module, example: Any = None) -> graph_lib.ChannelGraph:
+    """The traced :class:`~pruning_kit.graph.ChannelGraph` of ``model`` (see :mod:`graph`).
+
+    ``example`` is a batch the model accepts; the course's models know their own.
     """
-
-    leaf: str
-    axis: int
-    view: tuple[int, ...] | None = None
+    return graph_lib.trace(model, _example(model, example))
 
 
-class ChannelGroup(NamedTuple):
-    """Units that must be kept or removed together.
+def channel_groups(model: nnx.Module, example: Any = None) -> dict[str, ChannelGroup]:
+    """The removable channel groups of any NNX model, traced from its forward pass.
 
-    ``producers`` compute the units (kernels' output axes, biases, BatchNorm vectors);
-    ``consumers`` read them (the next layers' input axes). ``size`` is the current width.
-    """
+    Each group lists every array axis its channels index (:class:`Member`: the leaf path,
+    the axis and its role -- ``"out"`` for the kernel computing a channel, ``"affine"`` for
+    biases and BatchNorm vectors, ``"in"`` for the next layers' input rows). Nothing is
+    declared by hand: :func:`pruning_kit.graph.trace` follows the model's jaxpr.
 
-    name: str
-    size: int
-    producers: tuple[Member, ...]
-    consumers: tuple[Member, ...]
+    * MLP: ``hidden.0``, ``hidden.1``, ... -- a hidden layer's neurons.
+    * SmallCNN: ``stage1``; ``stage2`` -- coupled by the residual add: conv2/bn2 *and*
+      res_conv2/res_bn2 outputs, res_conv1's inputs and the head's rows (viewed as
+      ``(7, 7, C)``); ``res_inner`` inside the block. (The course's models name their
+      groups with ``channel_group_names()``; yours are named after the layer computing
+      them.)
 
-
-def _bn(name: str) -> tuple[Member, ...]:
-    return tuple(Member(f"{name}.{v}", 0) for v in ("scale", "bias", "mean", "var"))
-
-
-def channel_groups(model: nnx.Module) -> dict[str, ChannelGroup]:
-    """The removable unit groups of an :class:`~pruning_kit.models.MLP` or ``SmallCNN``.
-
-    * MLP: ``hidden.0``, ``hidden.1``, ... -- a hidden layer's neurons: its kernel's
-      columns and bias entries, and the next kernel's rows.
-    * SmallCNN: ``stage1`` (conv1/bn1 outputs, conv2 inputs); ``stage2`` -- coupled by the
-      residual add ``x + res_bn2(res_conv2(h))``: conv2/bn2 *and* res_conv2/res_bn2 outputs,
-      res_conv1's inputs and the head's rows; ``res_inner`` (res_conv1/res_bn1 outputs,
-      res_conv2 inputs).
-
-    Raises:
-        ValueError: another model type, or an MLP with low-rank layers (remove neurons
-            first, then factorize).
+    Args:
+        model: any Flax NNX model.
+        example: a batch of inputs (e.g. ``x[:2]``); optional for the course's models.
 
     Examples:
         >>> from pruning_kit import models
         >>> g = channel_groups(models.small_cnn())["stage2"]
         >>> g.size, [m.leaf for m in g.consumers]
-        (32, ['res_conv1.kernel', 'head.kernel'])
+        (32, ['head.kernel', 'res_conv1.kernel'])
     """
-    if isinstance(model, models_lib.MLP):
-        if "ranks" in model.config:
-            raise ValueError("This MLP has low-rank layers; remove neurons from the dense "
-                             "model first, then call low_rank().")
-        hidden = model.config["hidden"]
-        return {f"hidden.{i}": ChannelGroup(
-            f"hidden.{i}", width,
-            (Member(f"layers.{i}.kernel", 1), Member(f"layers.{i}.bias", 0)),
-            (Member(f"layers.{i + 1}.kernel", 0),)) for i, width in enumerate(hidden)}
-    if isinstance(model, models_lib.SmallCNN):
-        c1, c2, *rest = model.config["widths"]
-        c_res = rest[0] if rest else c2
-        side = model.config["image_size"] // 4
-        head_view = (side, side, c2, model.config["num_classes"])
-        return {
-            "stage1": ChannelGroup("stage1", c1, (Member("conv1.kernel", 3), *_bn("bn1")),
-                                   (Member("conv2.kernel", 2),)),
-            "stage2": ChannelGroup(
-                "stage2", c2,
-                (Member("conv2.kernel", 3), *_bn("bn2"), Member("res_conv2.kernel", 3),
-                 *_bn("res_bn2")),
-                (Member("res_conv1.kernel", 2), Member("head.kernel", 2, head_view))),
-            "res_inner": ChannelGroup("res_inner", c_res,
-                                      (Member("res_conv1.kernel", 3), *_bn("res_bn1")),
-                                      (Member("res_conv2.kernel", 2),)),
-        }
-    raise ValueError(f"channel_groups knows MLP and SmallCNN, not {type(model).__name__}. "
-                     "For your own model, list its groups as ChannelGroup/Member tuples "
-                     "and pass them as groups=..., with new_config=... to remove_channels.")
+    return channel_graph(model, example).groups
 
 
-def _named_leaves(tree: Any) -> list[tuple[str, Any]]:
-    """``(dotted path, leaf)`` pairs, named as :func:`pruning_kit.measure.named_params`."""
-    out = []
-    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        if path and isinstance(path[-1], jax.tree_util.GetAttrKey) and path[-1].name == "value":
-            path = path[:-1]
-        out.append((".".join(measure._key_name(k) for k in path), leaf))
-    return out
+def _member_key(m: Any) -> tuple[str, int]:
+    return (m.leaf, int(m.axis))
 
 
-def _flat_state(model: nnx.Module) -> dict[str, jax.Array]:
-    return dict(_named_leaves(nnx.state(model)))
+def _resolve_groups(model: nnx.Module, example: Any, groups: Mapping[str, Any] | None
+                    ) -> tuple[graph_lib.ChannelGraph, dict[str, str]]:
+    """The traced graph and ``{your group name: traced group name}``.
 
-
-def _check_groups(model: nnx.Module, groups: Mapping[str, ChannelGroup] | None
-                  ) -> dict[str, ChannelGroup]:
-    groups = dict(channel_groups(model) if groups is None else groups)
-    leaves = _flat_state(model)
-    for g in groups.values():
-        for m in (*g.producers, *g.consumers):
-            if m.leaf not in leaves:
-                raise ValueError(f"Group {g.name!r} names {m.leaf!r}, which the model does "
-                                 f"not have; its arrays are {sorted(leaves)}.")
-    return groups
-
-
-def _take(array: jax.Array, member: Member, index: np.ndarray) -> jax.Array:
-    a = jnp.asarray(array)
-    shape = a.shape
-    if member.view is not None:
-        a = a.reshape(member.view)
-    a = jnp.take(a, jnp.asarray(index), axis=member.axis)
-    if member.view is not None:
-        a = a.reshape((-1, *shape[1:]))
-    return a
-
-
-def _slices(array: jax.Array, member: Member) -> jax.Array:
-    """``array`` with the member's channel axis first, everything else flattened."""
-    a = jnp.asarray(array)
-    if member.view is not None:
-        a = a.reshape(member.view)
-    return jnp.moveaxis(a, member.axis, 0).reshape(a.shape[member.axis], -1)
+    Groups declared by hand are checked against the trace: every member must exist, sit
+    in the same traced group as the others, and together they must list all of it.
+    """
+    g = channel_graph(model, example)
+    if groups is None:
+        return g, {n: n for n in g.groups}
+    shapes = {p: np.shape(v) for p, v in zip(*graph_lib.leaf_paths(nnx.state(model))[:2],
+                                             strict=True)}
+    mapping = {}
+    for name, hand in groups.items():
+        members = list(getattr(hand, "members", None) or
+                       (*getattr(hand, "producers", ()), *getattr(hand, "consumers", ())))
+        if not members:
+            raise ValueError(f"Group {name!r} lists no members.")
+        traced = set()
+        for m in members:
+            if m.leaf not in shapes:
+                raise ValueError(f"Group {name!r} names {m.leaf!r}, which the model does not "
+                                 f"have; its arrays are {sorted(shapes)}.")
+            if not 0 <= m.axis < len(shapes[m.leaf]):
+                raise ValueError(f"Group {name!r}: {m.leaf} has shape {shapes[m.leaf]}, no "
+                                 f"axis {m.axis}.")
+            hits = [t for t, tg in g.groups.items()
+                    if any(_member_key(x) == _member_key(m) for x in tg.members)]
+            if not hits:
+                raise ValueError(f"Group {name!r}: {m.leaf} axis {m.axis} is in no removable "
+                                 f"channel group of the traced model; the groups are:\n"
+                                 f"{g.report()}")
+            traced.update(hits)
+        if len(traced) != 1:
+            raise ValueError(f"Group {name!r} mixes channels of traced groups {sorted(traced)};"
+                             f" they are sliced independently:\n{g.report()}")
+        t = traced.pop()
+        if int(hand.size) != g.groups[t].size:
+            raise ValueError(f"Group {name!r} says size {hand.size}; the traced group {t!r} "
+                             f"has {g.groups[t].size} channels.")
+        missing = sorted({_member_key(x) for x in g.groups[t].members}
+                         - {_member_key(m) for m in members})
+        if missing:
+            raise ValueError(f"Group {name!r} misses arrays that index the same channels: "
+                             f"{missing}; removing it would leave them the wrong size.")
+        mapping[name] = t
+    return g, mapping
 
 
 def _loss_grads(model: nnx.Module, x: np.ndarray, y: np.ndarray, batch_size: int
-                ) -> dict[str, jax.Array]:
-    """Per-batch ``(sum over the group of g * w)`` needs g: the gradient of the mean loss."""
-    model.eval()
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+                ) -> list[dict[str, jax.Array]]:
+    """Per-batch gradients of the mean loss, by leaf path (the model is not changed)."""
+    copy = graph_lib.eval_copy(model)
+    graphdef, params, rest = nnx.split(copy, nnx.Param, ...)
 
     @jax.jit
     def grad(params, xb, yb):
@@ -190,33 +171,52 @@ def _loss_grads(model: nnx.Module, x: np.ndarray, y: np.ndarray, batch_size: int
 
     out = []
     for xb, yb in data_lib.batches(x, y, batch_size):
-        out.append(dict(measure.named_params(grad(params, xb, yb))))
+        names, leaves, _ = graph_lib.leaf_paths(grad(params, xb, yb))
+        out.append(dict(zip(names, leaves, strict=True)))
     return out
+
+
+def _per_channel(g: graph_lib.ChannelGraph, group: str, m: Member, array: Any,
+                 reduce: str) -> np.ndarray:
+    """Reduce ``array`` over everything but ``m``'s axis, then sum into the group's channels."""
+    a = np.asarray(array, np.float64)
+    a = np.moveaxis(a, m.axis, 0).reshape(a.shape[m.axis], -1)
+    per_pos = {"l1": np.abs(a).sum(1), "l2": (a ** 2).sum(1), "sum": a.sum(1)}[reduce]
+    coords = g.channel_of(_member_key(m), group)
+    out = np.zeros(g.groups[group].size)
+    np.add.at(out, coords[coords >= 0], per_pos[coords >= 0])
+    return out
+
+
+def _module_types(model: nnx.Module) -> dict[str, type]:
+    return {".".join(str(k) for k in path): type(node)
+            for path, node in nnx.iter_graph(model) if isinstance(node, nnx.Module)}
 
 
 def channel_importance(model: nnx.Module, criterion: str = "l1", *,
                        x: np.ndarray | None = None, y: np.ndarray | None = None,
-                       batch_size: int = 256, groups: Mapping[str, ChannelGroup] | None = None
-                       ) -> dict[str, np.ndarray]:
+                       batch_size: int = 256, groups: Mapping[str, Any] | None = None,
+                       example: Any = None) -> dict[str, np.ndarray]:
     """A score per unit of every group; a larger score means "keep".
 
     Args:
-        model: an MLP or SmallCNN (or any model with ``groups``).
+        model: any Flax NNX model.
         criterion: ``"l1"`` / ``"l2"`` -- norm of the kernel slices that *produce* the unit
             (summed over producers, e.g. conv2 and res_conv2 for the residual group);
-            ``"bn_scale"`` -- sum of |gamma| of the group's BatchNorms (CNN only);
+            ``"bn_scale"`` -- sum of |gamma| of the group's BatchNorms;
             ``"taylor"`` -- ``sum over batches of (sum_i g_i w_i)^2`` over the unit's
             producer parameters, the first-order estimate of how much the loss changes
             when the unit is zeroed (needs ``x`` and ``y``; a few thousand examples do).
         x, y: data for ``"taylor"``.
         batch_size: batch size for ``"taylor"``.
-        groups: override :func:`channel_groups`.
+        groups: groups declared by hand (checked against the trace; default: traced).
+        example: a batch of inputs for tracing (default ``x[:2]``, or the course model's).
 
     Returns:
         ``{group name: float64 array of length group.size}``.
 
     Raises:
-        ValueError: unknown criterion, ``"taylor"`` without data, ``"bn_scale"`` on a model
+        ValueError: unknown criterion, ``"taylor"`` without data, ``"bn_scale"`` on a group
             without BatchNorm.
 
     Examples:
@@ -227,38 +227,41 @@ def channel_importance(model: nnx.Module, criterion: str = "l1", *,
     """
     if criterion not in CRITERIA:
         raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}.")
-    groups = _check_groups(model, groups)
-    leaves = _flat_state(model)
-    scores: dict[str, np.ndarray] = {}
+    g, mapping = _resolve_groups(model, _example(model, example, x), groups)
+    names, arrays, _ = graph_lib.leaf_paths(nnx.state(model))
+    leaves = dict(zip(names, arrays, strict=True))
     if criterion == "taylor":
         if x is None or y is None or len(x) == 0:
             raise ValueError("criterion='taylor' needs data: pass x=..., y=... (e.g. 2,000 "
                              "training images).")
         grads = _loss_grads(model, np.asarray(x), np.asarray(y), batch_size)
-    for name, g in groups.items():
-        total = np.zeros(g.size)
+    types = _module_types(model)
+    scores: dict[str, np.ndarray] = {}
+    for name, traced in mapping.items():
+        grp = g.groups[traced]
+        total = np.zeros(grp.size)
+        producers = grp.producers
         if criterion in ("l1", "l2"):
-            for m in g.producers:
-                if leaves[m.leaf].ndim < 2:
-                    continue                      # norms of kernels only
-                s = _slices(leaves[m.leaf], m)
-                total += np.asarray(jnp.abs(s).sum(1) if criterion == "l1"
-                                    else jnp.sqrt((s ** 2).sum(1)))
+            kernels = [m for m in producers if np.ndim(leaves[m.leaf]) >= 2] or producers
+            for m in kernels:
+                per = _per_channel(g, traced, m, leaves[m.leaf], criterion)
+                total += np.sqrt(per) if criterion == "l2" else per
         elif criterion == "bn_scale":
-            scales = [m for m in g.producers if m.leaf.endswith(".scale")]
+            scales = [m for m in producers if m.leaf.endswith(".scale") and issubclass(
+                types.get(m.leaf.rsplit(".", 1)[0], object), nnx.BatchNorm)]
             if not scales:
                 raise ValueError(f"Group {name!r} has no BatchNorm; use 'l1', 'l2' or "
                                  "'taylor' for this model.")
             for m in scales:
-                total += np.abs(np.asarray(leaves[m.leaf]))
+                total += _per_channel(g, traced, m, leaves[m.leaf], "l1")
         else:
-            params = {k for k, _ in measure.named_params(model)}
             for gb in grads:
-                contribution = np.zeros(g.size)
-                for m in g.producers:
-                    if m.leaf in params:
-                        contribution += np.asarray(
-                            (_slices(gb[m.leaf], m) * _slices(leaves[m.leaf], m)).sum(1))
+                contribution = np.zeros(grp.size)
+                for m in producers:
+                    if m.leaf in gb:
+                        contribution += _per_channel(g, traced, m,
+                                                     np.asarray(gb[m.leaf]) * np.asarray(
+                                                         leaves[m.leaf]), "sum")
                 total += contribution ** 2
         scores[name] = total
     return scores
@@ -320,77 +323,124 @@ def select_channels(importance: Mapping[str, np.ndarray], keep: float | Mapping[
     return out
 
 
-def _check_keep(groups: Mapping[str, ChannelGroup], keep: Mapping[str, Any]
-                ) -> dict[str, np.ndarray]:
-    unknown = sorted(set(keep) - set(groups))
+def _check_keep(sizes: Mapping[str, int], keep: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    unknown = sorted(set(keep) - set(sizes))
     if unknown:
-        raise ValueError(f"Unknown group(s) {unknown}; the groups are {sorted(groups)}.")
+        raise ValueError(f"Unknown group(s) {unknown}; the groups are {sorted(sizes)}.")
     out = {}
-    for name, g in groups.items():
-        idx = np.arange(g.size) if name not in keep else np.asarray(keep[name])
+    for name, size in sizes.items():
+        idx = np.arange(size) if name not in keep else np.asarray(keep[name])
         if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer):
             raise ValueError(f"keep[{name!r}] must be a 1-D array of integer indices, got "
                              f"{idx!r:.80}.")
         if idx.size == 0:
             raise ValueError(f"keep[{name!r}] is empty: a layer needs at least one unit -- "
                              "removing every channel would cut the network in two.")
-        if idx.min() < 0 or idx.max() >= g.size or len(np.unique(idx)) != idx.size:
-            raise ValueError(f"keep[{name!r}] must hold distinct indices in [0, {g.size}), "
+        if idx.min() < 0 or idx.max() >= size or len(np.unique(idx)) != idx.size:
+            raise ValueError(f"keep[{name!r}] must hold distinct indices in [0, {size}), "
                              f"got {idx.tolist()!r:.80}.")
         out[name] = np.sort(idx)
     return out
 
 
-def _new_config(model: nnx.Module, sizes: Mapping[str, int]) -> dict[str, Any]:
-    config = dict(model.config)
-    if isinstance(model, models_lib.MLP):
-        config["hidden"] = [sizes[f"hidden.{i}"] for i in range(len(config["hidden"]))]
-    else:
-        config["widths"] = [sizes["stage1"], sizes["stage2"], sizes["res_inner"]]
-    return config
+def _sync_attributes(model: nnx.Module) -> None:
+    """Make Flax layers' stored widths match their (sliced) arrays; run ``after_resize``."""
+    for _, node in nnx.iter_graph(model):
+        if isinstance(node, nnx.Conv):
+            k = node.kernel.shape
+            old_in, groups = node.in_features, node.feature_group_count
+            if groups > 1 and groups == old_in:              # depthwise: groups follow
+                mult = node.out_features // old_in
+                node.out_features = k[-1]
+                node.in_features = node.feature_group_count = k[-1] // mult
+            else:
+                node.in_features, node.out_features = k[-2] * groups, k[-1]
+        elif isinstance(node, nnx.Linear):
+            node.in_features, node.out_features = node.kernel.shape
+        elif isinstance(node, nnx.LinearGeneral):
+            n_in = len(node.in_features)
+            node.in_features = tuple(node.kernel.shape[:n_in])
+            node.out_features = tuple(node.kernel.shape[n_in:])
+        elif isinstance(node, nnx.MultiHeadAttention):
+            q = node.query.kernel.shape
+            node.in_features, node.num_heads, node.head_dim = q
+            node.qkv_features = q[1] * q[2]
+            node.num_kv_heads = node.key.kernel.shape[1]
+            node.out_features = node.out.kernel.shape[-1]
+        elif isinstance(node, (nnx.BatchNorm, nnx.LayerNorm, nnx.RMSNorm, nnx.GroupNorm)):
+            for name in ("scale", "bias", "mean"):
+                v = getattr(node, name, None)
+                if v is not None and hasattr(v, "shape"):
+                    node.num_features = v.shape[-1]
+                    break
+        elif isinstance(node, nnx.Embed):
+            node.num_embeddings, node.features = node.embedding.shape
+    for _, node in nnx.iter_graph(model):
+        hook = getattr(node, "after_resize", None)
+        if isinstance(node, nnx.Module) and callable(hook):
+            hook()
 
 
-def _rebuild(model: nnx.Module, config: Mapping[str, Any], leaves: Mapping[str, jax.Array]
-             ) -> nnx.Module:
-    kind = type(model).__name__
-    new = nnx.eval_shape(lambda: models_lib.build(kind, dict(config)))
-    state = nnx.state(new)
-    paths, treedef = jax.tree_util.tree_flatten_with_path(state)
-    names = [name for name, _ in _named_leaves(state)]
-    for (_, shaped), name in zip(paths, names, strict=True):
-        if tuple(leaves[name].shape) != tuple(shaped.shape):
-            raise ValueError(f"Internal shape mismatch at {name}: {leaves[name].shape} vs "
-                             f"{shaped.shape}; the groups do not describe this model.")
-    # copies: the new model must not share buffers with the original (training donates them)
-    copies = [jnp.array(leaves[n], copy=True) for n in names]
-    nnx.update(new, jax.tree_util.tree_unflatten(treedef, copies))
+def _apply(model: nnx.Module, masks: Mapping[str, Mapping[int, np.ndarray]], *, zero: bool
+           ) -> nnx.Module:
+    """A copy (owning its arrays, eval mode) with the masked positions sliced or zeroed."""
+    graphdef, state = nnx.split(model)
+    names, leaves, treedef = graph_lib.leaf_paths(state)
+    out = []
+    for name, leaf in zip(names, leaves, strict=True):
+        a = jnp.array(leaf, copy=True) if isinstance(leaf, jax.Array) else leaf
+        for axis, mask in masks.get(name, {}).items():
+            if zero:
+                shape = [1] * a.ndim
+                shape[axis] = -1
+                a = a * jnp.asarray(mask.reshape(shape), a.dtype)
+            else:
+                a = jnp.take(a, jnp.asarray(np.flatnonzero(mask)), axis=axis)
+        out.append(a)
+    new = nnx.merge(graphdef, jax.tree_util.tree_unflatten(treedef, out))
+    if not zero:
+        _sync_attributes(new)
     new.eval()
     return new
 
 
-def remove_channels(model: nnx.Module, keep: Mapping[str, Any], *,
-                    groups: Mapping[str, ChannelGroup] | None = None,
-                    new_config: Mapping[str, Any] | None = None) -> nnx.Module:
-    """A new, smaller model holding only the kept units of each group.
+def _masks(model: nnx.Module, keep: Mapping[str, Any], example: Any,
+           groups: Mapping[str, Any] | None):
+    g, mapping = _resolve_groups(model, example, groups)
+    keep = _check_keep({n: g.groups[t].size for n, t in mapping.items()}, keep)
+    return g, g.axis_masks({mapping[n]: k for n, k in keep.items()})
 
-    Every member array of a group is sliced with the same indices, so the kept units
-    compute exactly what they did (the removed ones contributed nothing once zeroed --
-    compare :func:`mask_channels`). BatchNorm statistics travel with their channels.
-    The original model is not changed.
+
+def remove_channels(model: nnx.Module, keep: Mapping[str, Any], *,
+                    groups: Mapping[str, Any] | None = None, example: Any = None,
+                    check: bool = True) -> nnx.Module:
+    """A new, smaller model of the same class holding only the kept units of each group.
+
+    Every array axis of a group (traced by :func:`pruning_kit.graph.trace`) is sliced with
+    the same indices, so the kept units compute exactly what they did (the removed ones
+    contributed nothing once zeroed -- compare :func:`mask_channels`). BatchNorm
+    statistics travel with their channels; Flax layers' stored widths (``in_features``,
+    ``num_features``, a depthwise conv's ``feature_group_count``, attention heads) follow
+    the arrays, and a module of yours that stores a width itself may define
+    ``after_resize()`` to update it. The original model is not changed.
 
     Args:
-        model: an MLP or SmallCNN (or your own model with ``groups`` and ``new_config``).
+        model: any Flax NNX model.
         keep: ``{group name: indices to keep}``, e.g. from :func:`select_channels`;
             groups not named are kept whole.
-        groups: override :func:`channel_groups`.
-        new_config: the smaller model's config (needed only with your own ``groups``).
+        groups: groups declared by hand (checked against the trace; default: traced).
+        example: a batch of inputs for tracing (the course's models know their own).
+        check: run the smaller model and the masked reference on ``example`` and raise if
+            they differ -- the proof that the slicing was complete.
 
     Returns:
-        A model of the same class in eval mode, with the new widths in ``.config``.
+        A model of the same class in eval mode that owns its arrays (the course's models
+        record the new widths in ``.config``).
 
     Raises:
         ValueError: unknown group, empty ``keep`` (every channel removed), repeated or
-            out-of-range indices.
+            out-of-range indices, or a smaller model that does not compute what the
+            masked one does.
 
     Examples:
         >>> from pruning_kit import models
@@ -398,48 +448,46 @@ def remove_channels(model: nnx.Module, keep: Mapping[str, Any], *,
         >>> remove_channels(mlp, {"hidden.0": np.arange(10)}).config["hidden"]
         [10, 16]
     """
-    groups = _check_groups(model, groups)
-    keep = _check_keep(groups, keep)
-    leaves = _flat_state(model)
-    for name, g in groups.items():
-        for m in (*g.producers, *g.consumers):
-            leaves[m.leaf] = _take(leaves[m.leaf], m, keep[name])
-    if new_config is None:
-        if groups is not None and not isinstance(model, (models_lib.MLP, models_lib.SmallCNN)):
-            raise ValueError("Pass new_config=... (the smaller model's config) with your "
-                             "own groups.")
-        new_config = _new_config(model, {n: len(k) for n, k in keep.items()})
-    return _rebuild(model, new_config, leaves)
+    example = _example(model, example)
+    _, masks = _masks(model, keep, example, groups)
+    small = _apply(model, masks, zero=False)
+    if check:
+        reference = _apply(model, masks, zero=True)
+        args = example if isinstance(example, tuple) else (example,)
+        try:
+            got = np.asarray(small(*args))
+        except Exception as err:
+            raise ValueError(
+                f"The smaller {type(model).__name__} fails on the example input: "
+                f"{type(err).__name__}: {err}. A module that stores a width itself (a head "
+                "count, a reshape size) must update it in an after_resize() method, or use "
+                "-1 in its reshapes.") from err
+        want = np.asarray(reference(*args))
+        diff = float(np.abs(got - want).max()) if got.shape == want.shape else np.inf
+        if not diff <= 1e-4 * max(1.0, float(np.abs(want).max())):
+            raise ValueError(
+                f"Removing these channels does not compute what masking them does (max |diff| "
+                f"{diff:.3g}): something in the forward depends on the number of channels "
+                "(a scale computed from a shape, a statistic over them). Keep that group "
+                "whole, or pass check=False to accept the change.")
+    return small
 
 
 def mask_channels(model: nnx.Module, keep: Mapping[str, Any], *,
-                  groups: Mapping[str, ChannelGroup] | None = None) -> nnx.Module:
+                  groups: Mapping[str, Any] | None = None, example: Any = None) -> nnx.Module:
     """A same-size copy with every removed unit zeroed: the reference for removal.
 
-    Producers and consumers of the dropped units are set to zero (BatchNorm variance to
-    one), so the dropped units contribute nothing; :func:`remove_channels` must give the
-    same outputs.
+    Every array axis of a group is zeroed at the dropped positions (the kernels and
+    BatchNorm vectors computing a unit, and the next layers' rows reading it), so the
+    dropped units contribute nothing; :func:`remove_channels` must give the same outputs.
     """
-    groups = _check_groups(model, groups)
-    keep = _check_keep(groups, keep)
-    leaves = _flat_state(model)
-    for name, g in groups.items():
-        drop = np.setdiff1d(np.arange(g.size), keep[name])
-        for m in (*g.producers, *g.consumers):
-            a = jnp.asarray(leaves[m.leaf])
-            shape = a.shape
-            if m.view is not None:
-                a = a.reshape(m.view)
-            index = [slice(None)] * a.ndim
-            index[m.axis] = jnp.asarray(drop, dtype=jnp.int32)
-            fill = 1.0 if m.leaf.endswith(".var") else 0.0
-            leaves[m.leaf] = a.at[tuple(index)].set(fill).reshape(shape)
-    return _rebuild(model, model.config, leaves)
+    _, masks = _masks(model, keep, _example(model, example), groups)
+    return _apply(model, masks, zero=True)
 
 
 def prune_channels(model: nnx.Module, keep: float | Mapping[str, Any], *,
                    criterion: str = "l1", x: np.ndarray | None = None,
-                   y: np.ndarray | None = None, round_to: int = 1
+                   y: np.ndarray | None = None, round_to: int = 1, example: Any = None
                    ) -> tuple[nnx.Module, dict[str, np.ndarray]]:
     """Score, select and remove in one call: ``(smaller model, kept indices)``.
 
@@ -450,9 +498,10 @@ def prune_channels(model: nnx.Module, keep: float | Mapping[str, Any], *,
         >>> small.config["widths"]
         [8, 16, 32]
     """
-    scores = channel_importance(model, criterion, x=x, y=y)
+    example = _example(model, example, x)
+    scores = channel_importance(model, criterion, x=x, y=y, example=example)
     kept = select_channels(scores, keep, round_to=round_to)
-    return remove_channels(model, kept), kept
+    return remove_channels(model, kept, example=example), kept
 
 
 def search_widths(model: nnx.Module, candidates: list[Mapping[str, Any]], x: np.ndarray, *,
@@ -549,20 +598,31 @@ def break_even_rank(in_features: int, out_features: int) -> int:
     return math.ceil(in_features * out_features / (in_features + out_features)) - 1
 
 
-def low_rank(model: models_lib.MLP, ranks: Mapping[int, int] | list[int | None]
-             ) -> models_lib.MLP:
-    """A copy of ``model`` with the chosen layers replaced by truncated-SVD factors.
+def _linear_layers(model: nnx.Module) -> dict[str, nnx.Module]:
+    return {".".join(str(k) for k in path): node for path, node in nnx.iter_graph(model)
+            if isinstance(node, (nnx.Linear, models_lib.LowRankLinear))}
+
+
+def low_rank(model: nnx.Module, ranks: Mapping[Any, int] | list[int | None]) -> nnx.Module:
+    """A copy of ``model`` with the chosen ``nnx.Linear`` layers replaced by SVD factors.
+
+    Each chosen layer becomes a :class:`~pruning_kit.models.LowRankLinear` holding
+    ``u @ v``, the truncated SVD of its kernel (bias kept). Works on any NNX model whose
+    dense layers are ``nnx.Linear``; the original is not changed.
 
     Args:
-        model: a dense :class:`~pruning_kit.models.MLP`.
-        ranks: ``{layer index: rank}`` or one entry per layer (``None`` = keep dense).
+        model: any Flax NNX model.
+        ranks: ``{layer path: rank}`` (``"encoder.fc1"``), or for a model with a
+            ``layers`` list (the course's MLP) ``{layer index: rank}`` or one entry per
+            layer (``None`` = keep dense).
 
     Returns:
-        An MLP whose ``config["ranks"]`` records the ranks (save/load rebuild it).
+        A copy in eval mode that owns its arrays (an MLP's ``config["ranks"]`` records
+        the ranks, so save/load rebuild it).
 
     Raises:
-        ValueError: not a dense MLP, a wrong number of entries, a rank outside
-            ``[1, min(in, out)]``.
+        ValueError: a path that is not an ``nnx.Linear``, a wrong number of entries, a rank
+            outside ``[1, min(in, out)]``.
 
     Examples:
         >>> from pruning_kit import models
@@ -571,23 +631,40 @@ def low_rank(model: models_lib.MLP, ranks: Mapping[int, int] | list[int | None]
         >>> small.config["ranks"], models.num_params(small)
         ([32, None, None], 66098)
     """
-    if not isinstance(model, models_lib.MLP) or "ranks" in model.config:
-        raise ValueError("low_rank needs a dense MLP (models.MLP without ranks); got "
-                         f"{type(model).__name__} with config {getattr(model, 'config', {})}.")
-    n = len(model.layers)
-    if isinstance(ranks, Mapping):
-        bad = sorted(i for i in ranks if not isinstance(i, int) or not 0 <= i < n)
-        if bad:
-            raise ValueError(f"Layer indices {bad} do not exist; the MLP has layers 0..{n - 1}.")
-        ranks = [ranks.get(i) for i in range(n)]
-    ranks = list(ranks)
-    if len(ranks) != n:
-        raise ValueError(f"ranks needs one entry per layer ({n}), got {len(ranks)}.")
-    leaves = _flat_state(model)
-    for i, r in enumerate(ranks):
-        if r is None:
-            continue
-        u, v = svd_factors(leaves.pop(f"layers.{i}.kernel"), r)
-        leaves[f"layers.{i}.u"], leaves[f"layers.{i}.v"] = u, v
-    config = dict(model.config, ranks=ranks)
-    return _rebuild(model, config, leaves)
+    linears = _linear_layers(model)
+    if not isinstance(ranks, Mapping):
+        ranks = list(ranks)
+        n = len(getattr(model, "layers", ()))
+        if len(ranks) != n:
+            raise ValueError(f"ranks needs one entry per layer ({n}), got {len(ranks)}.")
+        ranks = {i: r for i, r in enumerate(ranks) if r is not None}
+    chosen = {}
+    for key, r in ranks.items():
+        path = f"layers.{key}" if isinstance(key, int) else str(key)
+        if path not in linears:
+            raise ValueError(f"Layer {key!r} ({path}) is not a dense layer of this model; its "
+                             f"nnx.Linear layers are {sorted(linears)}.")
+        if not isinstance(linears[path], nnx.Linear):
+            raise ValueError(f"Layer {path} is already low rank; factorize the dense model.")
+        if r is not None:
+            chosen[path] = r
+    new = train_lib.own_arrays(model)
+    for path, r in chosen.items():
+        old = _linear_layers(new)[path]
+        u, v = svd_factors(old.kernel[...], r)
+        layer = models_lib.LowRankLinear(old.in_features, old.out_features, r,
+                                         rngs=nnx.Rngs(0))
+        layer.u, layer.v = nnx.Param(u), nnx.Param(v)
+        layer.bias = nnx.Param(jnp.array(old.bias[...], copy=True) if old.bias is not None
+                               else jnp.zeros(old.out_features))
+        *parent_path, last = path.split(".")
+        parent = new
+        for k in parent_path:
+            parent = parent[int(k)] if k.isdigit() else getattr(parent, k)
+        if last.isdigit():
+            parent[int(last)] = layer
+        else:
+            setattr(parent, last, layer)
+    _sync_attributes(new)
+    new.eval()
+    return new
