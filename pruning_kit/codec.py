@@ -71,6 +71,7 @@ from flax import nnx
 
 from pruning_kit import __version__
 from pruning_kit import data as data_lib
+from pruning_kit import graph as graph_lib
 from pruning_kit import huffman as hf
 from pruning_kit import models as models_lib
 from pruning_kit.quant_storage import QuantizedTensor, _path_name, packed_nbytes, unpack
@@ -223,18 +224,18 @@ def _leaves(model: nnx.Module) -> dict[str, Any]:
     return {_leaf_name(p): v for p, v in jax.tree_util.tree_leaves_with_path(pure)}
 
 
-def _identity(model: nnx.Module) -> tuple[str, dict]:
+def _class_name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _identity(model: nnx.Module) -> tuple[str, dict | None]:
+    """``(kind, config)``: a registered class with its config, or your own class's full
+    name and ``None`` (the file's shapes are enough, given ``like=`` at load time)."""
     kind = type(model).__name__
-    if models_lib.MODEL_CLASSES.get(kind) is not type(model):
-        raise ValueError(f"{kind} is not registered in pruning_kit.models.MODEL_CLASSES, so a "
-                         "file could not be loaded back into it. Register the class once, "
-                         f"before save and load: `MODEL_CLASSES[{kind!r}] = {kind}` (its "
-                         "constructor must accept **model.config and rngs=).")
     config = getattr(model, "config", None)
-    if not isinstance(config, dict):
-        raise ValueError(f"{kind} has no .config dict; give it a `config` property returning "
-                         "its constructor arguments, so load() can rebuild it.")
-    return kind, config
+    if models_lib.MODEL_CLASSES.get(kind) is type(model) and isinstance(config, dict):
+        return kind, config
+    return _class_name(type(model)), None
 
 
 def _check_rebuild(kind: str, config: dict, leaves: dict[str, Any]) -> None:
@@ -290,9 +291,11 @@ def save(path: str | os.PathLike, model: nnx.Module, *, coding: str | Mapping[st
 
     Args:
         path: where to write (conventionally ``*.pkc``).
-        model: an NNX model registered in ``pruning_kit.models.MODEL_CLASSES`` with a
-            ``.config``; pruned (zeros) and weight-shared (few distinct values) kernels
-            compress, the rest is stored raw.
+        model: any NNX model. A class registered in ``pruning_kit.models.MODEL_CLASSES``
+            with a ``.config`` reloads from the file alone; your own class reloads with
+            ``load(path, like=an_instance)`` (the file records every array's shape).
+            Pruned (zeros) and weight-shared (few distinct values) kernels compress, the
+            rest is stored raw.
         coding: ``"auto"`` (see the module docstring), or ``"raw"`` / ``"sparse-codebook"``
             for every kernel (ndim >= 2; other arrays auto), or a dict
             ``{"layers/0/kernel": "sparse-codebook", ...}`` (unnamed leaves auto).
@@ -310,7 +313,8 @@ def save(path: str | os.PathLike, model: nnx.Module, *, coding: str | Mapping[st
     """
     kind, config = _identity(model)
     leaves = {n: np.asarray(v) for n, v in _leaves(model).items()}
-    _check_rebuild(kind, config, leaves)
+    if config is not None:
+        _check_rebuild(kind, config, leaves)
     qts = _quantized_leaves(quantized, leaves)
     requested = _requested(coding, leaves, qts)
     entries, blobs, offset = [], [], 0
@@ -391,27 +395,55 @@ def _read(path: str | os.PathLike) -> tuple[dict, dict[tuple[str, str], bytes], 
     return manifest, streams, mlen
 
 
-def load(path: str | os.PathLike) -> nnx.Module:
+def load(path: str | os.PathLike, *, like: nnx.Module | None = None) -> nnx.Module:
     """Rebuild the model :func:`save` wrote, in eval mode, with exactly the saved arrays
     (quantized leaves dequantized).
+
+    Args:
+        path: a file written by :func:`save`.
+        like: for a model of your own class (not in ``models.MODEL_CLASSES``): any
+            instance of that class -- e.g. a freshly built one, before pruning. Its
+            structure is reused and every array takes the file's shape and values, so a
+            model whose channels were removed reloads at its smaller size.
 
     Raises:
         FileNotFoundError: no file at ``path``.
         ValueError: not such a file, unsupported version, truncated or corrupt (the message
-            names the check that failed), or a model class not registered in
-            ``pruning_kit.models.MODEL_CLASSES`` in this Python session.
+            names the check that failed), or a model of your own class without ``like=``
+            (or with ``like=`` of another class or other arrays).
+
+    Examples:
+        >>> import tempfile
+        >>> class Net(nnx.Module):
+        ...     def __init__(self, rngs):
+        ...         self.fc = nnx.Linear(3, 2, rngs=rngs)
+        ...     def __call__(self, x):
+        ...         return self.fc(x)
+        >>> p = save(Path(tempfile.mkdtemp()) / "net.pkc", Net(nnx.Rngs(1)))
+        >>> load(p, like=Net(nnx.Rngs(0))).fc.kernel.shape
+        (3, 2)
     """
     manifest, streams, _ = _read(path)
     kind, config = manifest["kind"], manifest["config"]
-    if kind not in models_lib.MODEL_CLASSES:
+    if config is None:
+        if like is None:
+            raise ValueError(f"{path} holds a {kind} (your own class): pass like= an instance "
+                             "of it, e.g. load(path, like=MyNet(nnx.Rngs(0))); the file "
+                             "supplies every array and its shape.")
+        if _class_name(type(like)) != kind:
+            raise ValueError(f"{path} holds a {kind}; like= is a {_class_name(type(like))}.")
+        graphdef, like_state = nnx.split(like)
+        model = nnx.merge(graphdef, like_state)     # new module objects; arrays replaced
+    elif kind not in models_lib.MODEL_CLASSES:
         raise ValueError(f"{path} holds a {kind}, which is not registered in "
                          "pruning_kit.models.MODEL_CLASSES; import or define it and run "
                          f"`MODEL_CLASSES[{kind!r}] = {kind}` before loading.")
-    # Shapes only (no random initialisation to run), unless the model keeps RNG state:
-    # that is not stored, so it needs a real build.
-    model = nnx.eval_shape(lambda: models_lib.build(kind, config))
-    if jax.tree.leaves(nnx.state(model, nnx.RngState)):
-        model = models_lib.build(kind, config)
+    else:
+        # Shapes only (no random initialisation to run), unless the model keeps RNG
+        # state: that is not stored, so it needs a real build.
+        model = nnx.eval_shape(lambda: models_lib.build(kind, config))
+        if jax.tree.leaves(nnx.state(model, nnx.RngState)):
+            model = models_lib.build(kind, config)
     state = nnx.state(model, _RNG)
     flat, treedef = jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(state))
     entries = {e["name"]: e for e in manifest["leaves"]}
@@ -424,12 +456,17 @@ def load(path: str | os.PathLike) -> nnx.Module:
         e = entries[name]
         blobs = {s: streams[name, s] for s in e["streams"]}
         x = _decode_leaf(e, blobs)
+        if config is None and x.dtype == leaf.dtype:
+            values.append(jnp.asarray(x))           # your class: the file gives the shape
+            continue
         if x.shape != leaf.shape or x.dtype != leaf.dtype:
             raise ValueError(f"{path}: {name} is {x.dtype} {x.shape}, a {kind} with config "
                              f"{config} expects {leaf.dtype} {leaf.shape}.")
         values.append(jnp.asarray(x))
     nnx.replace_by_pure_dict(state, jax.tree_util.tree_unflatten(treedef, values))
     nnx.update(model, state)
+    if config is None:
+        graph_lib.sync_widths(model)
     model.eval()
     return model
 

@@ -522,8 +522,11 @@ class ChannelGraph:
                 continue
             members = tuple(sorted((self._member(k, atom) for k in keys),
                                    key=lambda m: (m.leaf, m.axis)))
-            first = min(keys, key=lambda k: (self._role[k] != "out", self._role[k] == "in",
-                                             not k[0].endswith(("kernel", "weight")), k))
+            if all(m.role == "in" for m in members):
+                continue                  # nothing computes these positions (spatial, input)
+            producers = [k for k in keys if self._role[k] != "in"]
+            first = min(producers, key=lambda k: (
+                self._role[k] != "out", tracer.seq.get(leaf_nodes[k], 1 << 30), k))
             base = module_of.get(first[0], first[0]) \
                 if first[0].endswith((".kernel", ".weight")) else first[0]
             kids = self._atoms(self._leaf_class[first])
@@ -654,6 +657,52 @@ class ChannelGraph:
 
     def __repr__(self) -> str:
         return f"ChannelGraph(groups={list(self.groups)}, fixed={list(self.fixed)})"
+
+
+def sync_widths(model: nnx.Module) -> None:
+    """Make Flax layers' stored widths match their arrays (after slicing); run hooks.
+
+    ``in_features``/``out_features`` of ``Linear``/``LinearGeneral``/``Conv`` (and a
+    depthwise conv's ``feature_group_count``), ``num_features`` of the norms, attention's
+    head count and size, ``Embed``'s sizes. Then every module that defines
+    ``after_resize()`` is called, to update widths it stores itself (the course's models
+    re-read their ``.config`` there).
+    """
+    for _, node in nnx.iter_graph(model):
+        if isinstance(node, nnx.Conv):
+            k = node.kernel.shape
+            old_in, groups = node.in_features, node.feature_group_count
+            if groups > 1 and groups == old_in:              # depthwise: groups follow
+                mult = node.out_features // old_in
+                node.out_features = k[-1]
+                node.in_features = node.feature_group_count = k[-1] // mult
+            else:
+                node.in_features, node.out_features = k[-2] * groups, k[-1]
+        elif isinstance(node, nnx.Linear):
+            node.in_features, node.out_features = node.kernel.shape
+        elif isinstance(node, nnx.LinearGeneral):
+            n_in = len(node.in_features)
+            node.in_features = tuple(node.kernel.shape[:n_in])
+            node.out_features = tuple(node.kernel.shape[n_in:])
+        elif isinstance(node, nnx.MultiHeadAttention):
+            q = node.query.kernel.shape
+            node.in_features, node.num_heads, node.head_dim = q
+            node.qkv_features = q[1] * q[2]
+            node.num_kv_heads = node.key.kernel.shape[1]
+            node.out_features = node.out.kernel.shape[-1]
+        elif isinstance(node, (nnx.BatchNorm, nnx.LayerNorm, nnx.RMSNorm, nnx.GroupNorm)):
+            for name in ("scale", "bias", "mean"):
+                v = getattr(node, name, None)
+                if v is not None and hasattr(v, "shape"):
+                    node.num_features = v.shape[-1]
+                    break
+        elif isinstance(node, nnx.Embed):
+            node.num_embeddings, node.features = node.embedding.shape
+    for _, node in nnx.iter_graph(model):
+        hook = getattr(node, "after_resize", None)
+        if isinstance(node, nnx.Module) and callable(hook):
+            hook()
+
 
 
 def eval_copy(model: nnx.Module) -> nnx.Module:

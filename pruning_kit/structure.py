@@ -343,44 +343,6 @@ def _check_keep(sizes: Mapping[str, int], keep: Mapping[str, Any]) -> dict[str, 
     return out
 
 
-def _sync_attributes(model: nnx.Module) -> None:
-    """Make Flax layers' stored widths match their (sliced) arrays; run ``after_resize``."""
-    for _, node in nnx.iter_graph(model):
-        if isinstance(node, nnx.Conv):
-            k = node.kernel.shape
-            old_in, groups = node.in_features, node.feature_group_count
-            if groups > 1 and groups == old_in:              # depthwise: groups follow
-                mult = node.out_features // old_in
-                node.out_features = k[-1]
-                node.in_features = node.feature_group_count = k[-1] // mult
-            else:
-                node.in_features, node.out_features = k[-2] * groups, k[-1]
-        elif isinstance(node, nnx.Linear):
-            node.in_features, node.out_features = node.kernel.shape
-        elif isinstance(node, nnx.LinearGeneral):
-            n_in = len(node.in_features)
-            node.in_features = tuple(node.kernel.shape[:n_in])
-            node.out_features = tuple(node.kernel.shape[n_in:])
-        elif isinstance(node, nnx.MultiHeadAttention):
-            q = node.query.kernel.shape
-            node.in_features, node.num_heads, node.head_dim = q
-            node.qkv_features = q[1] * q[2]
-            node.num_kv_heads = node.key.kernel.shape[1]
-            node.out_features = node.out.kernel.shape[-1]
-        elif isinstance(node, (nnx.BatchNorm, nnx.LayerNorm, nnx.RMSNorm, nnx.GroupNorm)):
-            for name in ("scale", "bias", "mean"):
-                v = getattr(node, name, None)
-                if v is not None and hasattr(v, "shape"):
-                    node.num_features = v.shape[-1]
-                    break
-        elif isinstance(node, nnx.Embed):
-            node.num_embeddings, node.features = node.embedding.shape
-    for _, node in nnx.iter_graph(model):
-        hook = getattr(node, "after_resize", None)
-        if isinstance(node, nnx.Module) and callable(hook):
-            hook()
-
-
 def _apply(model: nnx.Module, masks: Mapping[str, Mapping[int, np.ndarray]], *, zero: bool
            ) -> nnx.Module:
     """A copy (owning its arrays, eval mode) with the masked positions sliced or zeroed."""
@@ -399,7 +361,7 @@ def _apply(model: nnx.Module, masks: Mapping[str, Mapping[int, np.ndarray]], *, 
         out.append(a)
     new = nnx.merge(graphdef, jax.tree_util.tree_unflatten(treedef, out))
     if not zero:
-        _sync_attributes(new)
+        graph_lib.sync_widths(new)
     new.eval()
     return new
 
@@ -665,6 +627,6 @@ def low_rank(model: nnx.Module, ranks: Mapping[Any, int] | list[int | None]) -> 
             parent[int(last)] = layer
         else:
             setattr(parent, last, layer)
-    _sync_attributes(new)
+    graph_lib.sync_widths(new)
     new.eval()
     return new
