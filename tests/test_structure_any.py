@@ -1,0 +1,123 @@
+"""Every technique on models the course did not write (pruning_kit.zoo: eight
+architectures written the way users write them): traced groups, removal == masking,
+BatchNorm folding, W8A8 integer inference, save -> load into the user's own class."""
+
+import numpy as np
+import pytest
+from flax import nnx
+
+from pruning_kit import codec, fold, graph, structure, w8a8, zoo
+
+X = np.random.default_rng(0).random((16, 8, 8, 1), dtype=np.float32)
+EXAMPLE = X[:2]
+
+
+def _randomize_norms(model: nnx.Module) -> nnx.Module:
+    """Give every BatchNorm non-trivial statistics, so folding has something to fold."""
+    rng = np.random.default_rng(1)
+    for _, node in nnx.iter_graph(model):
+        if isinstance(node, nnx.BatchNorm):
+            c = node.num_features
+            node.mean[...] = rng.normal(0, 0.3, c).astype(np.float32)
+            node.var[...] = rng.uniform(0.5, 2.0, c).astype(np.float32)
+            node.scale[...] = rng.uniform(0.5, 1.5, c).astype(np.float32)
+            node.bias[...] = rng.normal(0, 0.2, c).astype(np.float32)
+    return model
+
+
+@pytest.fixture(scope="module", params=sorted(zoo.ZOO))
+def arch(request):
+    model = _randomize_norms(zoo.ZOO[request.param](nnx.Rngs(0)))
+    return request.param, model
+
+
+def test_groups_are_traced_and_removal_equals_masking(arch):
+    name, model = arch
+    before = np.asarray(graph.eval_copy(model)(X))
+    groups = structure.channel_groups(model, EXAMPLE)
+    assert groups, f"{name}: no channel group found"
+    for g in groups.values():
+        assert g.producers and g.size > 1
+    scores = structure.channel_importance(model, "l1", example=EXAMPLE)
+    keep = structure.select_channels(scores, 0.5)
+    if name == "transformer":        # its code fixes head_dim: only heads and MLP units go
+        keep = {k: v for k, v in keep.items() if k in ("q#0", "mlp_in")}
+        with pytest.raises(ValueError, match="fails on the example input|does not compute"):
+            structure.remove_channels(model, structure.select_channels(scores, 0.5),
+                                      example=EXAMPLE)
+    small = structure.remove_channels(model, keep, example=EXAMPLE)
+    masked = structure.mask_channels(model, keep, example=EXAMPLE)
+    assert structure.models_lib.num_params(small) < structure.models_lib.num_params(model)
+    np.testing.assert_allclose(np.asarray(small(X)), np.asarray(masked(X)), atol=1e-5)
+    # the caller's model is untouched: same outputs, same widths
+    np.testing.assert_array_equal(np.asarray(graph.eval_copy(model)(X)), before)
+
+
+def test_fold_is_exact(arch):
+    name, model = arch
+    folded, pairs = fold.fold_batchnorm_model(model, EXAMPLE)
+    has_bn = any(isinstance(n, nnx.BatchNorm) for _, n in nnx.iter_graph(model))
+    assert bool(pairs) == has_bn
+    want = np.asarray(graph.eval_copy(model)(X))
+    np.testing.assert_allclose(np.asarray(folded(X)), want, atol=1e-5)
+    modules = {".".join(map(str, p)): n for p, n in nnx.iter_graph(folded)}
+    for bn in pairs:                 # each folded norm is left as a pure bias add
+        assert float(np.abs(np.asarray(modules[bn].mean[...])).max()) == 0.0
+
+
+def test_w8a8_tracks_float(arch):
+    _, model = arch
+    q = w8a8.quantize_model(model, X)
+    assert all(c.dtype == np.int8 for c in q.codes.values())
+    want = np.asarray(graph.eval_copy(model)(X))
+    err = np.abs(np.asarray(q(X)) - want).max()
+    assert err <= 0.05 * np.abs(want).max() + 1e-3, err
+
+
+def test_shrunk_model_saves_and_reloads_into_your_class(arch, tmp_path):
+    name, model = arch
+    keep = {g: np.arange(max(1, s.size // 2))
+            for g, s in structure.channel_groups(model, EXAMPLE).items()}
+    if name == "transformer":
+        keep = {"q#0": np.arange(2), "mlp_in": np.arange(32)}
+    small = structure.remove_channels(model, keep, example=EXAMPLE)
+    path = codec.save(tmp_path / f"{name}.pkc", small)
+    back = codec.load(path, like=zoo.ZOO[name](nnx.Rngs(7)))
+    np.testing.assert_array_equal(np.asarray(back(X)), np.asarray(small(X)))
+    with pytest.raises(ValueError, match="like="):
+        codec.load(path)
+
+
+def test_hand_declared_groups_are_checked():
+    model = zoo.ZOO["vgg"](nnx.Rngs(0))
+    traced = structure.channel_groups(model, EXAMPLE)["conv1"]
+    ok = {"mine": structure.ChannelGroup("mine", traced.size, traced.members)}
+    keep = {"mine": np.arange(4)}
+    small = structure.remove_channels(model, keep, groups=ok, example=EXAMPLE)
+    assert small.conv1.out_features == 4
+    incomplete = {"mine": structure.ChannelGroup("mine", traced.size, traced.members[:-1])}
+    with pytest.raises(ValueError, match="misses arrays"):
+        structure.remove_channels(model, keep, groups=incomplete, example=EXAMPLE)
+    wrong_size = {"mine": structure.ChannelGroup("mine", traced.size + 1, traced.members)}
+    with pytest.raises(ValueError, match="says size"):
+        structure.remove_channels(model, keep, groups=wrong_size, example=EXAMPLE)
+    wrong_axis = {"mine": structure.ChannelGroup(
+        "mine", traced.size, (structure.Member("conv1.kernel", 2, "in"),))}
+    with pytest.raises(ValueError, match="no removable channel group|axis"):
+        structure.remove_channels(model, keep, groups=wrong_axis, example=EXAMPLE)
+
+
+def test_unfollowed_op_is_reported_not_guessed():
+    class Sorter(nnx.Module):
+        def __init__(self, rngs):
+            self.fc = nnx.Linear(4, 6, rngs=rngs)
+            self.out = nnx.Linear(6, 2, rngs=rngs)
+
+        def __call__(self, x):
+            import jax.numpy as jnp
+            return self.out(jnp.sort(self.fc(x), axis=-1))   # sorting mixes the channels
+
+    g = graph.trace(Sorter(nnx.Rngs(0)), np.zeros((2, 4), np.float32))
+    assert "fc" in g.fixed and not g.groups
+    assert any("sort" in why for why in g.fixed["fc"])
+    assert any(u.startswith("sort") for u in g.unfollowed)
