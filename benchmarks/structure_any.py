@@ -49,8 +49,20 @@ import numpy as np
 from flax import nnx
 
 from benchmarks import _common
-from pruning_kit import (codec, data, distill, fold, graph, measure, models, recipes, structure,
-                         train, w8a8, zoo)
+from pruning_kit import (
+    codec,
+    data,
+    distill,
+    fold,
+    graph,
+    measure,
+    models,
+    recipes,
+    structure,
+    train,
+    w8a8,
+    zoo,
+)
 from pruning_kit.table import Table
 
 TARGETS = {
