@@ -560,9 +560,33 @@ def break_even_rank(in_features: int, out_features: int) -> int:
     return math.ceil(in_features * out_features / (in_features + out_features)) - 1
 
 
-def _linear_layers(model: nnx.Module) -> dict[str, nnx.Module]:
-    return {".".join(str(k) for k in path): node for path, node in nnx.iter_graph(model)
-            if isinstance(node, (nnx.Linear, models_lib.LowRankLinear))}
+def dense_layers(model: nnx.Module) -> dict[str, nnx.Module]:
+    """``{path: layer}`` of the model's ``nnx.Linear`` (and low-rank) layers, in the order
+    the model defines them; an integer layer index elsewhere counts in this order.
+
+    Examples:
+        >>> from pruning_kit import models
+        >>> list(dense_layers(models.MLP(64, (32,), rngs=nnx.Rngs(0))))
+        ['layers.0', 'layers.1']
+    """
+    found = {".".join(str(k) for k in path): node for path, node in nnx.iter_graph(model)
+             if isinstance(node, (nnx.Linear, models_lib.LowRankLinear))}
+    return dict(sorted(found.items(), key=lambda kv: [int(p) if p.isdigit() else p
+                                                      for p in kv[0].split(".")]))
+
+
+def layer_path(model: nnx.Module, layer: int | str) -> str:
+    """The path of dense layer ``layer`` (an index into :func:`dense_layers`, or a path)."""
+    layers = list(dense_layers(model))
+    if isinstance(layer, (int, np.integer)) and not isinstance(layer, bool):
+        if not 0 <= layer < len(layers):
+            raise ValueError(f"Layer index {layer} does not exist; the model's dense layers "
+                             f"are 0..{len(layers) - 1}: {layers}.")
+        return layers[int(layer)]
+    if layer not in layers:
+        raise ValueError(f"{layer!r} is not a dense layer of this model; its nnx.Linear "
+                         f"layers are {layers}.")
+    return str(layer)
 
 
 def low_rank(model: nnx.Module, ranks: Mapping[Any, int] | list[int | None]) -> nnx.Module:
@@ -574,9 +598,9 @@ def low_rank(model: nnx.Module, ranks: Mapping[Any, int] | list[int | None]) -> 
 
     Args:
         model: any Flax NNX model.
-        ranks: ``{layer path: rank}`` (``"encoder.fc1"``), or for a model with a
-            ``layers`` list (the course's MLP) ``{layer index: rank}`` or one entry per
-            layer (``None`` = keep dense).
+        ranks: ``{layer: rank}`` with a layer path (``"encoder.fc1"``) or an index into
+            :func:`dense_layers` (``{0: 32}``: the first), or one entry per dense layer
+            (``None`` = keep dense).
 
     Returns:
         A copy in eval mode that owns its arrays (an MLP's ``config["ranks"]`` records
@@ -593,26 +617,23 @@ def low_rank(model: nnx.Module, ranks: Mapping[Any, int] | list[int | None]) -> 
         >>> small.config["ranks"], models.num_params(small)
         ([32, None, None], 66098)
     """
-    linears = _linear_layers(model)
+    linears = dense_layers(model)
     if not isinstance(ranks, Mapping):
         ranks = list(ranks)
-        n = len(getattr(model, "layers", ()))
-        if len(ranks) != n:
-            raise ValueError(f"ranks needs one entry per layer ({n}), got {len(ranks)}.")
+        if len(ranks) != len(linears):
+            raise ValueError(f"ranks needs one entry per dense layer ({len(linears)}), got "
+                             f"{len(ranks)}.")
         ranks = {i: r for i, r in enumerate(ranks) if r is not None}
     chosen = {}
     for key, r in ranks.items():
-        path = f"layers.{key}" if isinstance(key, int) else str(key)
-        if path not in linears:
-            raise ValueError(f"Layer {key!r} ({path}) is not a dense layer of this model; its "
-                             f"nnx.Linear layers are {sorted(linears)}.")
+        path = layer_path(model, key)
         if not isinstance(linears[path], nnx.Linear):
             raise ValueError(f"Layer {path} is already low rank; factorize the dense model.")
         if r is not None:
             chosen[path] = r
     new = train_lib.own_arrays(model)
     for path, r in chosen.items():
-        old = _linear_layers(new)[path]
+        old = dense_layers(new)[path]
         u, v = svd_factors(old.kernel[...], r)
         layer = models_lib.LowRankLinear(old.in_features, old.out_features, r,
                                          rngs=nnx.Rngs(0))

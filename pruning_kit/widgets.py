@@ -345,9 +345,11 @@ class RankExplorer:
     (``u @ v`` as two matmuls) -- what a deployed model would run.
 
     Args:
-        model: a trained dense :class:`~pruning_kit.models.MLP`.
+        model: a trained model with ``nnx.Linear`` layers (any NNX model; not changed).
         x, y: evaluation set.
-        layer: index of the layer to factorize (default 0, the 784x300 one).
+        layer: the dense layer to factorize: an index into
+            :func:`pruning_kit.structure.dense_layers` (default 0, the first: LeNet's
+            784x300) or its path.
         ranks: the slider's stops.
         batch_size: the batch latency is measured at.
         runs: timed calls per latency measurement (the median is shown).
@@ -363,24 +365,24 @@ class RankExplorer:
         import jax
         import jax.numpy as jnp
 
-        from pruning_kit import models as models_lib
+        from pruning_kit import graph, structure
 
-        if not isinstance(model, models_lib.MLP) or "ranks" in model.config:
-            raise ValueError("RankExplorer needs a dense models.MLP.")
-        if not 0 <= layer < len(model.layers):
-            raise ValueError(f"layer must be in [0, {len(model.layers)}), got {layer}.")
+        path = structure.layer_path(model, layer)
+        dense = structure.dense_layers(model)[path]
+        if not isinstance(dense, nnx.Linear):
+            raise ValueError(f"Layer {path} is already low rank; explore the dense model.")
         if len(x) == 0 or len(x) != len(y):
             raise ValueError("x and y must be non-empty and equally long.")
-        kernel = model.layers[layer].kernel[...]
+        kernel = dense.kernel[...]
         full = min(kernel.shape)
         ranks = sorted(set(int(r) for r in ranks))
         if ranks[0] < 1 or ranks[-1] > full:
             raise ValueError(f"ranks must be in [1, {full}] for a {kernel.shape} kernel, got "
                              f"{ranks}.")
-        self.model, self.layer, self.ranks, self._runs = model, layer, ranks, runs
+        model = graph.eval_copy(model)           # the caller's model keeps its mode
+        self.model, self.layer, self.ranks, self._runs = model, path, ranks, runs
         self.shape = tuple(kernel.shape)
         self._x, self._y = np.asarray(x), np.asarray(y)
-        model.eval()
         u, s, vt = jnp.linalg.svd(kernel, full_matrices=False)
         self.singular_values = np.asarray(s)
         graphdef, state = nnx.split(model)
@@ -388,7 +390,7 @@ class RankExplorer:
         def logits(state, r, xb):
             m = nnx.merge(graphdef, state)
             keep = (jnp.arange(s.shape[0]) < r).astype(s.dtype)
-            m.layers[layer].kernel[...] = (u * (s * keep)) @ vt
+            structure.dense_layers(m)[path].kernel[...] = (u * (s * keep)) @ vt
             return m(xb)
 
         self._logits = jax.jit(logits)

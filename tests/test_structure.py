@@ -158,8 +158,10 @@ def test_bad_input_messages(cnn):
         structure.channel_importance(mlp, "bn_scale")
     with pytest.raises(ValueError, match="rank must be"):
         structure.low_rank(mlp, {0: 9})
-    with pytest.raises(ValueError, match="not a dense layer"):
+    with pytest.raises(ValueError, match="does not exist"):
         structure.low_rank(mlp, {5: 2})
+    with pytest.raises(ValueError, match="not a dense layer"):
+        structure.low_rank(mlp, {"head": 2})
     with pytest.raises(ValueError, match="already low rank"):
         structure.low_rank(structure.low_rank(mlp, {0: 2}), {0: 1})
     # a low-rank MLP's rank axis is a group of its own; a lone layer has none (its
