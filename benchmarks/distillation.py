@@ -171,7 +171,7 @@ def run_recovery(seed: int, ds: data.Dataset, t_alpha: tuple[float, float],
     """KD as a recovery tool: the float MLP teaches its own 2-bit QAT copy.
 
     The compressed model is the 2-bit-weight QAT setting of ``benchmarks.quantization``
-    (``qat.qat_mlp_loss(2, None, weight_method="mse")`` from the seed's cached
+    (``qat.qat_loss(2, None, weight_method="mse")`` from the seed's cached
     LeNet-300-100), fine-tuned by ``recipes.recovered_mlp`` (cached) on
     ``recipes.RECOVERY["images"]`` training images for ``recipes.RECOVERY["epochs"]``
     epochs, a setting where plain fine-tuning leaves a clear gap. Plain = QAT's cross-entropy; KD =

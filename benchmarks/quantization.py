@@ -155,10 +155,10 @@ def run_mlp_trained(seed: int, ds, calib, act_method: str, w2_method: str,
     s = Seed(model, val, (ds.x_test, ds.y_test))
     out: dict[str, dict[str, tuple[float, float]]] = {}
     start = time.perf_counter()
-    clips = qat.calibrate_mlp(model, calib, 4, method=act_method)
+    clips = qat.calibrate_inputs(model, calib, 4, method=act_method)
     tuned = train.baseline("mlp_fashion", seed, progress=False)
     train.fit(tuned, *rest, epochs=QAT_EPOCHS, batch_size=128, learning_rate=QAT_LR,
-              loss_fn=qat.qat_mlp_loss(8, 4, act_clips=clips), seed=seed, progress=False)
+              loss_fn=qat.qat_loss(8, 4, act_clips=clips), seed=seed, progress=False)
     qm = qi.quantize_mlp(tuned, calib, weight_bits=8, act_bits=4, output_bits=8,
                          act_qparams=clips)
     out["qat_w8a4"] = {act_method: s.integer(qm)}
@@ -167,7 +167,7 @@ def run_mlp_trained(seed: int, ds, calib, act_method: str, w2_method: str,
     start = time.perf_counter()
     w2 = train.baseline("mlp_fashion", seed, progress=False)
     train.fit(w2, *rest, epochs=W2_QAT_EPOCHS, batch_size=128, learning_rate=W2_QAT_LR,
-              loss_fn=qat.qat_mlp_loss(2, None, weight_method=w2_method), seed=seed,
+              loss_fn=qat.qat_loss(2, None, weight_method=w2_method), seed=seed,
               progress=False)
     out["w2_best"] = {"qat": s.weight_only(2, True, w2_method, model=w2)}
     log(f"QAT W2 ({w2_method} grid, {W2_QAT_EPOCHS} epochs) "

@@ -8,7 +8,7 @@ Post-training quantization (PTQ) rounds a trained model once; at 4-bit activatio
   fake_quant`), every activation entering a layer on its calibrated ``act_bits`` grid --
   while the backward pass treats rounding as the identity (zero outside the clipping
   range). Fine-tuning a float model for a few epochs this way moves the weights to where
-  rounding hurts least. :func:`qat_mlp_loss` is that forward as a ``loss_fn`` for
+  rounding hurts least. :func:`qat_loss` is that forward as a ``loss_fn`` for
   :func:`pruning_kit.train.fit`; :func:`evaluate_deployed_mlp` then measures the model as
   it will run (the integer pipeline of :mod:`pruning_kit.quant_infer`).
 * **Trained k-means (weight sharing).** Each kernel keeps ``2^bits`` shared values
@@ -30,8 +30,8 @@ Examples:
     >>> _ = train.fit(model, ds.x_train, ds.y_train, epochs=5, batch_size=32,
     ...               learning_rate=3e-3, progress=False)
     >>> calib_x = ds.x_train[:256]
-    >>> clips = calibrate_mlp(model, calib_x, 4)          # one range per layer input
-    >>> loss_fn = qat_mlp_loss(8, 4, act_clips=clips)
+    >>> clips = calibrate_inputs(model, calib_x, 4)          # one range per layer input
+    >>> loss_fn = qat_loss(8, 4, act_clips=clips)
     >>> _ = train.fit(model, ds.x_train, ds.y_train, epochs=2, batch_size=32,
     ...               learning_rate=1e-4, loss_fn=loss_fn, progress=False)
     >>> acc = evaluate_deployed_mlp(model, ds.x_test, ds.y_test, weight_bits=8, act_bits=4,
@@ -53,8 +53,9 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
+from pruning_kit import graph as graph_lib
+from pruning_kit import interpret, quant_infer
 from pruning_kit import models as models_lib
-from pruning_kit import quant_infer
 from pruning_kit import train as train_lib
 from pruning_kit.codebook import codebook_lookup, kmeans_codebook
 from pruning_kit.quant_storage import _path_name, dequantized_model, quantize_tree
@@ -69,8 +70,8 @@ from pruning_kit.quantize import (
 )
 
 __all__ = [
-    "calibrate_mlp", "evaluate_deployed_mlp", "fake_quant_mlp", "finetune_codebooks",
-    "kmeans_quantize_model", "qat_mlp_loss", "shared_weights_model",
+    "calibrate_inputs", "evaluate_deployed_mlp", "fake_quant_model", "finetune_codebooks",
+    "kmeans_quantize_model", "qat_loss", "shared_weights_model",
 ]
 
 Clip = QParams | tuple[float, float]
@@ -119,11 +120,11 @@ def _as_clips(act_clips: Sequence[Clip] | None, act_bits: int | None,
         return None
     if act_clips is None:
         raise ValueError(f"act_bits={act_bits} needs act_clips, the clipping range of each "
-                         "layer's input; get them with calibrate_mlp(model, calib_x, "
+                         "layer's input; get them with calibrate_inputs(model, calib_x, "
                          f"{act_bits}) on held-out data.")
     if isinstance(act_clips, QParams):
         raise ValueError("act_clips must be a sequence with one range per layer input "
-                         "(calibrate_mlp's tuple), not a single QParams.")
+                         "(calibrate_inputs's tuple), not a single QParams.")
     act_clips = tuple(act_clips)
     if len(act_clips) != num_layers:
         raise ValueError(f"act_clips must hold one range per layer input ({num_layers}: the "
@@ -146,83 +147,111 @@ def _as_clips(act_clips: Sequence[Clip] | None, act_bits: int | None,
 
 
 # --------------------------------------------------------------------------- QAT
-def calibrate_mlp(model: models_lib.MLP, calib_x: jax.typing.ArrayLike, act_bits: int = 8,
-                  *, method: str = "mse", percentile: float = 99.99) -> tuple[QParams, ...]:
-    """Activation ranges of an MLP: QParams of each layer's input, from ``calib_x``.
+def _forward_for(model: nnx.Module, x: Any, cache: dict | None = None) -> interpret.Forward:
+    """The traced forward of ``model`` (cached by structure and input shape)."""
+    key = (nnx.graphdef(model), tuple(np.shape(x)))
+    if cache is not None and key in cache:
+        return cache[key]
+    fwd = interpret.Forward(model, x)
+    if cache is not None:
+        cache[key] = fwd
+    return fwd
 
-    The same recipe as :func:`pruning_kit.quant_infer.quantize_mlp` (unsigned codes with a
-    zero point, per tensor), so QAT trains with the ranges deployment uses.
+
+def calibrate_inputs(model: nnx.Module, calib_x: jax.typing.ArrayLike, act_bits: int = 8,
+                     *, method: str = "mse", percentile: float = 99.99) -> tuple[QParams, ...]:
+    """Activation ranges of any model: QParams of each dense/conv layer's input.
+
+    The layers are the model's kernel ops in forward order (:mod:`pruning_kit.interpret`);
+    for the course's MLP that is the flattened image, then each hidden layer's post-ReLU
+    output. Unsigned codes with a zero point, per tensor -- the recipe of
+    :func:`pruning_kit.quant_infer.quantize_mlp` -- so QAT trains with the ranges
+    deployment uses.
 
     Args:
-        model: a :class:`~pruning_kit.models.MLP`.
+        model: any Flax NNX model (traced in eval mode; not changed).
         calib_x: held-out inputs (never the test set), a few thousand is plenty.
         act_bits: 1..8.
         method, percentile: see :func:`pruning_kit.quantize.calibrate`; ``"mse"`` is
             usually best at 4 bits.
 
     Returns:
-        A tuple of QParams: the input's, then each hidden layer's post-ReLU output.
+        A tuple of QParams, one per dense/conv layer, in forward order.
 
     Raises:
-        ValueError: not an MLP, bad ``act_bits``/``method``, empty or constant data.
+        ValueError: bad ``act_bits``/``method``, empty or constant data, a model without
+            dense or conv layers.
     """
-    model = _check_mlp(model, "calibrate_mlp")
     act_bits = _check_bits(act_bits, max_bits=8, allow_traced=False, name="act_bits")
     x = _check_calib(calib_x)
-    h = x.reshape(x.shape[0], -1)
-    samples = [h]
-    for layer in list(model.layers)[:-1]:
-        h = jax.nn.relu(h @ layer.kernel[...] + layer.bias[...])
-        samples.append(h)
+    fwd = interpret.Forward(model, x[:2])
+    if not fwd.kernel_ops:
+        raise ValueError(f"{type(model).__name__} has no dense or conv layer to calibrate.")
+    samples: dict[int, jax.Array] = {}
+
+    def record(op, a, w, run):
+        samples[op.index] = a
+        return run(a, w)
+
+    fwd(x, hook=record)
     out = []
-    for i, s in enumerate(samples):
+    for op in fwd.kernel_ops:
         try:
-            out.append(calibrate(s, act_bits, method, percentile=percentile))
+            out.append(calibrate(samples[op.index], act_bits, method, percentile=percentile))
         except ValueError as err:
-            raise ValueError(f"Calibrating the input of layers.{i}: {err}") from err
+            raise ValueError(f"Calibrating the input of {op.path.rsplit('.', 1)[0]}: "
+                             f"{err}") from err
     return tuple(out)
 
 
-def _weight_fq(kernel: jax.Array, bits: int, per_channel: bool, method: str) -> jax.Array:
-    axis = -1 if per_channel else None
+def _weight_fq(kernel: jax.Array, bits: int, per_channel: bool, method: str,
+               axis: int | None = -1) -> jax.Array:
+    axis = axis if per_channel else None
     if method == "mse":
         clip = mse_clip(jax.lax.stop_gradient(kernel), bits, axis=axis)
         return fake_quant(kernel, bits, axis=axis, clip=clip)
     return fake_quant(kernel, bits, axis=axis)
 
 
-def _fq_forward(model: models_lib.MLP, x: jax.Array, weight_bits: int,
-                clips: tuple[QParams, ...] | None, per_channel: bool,
+def _fq_forward(fwd: interpret.Forward, leaves: Sequence[Any], x: jax.Array,
+                weight_bits: int, clips: tuple[QParams, ...] | None, per_channel: bool,
                 weight_method: str) -> jax.Array:
-    h = x.reshape(x.shape[0], -1)
-    layers = list(model.layers)
-    for i, layer in enumerate(layers):
+    if clips is not None and len(clips) != len(fwd.kernel_ops):
+        raise ValueError(f"act_clips hold {len(clips)} ranges but the model has "
+                         f"{len(fwd.kernel_ops)} dense/conv layers; calibrate_inputs gives "
+                         "one per layer.")
+
+    def hook(op, a, w, run):
         if clips is not None:
-            h = fake_quant_with(h, clips[i])
-        h = h @ _weight_fq(layer.kernel[...], weight_bits, per_channel, weight_method) \
-            + layer.bias[...]
-        if i < len(layers) - 1:
-            h = jax.nn.relu(h)
-    return h
+            a = fake_quant_with(a, clips[op.index])
+        axis = op.out_axes[0] if len(op.out_axes) == 1 else None
+        return run(a, _weight_fq(w, weight_bits, per_channel, weight_method, axis))
+
+    return fwd(x, leaves=leaves, hook=hook)
 
 
-def fake_quant_mlp(model: models_lib.MLP, x: jax.typing.ArrayLike, *, weight_bits: int = 8,
-                   act_bits: int | None = None, act_clips: Sequence[Clip] | None = None,
-                   per_channel: bool = True, weight_method: str = "minmax") -> jax.Array:
-    """Logits of an MLP with fake-quantized kernels and layer inputs (the QAT forward).
+def _leaves_of(model: nnx.Module) -> list:
+    return graph_lib.leaf_paths(nnx.state(model))[1]
 
-    Every kernel is quantize-dequantized symmetrically at ``weight_bits`` (one scale per
-    output channel, or per tensor), every layer input (the image, then each post-ReLU
-    activation) at ``act_bits`` with the fixed ranges ``act_clips``. Gradients follow the
-    straight-through estimator. Biases and logits stay float32.
+
+def fake_quant_model(model: nnx.Module, x: jax.typing.ArrayLike, *, weight_bits: int = 8,
+                     act_bits: int | None = None, act_clips: Sequence[Clip] | None = None,
+                     per_channel: bool = True, weight_method: str = "minmax") -> jax.Array:
+    """Logits of any model with fake-quantized kernels and layer inputs (the QAT forward).
+
+    Every dense/conv kernel is quantize-dequantized symmetrically at ``weight_bits`` (one
+    scale per output channel, or per tensor), every such layer's input at ``act_bits``
+    with the fixed ranges ``act_clips``. Gradients follow the straight-through estimator.
+    Everything else (biases, norms, activations, logits) stays float32. The forward is the
+    model's eval-mode program (BatchNorm uses its running statistics, Dropout is off).
 
     Args:
-        model: a :class:`~pruning_kit.models.MLP`.
+        model: any Flax NNX model (not changed).
         x: a batch of inputs.
         weight_bits: 2..8.
         act_bits: 1..8, or ``None`` for float activations (weight-only quantization).
-        act_clips: one clipping range per layer input -- QParams from
-            :func:`calibrate_mlp` or ``(lo, hi)`` pairs; required with ``act_bits``.
+        act_clips: one clipping range per dense/conv layer input -- QParams from
+            :func:`calibrate_inputs` or ``(lo, hi)`` pairs; required with ``act_bits``.
         per_channel: one weight scale per output channel (else per tensor).
         weight_method: ``"minmax"`` (the integer pipeline's grid) or ``"mse"`` (clipped
             per channel by :func:`pruning_kit.quantize.mse_clip`, recomputed at every step
@@ -230,25 +259,27 @@ def fake_quant_mlp(model: models_lib.MLP, x: jax.typing.ArrayLike, *, weight_bit
             method="mse")`` stores; better at 2-3 bits, deployed weight-only).
 
     Raises:
-        ValueError: not an MLP, bad bits, missing or mismatched ``act_clips``.
+        ValueError: bad bits, missing or mismatched ``act_clips``.
     """
-    model = _check_mlp(model, "fake_quant_mlp")
     weight_bits = _check_weight_bits(weight_bits)
     act_bits = _check_act_bits(act_bits)
-    clips = _as_clips(act_clips, act_bits, len(model.layers))
-    return _fq_forward(model, jnp.asarray(x, jnp.float32), weight_bits, clips,
-                       bool(per_channel), _check_method(weight_method))
+    x = jnp.asarray(x, jnp.float32)
+    fwd = interpret.Forward(model, x)
+    clips = _as_clips(act_clips, act_bits, len(fwd.kernel_ops))
+    return _fq_forward(fwd, fwd.leaves, x, weight_bits, clips, bool(per_channel),
+                       _check_method(weight_method))
 
 
-def qat_mlp_loss(weight_bits: int, act_bits: int | None, *,
-                 act_clips: Sequence[Clip] | None = None, per_channel: bool = True,
-                 weight_method: str = "minmax") -> train_lib.LossFn:
-    """A QAT loss for :func:`pruning_kit.train.fit`: cross-entropy of :func:`fake_quant_mlp`.
+def qat_loss(weight_bits: int, act_bits: int | None, *,
+             act_clips: Sequence[Clip] | None = None, per_channel: bool = True,
+             weight_method: str = "minmax") -> train_lib.LossFn:
+    """A QAT loss for :func:`pruning_kit.train.fit`: cross-entropy of :func:`fake_quant_model`.
 
-    Arguments as :func:`fake_quant_mlp`; the ranges ``act_clips`` are fixed (calibrated
+    Arguments as :func:`fake_quant_model`; the ranges ``act_clips`` are fixed (calibrated
     once on held-out data before training), the weights' grids follow the weights as they
     train. Fine-tune from the trained float model with a small learning rate (``1e-4``) for
-    a few epochs.
+    a few epochs. Works for any model whose compute layers are dense or convolutions (the
+    forward is its eval-mode program: BatchNorm statistics stay frozen during QAT).
 
     Returns:
         ``loss_fn(model, x, y) -> (loss, logits)``; the logits are the fake-quantized
@@ -261,7 +292,7 @@ def qat_mlp_loss(weight_bits: int, act_bits: int | None, *,
     Examples:
         >>> from pruning_kit import models
         >>> model = models.MLP(4, (8,), 3, rngs=nnx.Rngs(0))
-        >>> loss_fn = qat_mlp_loss(2, None)                       # 2-bit weights only
+        >>> loss_fn = qat_loss(2, None)                       # 2-bit weights only
         >>> loss, logits = loss_fn(model, jnp.ones((5, 4)), jnp.zeros(5, jnp.int32))
         >>> logits.shape, bool(jnp.isfinite(loss))
         ((5, 3), True)
@@ -275,13 +306,12 @@ def qat_mlp_loss(weight_bits: int, act_bits: int | None, *,
     # converted now (outside jit); the count is checked against the model at the first call
     clips = _as_clips(clip_list if clip_list is not None else act_clips, act_bits,
                       0 if clip_list is None else len(clip_list))
+    cache: dict = {}
 
     def loss_fn(model: nnx.Module, x: jax.Array, y: Any) -> tuple[jax.Array, jax.Array]:
-        _check_mlp(model, "qat_mlp_loss")
-        if clips is not None and len(clips) != len(model.layers):
-            raise ValueError(f"act_clips hold {len(clips)} ranges but the MLP has "
-                             f"{len(model.layers)} layers; calibrate_mlp gives one per layer.")
-        logits = _fq_forward(model, x, weight_bits, clips, per_channel, weight_method)
+        fwd = _forward_for(model, x, cache)
+        logits = _fq_forward(fwd, _leaves_of(model), x, weight_bits, clips, per_channel,
+                             weight_method)
         labels = y[0] if isinstance(y, (tuple, list)) else y
         return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), logits
 
@@ -312,7 +342,7 @@ def evaluate_deployed_mlp(model: models_lib.MLP, x: Any, y: Any, *, weight_bits:
         act_bits: 1..8 or ``None``.
         calib_x: held-out inputs; needed with ``act_bits`` (for the logits' range, and
             for every range when ``act_clips`` is not given).
-        act_clips: see :func:`fake_quant_mlp`.
+        act_clips: see :func:`fake_quant_model`.
         per_channel: one weight scale per output channel.
         weight_method: ``"minmax"``; ``"mse"`` only weight-only (the integer pipeline
             takes each channel's full range).
@@ -345,7 +375,7 @@ def evaluate_deployed_mlp(model: models_lib.MLP, x: Any, y: Any, *, weight_bits:
     if calib_x is None:
         raise ValueError("calib_x is needed to build the integer model (activation and "
                          "logit ranges); pass held-out training inputs.")
-    clips = _as_clips(act_clips, act_bits, len(model.layers)) if act_clips is not None \
+    clips = _as_clips(act_clips, act_bits, len(act_clips)) if act_clips is not None \
         else None
     qm = quant_infer.quantize_mlp(model, calib_x, weight_bits=weight_bits, act_bits=act_bits,
                                   per_channel=per_channel, method=method,
@@ -518,3 +548,9 @@ def finetune_codebooks(model: nnx.Module, codebooks: Mapping[str, Any],
             raise FloatingPointError(f"Codebook fine-tuning diverged at epoch {epoch + 1}; "
                                      "lower lr.")
     return codebooks
+
+
+# Former names, kept while callers move to the model-agnostic ones.
+calibrate_mlp = calibrate_inputs
+fake_quant_mlp = fake_quant_model
+qat_mlp_loss = qat_loss

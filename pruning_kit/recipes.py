@@ -392,7 +392,7 @@ def recovered_mlp(seed: int = 0, *, temperature: float | None = None,
     """``mlp_fashion`` fine-tuned with 2-bit QAT (:data:`RECOVERY`), plainly or with KD, cached.
 
     Without ``temperature``/``alpha`` the loss is QAT's own cross-entropy
-    (``qat.qat_mlp_loss``); with them, ``distill.kd_wrap`` keeps QAT's fake-quantized
+    (``qat.qat_loss``); with them, ``distill.kd_wrap`` keeps QAT's fake-quantized
     forward pass and replaces its loss by the distillation loss against the float model's
     logits (the same seed's baseline). Both fine-tune on the same :func:`recovery_images`
     with the same epochs, batch, learning rate and seed. Measure the result as deployed:
@@ -404,8 +404,8 @@ def recovered_mlp(seed: int = 0, *, temperature: float | None = None,
                          "(plain fine-tuning).")
     ds = dataset if dataset is not None else data_lib.load_fashion_mnist()
     kd = temperature is not None
-    recipe: dict[str, Any] = {**RECOVERY, "loss": "kd_wrap(qat_mlp_loss)" if kd
-                              else "qat_mlp_loss"}
+    recipe: dict[str, Any] = {**RECOVERY, "loss": "kd_wrap(qat_loss)" if kd
+                              else "qat_loss"}
     if kd:
         recipe.update(temperature=float(temperature), alpha=float(alpha))
     name = (f"mlp_fashion_w2_kd_T{float(temperature):g}_a{float(alpha):g}" if kd
@@ -415,7 +415,7 @@ def recovered_mlp(seed: int = 0, *, temperature: float | None = None,
         dense = train_lib.baseline("mlp_fashion", seed, progress=progress, dataset=ds)
         pick = recovery_images(seed, ds)
         x, y = ds.x_train[pick], ds.y_train[pick]
-        loss = qat.qat_mlp_loss(RECOVERY["weight_bits"], None,
+        loss = qat.qat_loss(RECOVERY["weight_bits"], None,
                                 weight_method=RECOVERY["weight_method"])
         if kd:
             y = (y, distill.teacher_logits(dense, x))

@@ -36,24 +36,24 @@ def ce(model, x, y):
 # --------------------------------------------------------------------------- QAT
 def test_qat_loss_trains_and_gradients_flow(split, trained):
     (x, y), (xv, yv) = split
-    clips = qat.calibrate_mlp(trained, xv, 4)
+    clips = qat.calibrate_inputs(trained, xv, 4)
     assert len(clips) == 2 and all(c.bits == 4 and not c.symmetric for c in clips)
-    loss_fn = qat.qat_mlp_loss(4, 4, act_clips=clips)
+    loss_fn = qat.qat_loss(4, 4, act_clips=clips)
     model = nnx.clone(trained)
     grads = nnx.grad(lambda m: loss_fn(m, jnp.asarray(x[:64]), jnp.asarray(y[:64]))[0])(model)
     for layer in grads.layers.values():
         g = np.asarray(layer["kernel"][...])
         assert np.all(np.isfinite(g)) and np.abs(g).sum() > 0
-    pairs = qat.fake_quant_mlp(model, xv, weight_bits=8, act_bits=4,
+    pairs = qat.fake_quant_model(model, xv, weight_bits=8, act_bits=4,
                                act_clips=[(float(c.scale) * -int(c.zero_point),
                                            float(c.scale) * (15 - int(c.zero_point)))
                                           for c in clips])      # (lo, hi) pairs work too
-    np.testing.assert_allclose(pairs, qat.fake_quant_mlp(model, xv, weight_bits=8, act_bits=4,
+    np.testing.assert_allclose(pairs, qat.fake_quant_model(model, xv, weight_bits=8, act_bits=4,
                                                          act_clips=clips), atol=1e-4)
     # from scratch so the loss has room to fall; it must fall over a few epochs
     fresh = models.MLP(64, (32,), rngs=nnx.Rngs(1))
     history = train.fit(fresh, x, y, epochs=4, batch_size=32, learning_rate=3e-3,
-                        loss_fn=qat.qat_mlp_loss(4, 4, act_clips=clips), progress=False)
+                        loss_fn=qat.qat_loss(4, 4, act_clips=clips), progress=False)
     assert history["loss"][-1] < 0.7 * history["loss"][0]
     # deployed through the integer pipeline with the ranges it trained with
     acc = qat.evaluate_deployed_mlp(fresh, xv, yv, weight_bits=4, act_bits=4,
@@ -67,13 +67,13 @@ def test_qat_forward_uses_at_most_2_to_the_bits_weights_per_channel(trained, bit
     model = models.MLP(64, (), 10, rngs=nnx.Rngs(0))
     model.layers[0].kernel[...] = trained.layers[0].kernel[...][:, :10]
     eye = jnp.eye(64)
-    kernel = qat.fake_quant_mlp(model, eye, weight_bits=bits, weight_method=method) \
+    kernel = qat.fake_quant_model(model, eye, weight_bits=bits, weight_method=method) \
         - model.layers[0].bias[...]
     kernel = np.round(np.asarray(kernel), 6)
     for column in kernel.T:
         assert len(np.unique(column)) <= 2**bits
     assert len(np.unique(kernel)) > 2**bits          # but the scales differ per channel
-    loss, logits = qat.qat_mlp_loss(bits, None, weight_method=method)(
+    loss, logits = qat.qat_loss(bits, None, weight_method=method)(
         model, eye, jnp.zeros(64, jnp.int32))
     np.testing.assert_allclose(logits, kernel + np.asarray(model.layers[0].bias[...]),
                                atol=1e-5)
@@ -92,7 +92,7 @@ def test_deployed_int8_close_to_float(split, trained):
 
 def test_quantize_mlp_output_bits_and_fixed_act_qparams(split, trained):
     _, (xv, _) = split
-    clips = qat.calibrate_mlp(trained, xv, 4, method="minmax")
+    clips = qat.calibrate_inputs(trained, xv, 4, method="minmax")
     qm = qi.quantize_mlp(trained, xv, act_bits=4, output_bits=8, act_qparams=clips)
     assert qm.acts[:-1] == clips and qm.acts[-1].bits == 8
     assert qi.quantize_mlp(trained, xv, act_bits=4).acts[-1].bits == 4   # default unchanged
@@ -184,31 +184,29 @@ def test_mse_weight_clipping_beats_minmax_at_low_bits(trained):
 # --------------------------------------------------------------------------- bad input
 def test_bad_input_raises_clear_errors(split, trained):
     (x, y), (xv, yv) = split
-    clips = qat.calibrate_mlp(trained, xv, 4)
+    clips = qat.calibrate_inputs(trained, xv, 4)
     for bits in (1, 9, 2.0):
         with pytest.raises(ValueError, match="weight_bits must be an integer from 2 to 8|"
                                              "symmetric quantization needs weight_bits"):
-            qat.qat_mlp_loss(bits, None)
+            qat.qat_loss(bits, None)
     with pytest.raises(ValueError, match="act_bits must be an integer from 1 to 8"):
-        qat.qat_mlp_loss(8, 9, act_clips=clips)
+        qat.qat_loss(8, 9, act_clips=clips)
     with pytest.raises(ValueError, match="needs act_clips"):
-        qat.qat_mlp_loss(8, 4)
+        qat.qat_loss(8, 4)
     with pytest.raises(ValueError, match="act_bits is None"):
-        qat.qat_mlp_loss(8, None, act_clips=clips)
+        qat.qat_loss(8, None, act_clips=clips)
     with pytest.raises(ValueError, match="unsigned 8-bit"):
-        qat.qat_mlp_loss(8, 8, act_clips=clips)
-    with pytest.raises(ValueError, match="1 ranges but the MLP has 2 layers"):
-        qat.qat_mlp_loss(8, 4, act_clips=clips[:1])(trained, jnp.asarray(xv[:4]), yv[:4])
+        qat.qat_loss(8, 8, act_clips=clips)
+    with pytest.raises(ValueError, match="1 ranges but the model has 2 dense/conv layers"):
+        qat.qat_loss(8, 4, act_clips=clips[:1])(trained, jnp.asarray(xv[:4]), yv[:4])
     with pytest.raises(ValueError, match="not a single QParams"):
-        qat.qat_mlp_loss(8, 4, act_clips=clips[0])
+        qat.qat_loss(8, 4, act_clips=clips[0])
     with pytest.raises(ValueError, match="weight_method"):
-        qat.qat_mlp_loss(8, None, weight_method="kmeans")
+        qat.qat_loss(8, None, weight_method="kmeans")
     with pytest.raises(ValueError, match="calib_x must be a non-empty"):
-        qat.calibrate_mlp(trained, xv[:0], 4)
+        qat.calibrate_inputs(trained, xv[:0], 4)
     with pytest.raises(ValueError, match="calibration values equal"):
-        qat.calibrate_mlp(trained, np.zeros((10, 64)), 4)
-    with pytest.raises(ValueError, match="pruning_kit.models.MLP"):
-        qat.calibrate_mlp(models.student_cnn(image_size=8), xv, 4)
+        qat.calibrate_inputs(trained, np.zeros((10, 64)), 4)
     with pytest.raises(ValueError, match="calib_x is needed"):
         qat.evaluate_deployed_mlp(trained, xv, yv, act_bits=8)
     with pytest.raises(ValueError, match="weight_method='minmax'"):
@@ -239,3 +237,28 @@ def test_bad_input_raises_clear_errors(split, trained):
     with pytest.raises(ValueError, match="not both"):
         qs.quantize_tensor(jnp.ones((4, 4)), 4, method="mse", clip=1.0)
     assert jax.tree.leaves(codebooks)      # the model's parameters were not consumed
+
+
+def test_qat_runs_on_your_own_conv_model(digits):
+    """QAT is not bound to the course's MLP: a user CNN with BatchNorm, by its traced layers."""
+    class UserCNN(nnx.Module):
+        def __init__(self, rngs):
+            self.conv = nnx.Conv(1, 8, (3, 3), use_bias=False, rngs=rngs)
+            self.bn = nnx.BatchNorm(8, rngs=rngs)
+            self.fc = nnx.Linear(8 * 8 * 8, 10, rngs=rngs)
+
+        def __call__(self, x):
+            return self.fc(nnx.relu(self.bn(self.conv(x))).reshape(x.shape[0], -1))
+
+    model = UserCNN(nnx.Rngs(0))
+    train.fit(model, digits.x_train, digits.y_train, epochs=2, batch_size=32, progress=False)
+    clips = qat.calibrate_inputs(model, digits.x_train[:256], 8)
+    assert len(clips) == 2                                   # conv's input, fc's input
+    before = train.evaluate(model, digits.x_val, digits.y_val)
+    mode = model.bn.use_running_average
+    fq = qat.fake_quant_model(model, digits.x_val, weight_bits=8, act_bits=8, act_clips=clips)
+    assert abs(float((np.asarray(fq).argmax(-1) == digits.y_val).mean()) - before) < 0.03
+    train.fit(model, digits.x_train, digits.y_train, epochs=1, batch_size=32,
+              learning_rate=1e-4, loss_fn=qat.qat_loss(4, 8, act_clips=clips), progress=False)
+    assert model.bn.use_running_average == mode
+    assert train.evaluate(model, digits.x_val, digits.y_val) > 0.5
