@@ -34,7 +34,7 @@ What it measures (Fashion-MNIST; accuracies on the test set, mean of the seeds):
   of the model loaded from it (float compute with the dequantized weights) against the
   dense CNN, timed interleaved by ``measure.compare_latency`` (median speed-up over the
   rounds, printed with its IQR; an IQR that crosses 1.0 is "no measurable difference").
-  The W8A8 integer pipeline (``quant_infer.quantize_cnn`` calibrated on 2,000 validation
+  The W8A8 integer pipeline (``w8a8.quantize_model`` calibrated on 2,000 validation
   images, + ``int_forward``) is reported next to it, accuracy and latency.
 * **Reload**: predictions (logits, exactly) of every model loaded from its file against
   the in-memory compressed model; ``reload_identical`` is 1 if all are identical.
@@ -51,12 +51,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import _common
-from pruning_kit import codec, data, distill, measure, pipeline, quant_infer, recipes, train
+from pruning_kit import codec, data, distill, measure, pipeline, recipes, train, w8a8
 from pruning_kit.quant_storage import dequantized_model, quantize_tree
 from pruning_kit.table import Table
 
@@ -218,9 +217,8 @@ def main(argv: list[str] | None = None) -> None:
         back = codec.load(path)
         same.append(identical(back, compressed, ds.x_test))
         huff += huffman_rows(codec.inspect(path))
-        qm = quant_infer.quantize_cnn(half, ds.x_val[:2000])    # calibration: validation
-        int_fwd = jax.jit(quant_infer.int_forward)
-        int_logits = np.concatenate([np.asarray(int_fwd(qm, jnp.asarray(ds.x_test[i:i + 1000])))
+        qm = w8a8.quantize_model(half, ds.x_val[:2000])    # calibration: validation
+        int_logits = np.concatenate([np.asarray(qm(jnp.asarray(ds.x_test[i:i + 1000])))
                                      for i in range(0, len(ds.x_test), 1000)])
         acc_dense = 100 * train.evaluate(dense, ds.x_test, ds.y_test)
         acc = 100 * train.evaluate(back, ds.x_test, ds.y_test)
@@ -233,7 +231,7 @@ def main(argv: list[str] | None = None) -> None:
         if seed == args.seeds[0]:
             timing = measure.compare_latency(
                 {"dense": dense, "half (BN)": half, "int8 file": back,
-                 "w8a8 int": lambda x, qm=qm: quant_infer.int_forward(qm, x)},
+                 "w8a8 int": lambda x, qm=qm: qm(x)},
                 xb, rounds=20, runs=3)
             macs = (measure.cost(dense, xb)["macs_per_example"],
                     measure.cost(back, xb)["macs_per_example"])

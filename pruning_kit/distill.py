@@ -23,6 +23,9 @@ Everything here is a pure function or a loss factory for :func:`pruning_kit.trai
 * :func:`online_distillation_loss` -- the teacher runs inside each step (for ``augment``).
 * :class:`Adapter`, :class:`StudentWithAdapter`, :func:`hint_loss`,
   :func:`feature_distillation_loss` -- a student layer regresses a teacher layer (FitNets).
+  A layer is a key of the model's ``features(x)`` (the course's
+  :class:`~pruning_kit.models.SmallCNN`: ``"stage2"``) or, for any model, a submodule path
+  such as ``"blocks.0.conv2"``, read by :func:`pruning_kit.capture.capture`.
 * :func:`recovery_loss` -- the dense model supervises its own pruned or quantized copy.
 * :func:`kd_wrap` -- the same for a technique's own loss (e.g. a QAT loss whose logits
   come from the fake-quantized forward pass).
@@ -52,6 +55,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from pruning_kit import capture as capture_lib
 from pruning_kit import train as train_lib
 
 __all__ = [
@@ -160,46 +164,107 @@ def kd_loss(student_logits: jax.typing.ArrayLike, teacher_logits: jax.typing.Arr
     return (1.0 - alpha) * hard + alpha * temperature**2 * soft
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3))
-def _teacher_forward(graphdef, state, x, layer):
-    feats = nnx.merge(graphdef, state).features(x)
-    if layer not in feats:
-        raise ValueError(f"Unknown teacher layer {layer!r}; features(x) has {list(feats)}.")
-    return feats[layer]
+# --------------------------------------------------------------------------- layers
+def _eval_copy(model: nnx.Module) -> nnx.Module:
+    """New module objects over ``model``'s variables, in eval mode; ``model`` keeps its mode."""
+    copy = nnx.merge(*nnx.split(model))
+    copy.eval()
+    return copy
+
+
+def _layer_kind(model: nnx.Module, x: Any, layer: Any, who: str) -> str:
+    """``"features"`` if ``layer`` is a key of ``model.features(x)``, ``"path"`` if it is a
+    submodule path (:mod:`pruning_kit.capture`); otherwise a ``ValueError`` listing both."""
+    if not isinstance(layer, str):
+        raise ValueError(f"{who}_layer must be a string (a features(x) key or a submodule "
+                         f"path like 'conv2' or 'layers.1'), got {layer!r}.")
+    keys: list[str] = []
+    if callable(getattr(model, "features", None)):
+        graphdef, state = nnx.split(model)   # abstract run on fresh variables: no side effects
+        feats = jax.eval_shape(lambda s, x: nnx.merge(graphdef, s).features(x), state, x)
+        keys = list(feats) if isinstance(feats, dict) else []
+        if layer in keys:
+            if "logits" not in keys:
+                raise ValueError(f"{type(model).__name__}.features(x) has {keys} but no "
+                                 "'logits'; hints need the logits from the same forward pass. "
+                                 f"Name the {who} layer by its submodule path instead "
+                                 f"(capture.layer_paths: {capture_lib.layer_paths(model)}).")
+            return "features"
+    paths = capture_lib.layer_paths(model)
+    if layer not in paths:
+        named = f"a key of features(x) {keys} nor " if keys else ""
+        raise ValueError(f"Unknown {who} layer {layer!r}: it is neither {named}a submodule "
+                         f"path of {type(model).__name__}. Submodule paths: {paths}; "
+                         "capture.shapes(model, x) prints each one's output shape.")
+    return "path"
+
+
+def _layer_forward(model: nnx.Module, x: jax.Array, layer: str, kind: str
+                   ) -> tuple[jax.Array, jax.Array]:
+    """One forward pass of ``model``: ``(logits, activation of layer)``."""
+    if kind == "features":
+        feats = model.features(x)
+        return feats["logits"], feats[layer]
+    out, acts = capture_lib.capture(model, x, [layer])
+    return out, acts[layer]
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3, 4))
+def _teacher_forward(graphdef, state, x, layer, kind):
+    return _layer_forward(nnx.merge(graphdef, state), x, layer, kind)[1]
 
 
 def teacher_logits(teacher: nnx.Module, x: np.ndarray, *, batch_size: int = 1000
                    ) -> np.ndarray:
     """The teacher's logits on ``x``, once, in eval mode: ``y = (labels, these)`` for fit.
 
-    Same as :func:`pruning_kit.train.predict` (which sets ``teacher.eval()``): returns
-    ``(len(x), classes)`` float32 logits aligned with ``x``.
+    Same as :func:`pruning_kit.train.predict`, run on an eval-mode copy (the teacher keeps
+    its mode): returns ``(len(x), classes)`` float32 logits aligned with ``x``.
     """
-    return train_lib.predict(teacher, x, batch_size=batch_size)
+    if not isinstance(teacher, nnx.Module):
+        raise ValueError(f"teacher must be a Flax NNX module, got {type(teacher).__name__}.")
+    return train_lib.predict(_eval_copy(teacher), x, batch_size=batch_size)
 
 
 def teacher_features(teacher: nnx.Module, x: np.ndarray, layer: str, *,
                      batch_size: int = 1000) -> np.ndarray:
-    """The activations ``teacher.features(x)[layer]`` on ``x`` in eval mode (for hints).
+    """The teacher's activations at ``layer`` on ``x``, in eval mode (targets for hints).
 
-    ``teacher`` needs ``features(x) -> dict`` (as :class:`~pruning_kit.models.SmallCNN`);
-    ``layer`` is one of its keys. Returns a numpy array aligned with ``x`` (e.g.
-    ``(N, 7, 7, 32)``: 376 MB for 60k Fashion-MNIST images, where the online loss is leaner).
+    ``layer`` is a key of ``teacher.features(x)`` when the teacher has such a method (as
+    :class:`~pruning_kit.models.SmallCNN`: ``"stage2"``), or else the dotted path of any
+    submodule (``"conv2"``, ``"blocks.0.conv2"``, ``"layers.1"``; see
+    :func:`pruning_kit.capture.layer_paths`): its output is captured from the forward pass.
+    The teacher runs in eval mode on a copy; its own mode and arrays are left as they came.
+    Returns a numpy array aligned with ``x`` (e.g. ``(N, 7, 7, 32)``: 376 MB for 60k
+    Fashion-MNIST images, where the online loss is leaner).
 
     Raises:
-        ValueError: no ``features`` method, an unknown ``layer``, or empty ``x``.
+        ValueError: ``teacher`` not an NNX module, an unknown ``layer`` (the message lists
+            the feature keys and submodule paths), a submodule the forward pass does not
+            call once, empty ``x`` or a bad ``batch_size``.
+
+    Examples:
+        >>> class Net(nnx.Module):          # no features() method: layers by path
+        ...     def __init__(self, rngs):
+        ...         self.conv = nnx.Conv(1, 4, (3, 3), rngs=rngs)
+        ...         self.bn = nnx.BatchNorm(4, rngs=rngs)
+        ...         self.head = nnx.Linear(4, 10, rngs=rngs)
+        ...     def __call__(self, x):
+        ...         return self.head(nnx.relu(self.bn(self.conv(x))).mean((1, 2)))
+        >>> teacher_features(Net(nnx.Rngs(0)), np.zeros((5, 8, 8, 1)), "bn").shape
+        (5, 8, 8, 4)
     """
-    if not hasattr(teacher, "features"):
-        raise ValueError(f"{type(teacher).__name__} has no .features(x) method returning named "
-                         "activations; use a model like models.SmallCNN or add one.")
+    if not isinstance(teacher, nnx.Module):
+        raise ValueError(f"teacher must be a Flax NNX module, got {type(teacher).__name__}.")
     if len(x) == 0:
         raise ValueError("x is empty; pass at least one example.")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
-    teacher.eval()
-    graphdef, state = nnx.split(teacher)
+    copy = _eval_copy(teacher)
+    kind = _layer_kind(copy, jnp.asarray(x[:1]), layer, "teacher")
+    graphdef, state = nnx.split(copy)
     outs = [np.asarray(_teacher_forward(graphdef, state, jnp.asarray(x[i:i + batch_size]),
-                                        layer)) for i in range(0, len(x), batch_size)]
+                                        layer, kind)) for i in range(0, len(x), batch_size)]
     return np.concatenate(outs)
 
 
@@ -252,8 +317,7 @@ def _frozen(teacher: nnx.Module):
     if not isinstance(teacher, nnx.Module):
         raise ValueError(f"teacher must be a Flax NNX module, got {type(teacher).__name__}; "
                          "for precomputed logits use distillation_loss() instead.")
-    teacher.eval()
-    graphdef, state = nnx.split(teacher)
+    graphdef, state = nnx.split(_eval_copy(teacher))   # the caller's teacher keeps its mode
     # Copy the arrays: later training of ``teacher`` (or buffer donation) cannot reach them.
     state = jax.tree.map(lambda a: jnp.array(a, copy=True), state)
 
@@ -276,7 +340,8 @@ def online_distillation_loss(teacher: nnx.Module, *, temperature: float = 4.0,
     augmentation, precompute.
 
     Args:
-        teacher: the trained teacher module (put in eval mode by this call).
+        teacher: the trained teacher module (run in eval mode on a copy; the module
+            itself keeps its mode).
         temperature: ``T > 0``.
         alpha: weight of the teacher term in ``[0, 1]``.
 
@@ -401,20 +466,37 @@ class Adapter(nnx.Module):
 class StudentWithAdapter(nnx.Module):
     """The student plus its hint adapter, trained together by one ``fit``.
 
-    ``__call__`` returns the student's logits (so ``fit``, ``evaluate`` and ``predict``
-    work unchanged); ``fit``'s optimizer (``wrt=nnx.Param``) covers both sub-modules.
-    After training, keep (and save) ``wrapper.student``; the adapter is discarded.
+    ``student`` is any Flax NNX model: :func:`feature_distillation_loss` reads its hint
+    layer by ``features(x)`` key or by submodule path (relative to the student, e.g.
+    ``"conv2"``, not ``"student.conv2"``). ``__call__`` returns the student's logits (so
+    ``fit``, ``evaluate`` and ``predict`` work unchanged); ``fit``'s optimizer
+    (``wrt=nnx.Param``) covers both sub-modules. After training, keep (and save)
+    ``wrapper.student``; the adapter is discarded.
+
+    Raises:
+        ValueError: ``student`` or ``adapter`` is not a Flax NNX module.
     """
 
     def __init__(self, student: nnx.Module, adapter: Adapter):
-        if not hasattr(student, "features"):
-            raise ValueError(f"{type(student).__name__} has no .features(x) returning named "
-                             "activations (models.SmallCNN has one); hints need it.")
+        for name, v in (("student", student), ("adapter", adapter)):
+            if not isinstance(v, nnx.Module):
+                raise ValueError(f"StudentWithAdapter {name} must be a Flax NNX module, got "
+                                 f"{type(v).__name__}; e.g. StudentWithAdapter(student, "
+                                 "Adapter(student_channels, teacher_channels, rngs=...)).")
         self.student = student
         self.adapter = adapter
 
     def features(self, x: jax.Array) -> dict[str, jax.Array]:
-        """The student's named activations."""
+        """The student's named activations, for a student with a ``features(x)`` method.
+
+        For any other student, read a layer by path:
+        ``capture.capture(wrapper.student, x, ["conv2"])``.
+        """
+        if not callable(getattr(self.student, "features", None)):
+            raise ValueError(f"{type(self.student).__name__} has no .features(x); read its "
+                             "layers by submodule path with pruning_kit.capture.capture("
+                             f"wrapper.student, x, paths) (paths: "
+                             f"{capture_lib.layer_paths(self.student)}).")
         return self.student.features(x)
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -472,26 +554,35 @@ def feature_distillation_loss(teacher: nnx.Module | None = None, *,
     ``loss = kd_loss(student, teacher, labels) + beta * hint_loss(student[student_layer],
     teacher[teacher_layer], model.adapter)``.
 
-    Picking layers: they are keys of ``features(x)`` (print their shapes, as below). A
-    natural pair is the same stage of both networks (same spatial size), the adapter mapping
-    the student's channel count to the teacher's. FitNets hints a *middle* layer
-    (``"stage2"``): an early one (``"stage1"``) constrains too little of the student, the
-    last one (``"residual"``) feeds the head directly, little beyond what KD matches.
-    Spatial sizes that divide one another are average-pooled (:func:`hint_loss`).
+    Picking layers: a layer is a key of the model's ``features(x)`` if it has that method
+    (the course's :class:`~pruning_kit.models.SmallCNN`: ``"stage2"``), or else the dotted
+    path of any submodule, for any model (``"conv2"``, ``"blocks.0.conv2"``,
+    ``"layers.1"``), whose output is captured from the ordinary forward pass
+    (:func:`pruning_kit.capture.capture`; ``capture.shapes(model, x)`` lists the paths with
+    their output shapes). A natural pair is the same stage of both networks (same spatial
+    size), the adapter mapping the student's channel count to the teacher's. FitNets hints
+    a *middle* layer (``"stage2"``): an early one (``"stage1"``) constrains too little of
+    the student, the last one (``"residual"``) feeds the head directly, little beyond what
+    KD matches. Spatial sizes that divide one another are average-pooled
+    (:func:`hint_loss`).
 
     Args:
         teacher: ``None`` for precomputed targets, ``y = (labels, teacher_logits,
             teacher_features)`` (:func:`teacher_logits`, :func:`teacher_features`); or the
-            teacher module, run inside each step as in :func:`online_distillation_loss`.
-        student_layer: key of the student's ``features(x)``.
-        teacher_layer: key of the teacher's ``features(x)`` (online only; precomputed
-            features are whichever layer was handed to :func:`teacher_features`).
+            teacher module, run in eval mode inside each step as in
+            :func:`online_distillation_loss`.
+        student_layer: key of the student's ``features(x)`` or a submodule path of the
+            student (relative to ``model.student``).
+        teacher_layer: key of the teacher's ``features(x)`` or a submodule path of the
+            teacher (online only; precomputed features are whichever layer was handed to
+            :func:`teacher_features`).
         beta: weight of the hint term, ``>= 0``.
         temperature: ``T > 0`` of the logit term.
         alpha: weight of the soft logit term in ``[0, 1]``.
 
     Returns:
-        ``loss_fn(model, x, y) -> (loss, student_logits)``.
+        ``loss_fn(model, x, y) -> (loss, student_logits)``. Unknown layers raise a
+        ``ValueError`` (listing the keys and paths) when the loss first runs.
 
     Examples:
         >>> from pruning_kit import data, models
@@ -508,31 +599,40 @@ def feature_distillation_loss(teacher: nnx.Module | None = None, *,
         ...                      loss_fn=feature_distillation_loss(beta=0.5))
         >>> len(hist["loss"])
         1
+
+        Any model, layers by submodule path (here the student's second Linear against the
+        teacher's second, ``16 -> 32`` features, the teacher run inside each step):
+
+        >>> t_mlp = models.MLP(64, (64, 32), rngs=nnx.Rngs(0))
+        >>> s_mlp = StudentWithAdapter(models.MLP(64, (16, 16), rngs=nnx.Rngs(1)),
+        ...                            Adapter(16, 32, rngs=nnx.Rngs(2)))
+        >>> loss_fn = feature_distillation_loss(t_mlp, student_layer="layers.1",
+        ...                                     teacher_layer="layers.1")
+        >>> hist = train_lib.fit(s_mlp, ds.x_train, ds.y_train, epochs=1, batch_size=64,
+        ...                      progress=False, loss_fn=loss_fn)
+        >>> bool(np.isfinite(hist["loss"][0]))
+        True
     """
     t, a = _check_temperature_alpha(temperature, alpha)
     b = _check_number("beta", beta, 0.0, hint="beta weighs the hint term; try 0.1..10.")
     rebuild = _frozen(teacher) if teacher is not None else None
 
     def loss_fn(model: nnx.Module, x: jax.Array, y: Any) -> tuple[jax.Array, jax.Array]:
-        if not isinstance(getattr(model, "adapter", None), Adapter) \
-                or not hasattr(model, "features"):
+        if not isinstance(getattr(model, "adapter", None), Adapter):
             raise ValueError(f"feature_distillation_loss trains a StudentWithAdapter, got "
                              f"{type(model).__name__}; wrap it: StudentWithAdapter(student, "
                              "Adapter(student_channels, teacher_channels, rngs=...)).")
-        feats = model.features(x)
-        if student_layer not in feats or "logits" not in feats:
-            raise ValueError(f"student features(x) has {list(feats)}; student_layer="
-                             f"{student_layer!r} and 'logits' must be among them.")
+        student = model.student if isinstance(getattr(model, "student", None), nnx.Module) \
+            else model
+        logits, s_feat = _layer_forward(
+            student, x, student_layer, _layer_kind(student, x, student_layer, "student"))
         if rebuild is None:
             labels, t_logits, t_feat = _split_targets(y, 3, "feature_distillation_loss")
         else:
             labels = y[0] if isinstance(y, (tuple, list)) else y
-            t_feats = rebuild().features(x)
-            if teacher_layer not in t_feats:
-                raise ValueError(f"Unknown teacher_layer {teacher_layer!r}; the teacher's "
-                                 f"features(x) has {list(t_feats)}.")
-            t_logits, t_feat = t_feats["logits"], t_feats[teacher_layer]
-        logits = feats["logits"]
+            frozen = rebuild()
+            t_logits, t_feat = _layer_forward(
+                frozen, x, teacher_layer, _layer_kind(frozen, x, teacher_layer, "teacher"))
         loss = kd_loss(logits, t_logits, labels, temperature=t, alpha=a)
-        return loss + b * hint_loss(feats[student_layer], t_feat, model.adapter), logits
+        return loss + b * hint_loss(s_feat, t_feat, model.adapter), logits
     return loss_fn

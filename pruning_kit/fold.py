@@ -42,7 +42,7 @@ from pruning_kit import graph as graph_lib
 from pruning_kit import interpret
 
 _SHAPE_OPS = frozenset("reshape broadcast_in_dim convert_element_type squeeze copy "
-                       "copy_p".split())
+                       "copy_p slice".split())
 
 
 def _modules(model: nnx.Module) -> dict[str, nnx.Module]:
@@ -50,9 +50,18 @@ def _modules(model: nnx.Module) -> dict[str, nnx.Module]:
             if isinstance(node, nnx.Module)}
 
 
+def kernel_biases(fwd: interpret.Forward) -> dict[str, str]:
+    """``{kernel path: bias path}`` for each dense/conv layer whose output gets a bias added
+    right after (``nnx.Linear``/``nnx.Conv`` with ``use_bias``), read from the trace."""
+    return {k: b for k, b in _dataflow(fwd, {})[0].values() if b is not None}
+
+
 def find_pairs(fwd: interpret.Forward, model: nnx.Module) -> dict[str, tuple[str, str | None]]:
     """``{batchnorm path: (kernel path, kernel's bias path or None)}`` foldable pairs."""
-    modules = _modules(model)
+    return _dataflow(fwd, _modules(model))[1]
+
+
+def _dataflow(fwd: interpret.Forward, modules: dict[str, nnx.Module]) -> tuple[dict, dict]:
     jaxpr = fwd._closed.jaxpr
     uses: dict[Any, int] = {}
     for eqn in jaxpr.eqns:
@@ -73,7 +82,18 @@ def find_pairs(fwd: interpret.Forward, model: nnx.Module) -> dict[str, tuple[str
             kout[eqn.outvars[0]] = (op.path, None)
         elif name in _SHAPE_OPS and ins[0] in leafish:
             leafish[eqn.outvars[0]] = leafish[ins[0]]
+        elif name == "mul" and len(ins) == 2:
+            # a kernel applied elementwise (a convolution written as shifted multiply-adds):
+            # the product is linear in that kernel, channel by channel
+            for a, b in (ins, ins[::-1]):
+                if b in leafish and a not in leafish and a not in kout \
+                        and leafish[b].endswith((".kernel", ".weight")):
+                    kout[eqn.outvars[0]] = (leafish[b], None)
         elif name == "add" and len(ins) == 2:
+            a, b = ins
+            if a in kout and b in kout and kout[a] == kout[b] and kout[a][1] is None \
+                    and uses.get(a) == 1 and uses.get(b) == 1:
+                kout[eqn.outvars[0]] = kout[a]        # sum of terms linear in one kernel
             for a, b in (ins, ins[::-1]):
                 if a in kout and kout[a][1] is None and uses.get(a) == 1 and b in leafish \
                         and leafish[b].endswith(".bias"):
@@ -85,7 +105,7 @@ def find_pairs(fwd: interpret.Forward, model: nnx.Module) -> dict[str, tuple[str
             if isinstance(bn, nnx.BatchNorm) and uses.get(ins[0]) == 1 \
                     and bn_path not in pairs:
                 pairs[bn_path] = kout[ins[0]]
-    return pairs
+    return kout, pairs
 
 
 def _identity_var(eps: float) -> np.float32:

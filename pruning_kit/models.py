@@ -348,6 +348,27 @@ class FoldedCNN(_Configured):
         self.res_conv2 = nnx.Conv(c_res, c2, **conv)
         self.head = nnx.Linear((image_size // 4) ** 2 * c2, num_classes, rngs=rngs)
 
+    @classmethod
+    def from_folded(cls, folded: SmallCNN) -> FoldedCNN:
+        """The BatchNorm-free CNN holding a SmallCNN whose norms were folded into its convs
+        (``fold.fold_batchnorm_model``: each norm left as a pure bias add)."""
+        c = folded.config
+        out = cls(c["in_channels"], c["widths"], c["image_size"], c["num_classes"],
+                  rngs=nnx.Rngs(0))
+        for conv, bn in (("conv1", "bn1"), ("conv2", "bn2"), ("res_conv1", "res_bn1"),
+                         ("res_conv2", "res_bn2")):
+            norm = getattr(folded, bn)
+            if float(jnp.abs(norm.mean[...]).max()) != 0 or float(
+                    jnp.abs(norm.scale[...] - 1).max()) != 0:
+                raise ValueError(f"{bn} is not folded (mean 0, scale 1); fold the model with "
+                                 "fold.fold_batchnorm_model first.")
+            getattr(out, conv).kernel[...] = jnp.array(getattr(folded, conv).kernel[...])
+            getattr(out, conv).bias[...] = jnp.array(norm.bias[...])
+        out.head.kernel[...] = jnp.array(folded.head.kernel[...])
+        out.head.bias[...] = jnp.array(folded.head.bias[...])
+        out.eval()
+        return out
+
     def __call__(self, x: jax.Array) -> jax.Array:
         pool = max_pool_2x2_strided
         if self.config["in_channels"] == 1:

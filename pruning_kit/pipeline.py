@@ -50,10 +50,10 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
+from pruning_kit import fold as fold_lib
 from pruning_kit import models as models_lib
 from pruning_kit import train as train_lib
 from pruning_kit.codebook import kmeans_codebook
-from pruning_kit.quant_infer import fold_cnn
 from pruning_kit.quant_storage import _path_name, dequantized_model, quantize_tree
 
 __all__ = ["MLP_CHAIN", "Compressed", "FoldedCNN", "deep_compression", "finetune_shared",
@@ -320,8 +320,14 @@ FoldedCNN = models_lib.FoldedCNN   # defined in models (so codec.load needs no i
 def fold_cnn_model(model: models_lib.SmallCNN) -> FoldedCNN:
     """A :class:`FoldedCNN` computing what ``model`` computes in eval mode.
 
+    The BatchNorms are folded by :func:`pruning_kit.fold.fold_batchnorm_model` (pairs
+    found in the traced forward, as for any model); the SmallCNN-specific part -- which
+    arrays of the folded model fill which layer of the BatchNorm-free class -- is
+    :meth:`FoldedCNN.from_folded`, next to both classes in :mod:`pruning_kit.models`.
+
     Raises:
-        ValueError: ``model`` is not a SmallCNN.
+        ValueError: ``model`` is not a SmallCNN (for your own model, use
+            ``fold.fold_batchnorm_model``: it returns your class with the norms folded).
 
     Examples:
         >>> from pruning_kit import models
@@ -331,11 +337,9 @@ def fold_cnn_model(model: models_lib.SmallCNN) -> FoldedCNN:
         >>> bool(jnp.allclose(fold_cnn_model(cnn)(x), cnn(x), atol=1e-5))
         True
     """
-    folded = fold_cnn(model)       # raises for anything but a SmallCNN
-    out = FoldedCNN(**model.config, rngs=nnx.Rngs(0))
-    for name, (kernel, bias) in folded.items():
-        layer = getattr(out, name)
-        layer.kernel[...] = kernel
-        layer.bias[...] = bias
-    return out
-
+    if not isinstance(model, models_lib.SmallCNN):
+        raise ValueError(f"fold_cnn_model builds the course's FoldedCNN from a SmallCNN, got "
+                         f"{type(model).__name__}; for your own model use "
+                         "fold.fold_batchnorm_model(model, example).")
+    folded, _ = fold_lib.fold_batchnorm_model(model, model.example_input())
+    return FoldedCNN.from_folded(folded)

@@ -1,6 +1,13 @@
-"""BatchNorm folding and real integer inference (int8 x int8 -> int32) for the course models.
+"""Real integer inference (int8 x int8 -> int32) of a chain of dense layers, and the
+BatchNorm-folding algebra.
 
-The integer pipeline follows the usual full-integer recipe (PyTorch/fbgemm, TFLite):
+:func:`quantize_mlp` builds the integer version of any model whose forward is a chain of
+dense layers with ReLU between (the course's LeNet-300-100, an ``nnx.Sequential`` MLP of
+yours): the layers are read from the model's traced forward
+(:mod:`pruning_kit.interpret`), never from a table of layer names. Convolutional networks,
+residual blocks and anything else run integer matmuls and convolutions through
+:func:`pruning_kit.w8a8.quantize_model`, which works on any model. The integer pipeline
+follows the usual full-integer recipe (PyTorch/fbgemm, TFLite):
 
 * weights: int8, symmetric, one scale per output channel (``s_w``);
 * activations: ``act_bits`` unsigned codes with a zero point ``z`` from calibration
@@ -19,6 +26,8 @@ Introduced in ``notebooks/01_quantization.ipynb``.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -26,7 +35,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pruning_kit import models as models_lib
+from pruning_kit import fold as fold_lib
+from pruning_kit import interpret
 from pruning_kit.quantize import (
     QParams,
     _check_bits,
@@ -39,12 +49,11 @@ from pruning_kit.quantize import (
 )
 
 __all__ = [
-    "IntLayer", "IntegerCNN", "IntegerMLP", "fake_quant_forward", "fold_batchnorm", "fold_cnn",
-    "folded_cnn_forward", "int_forward", "quantize_cnn", "quantize_mlp",
+    "IntLayer", "IntegerMLP", "dense_chain", "fake_quant_forward", "fold_batchnorm",
+    "int_forward", "quantize_mlp",
 ]
 
 _OFFSET = 128  # unsigned activation code u is held as the int8 u - 128
-_DIMS = ("NHWC", "HWIO", "NHWC")
 
 
 # --------------------------------------------------------------------------- BN folding
@@ -93,61 +102,6 @@ def _fold(kernel, bias, gamma, beta, mean, var, eps):
     return kernel * gain, (bias - mean) * gain + beta
 
 
-_CONVS = (("conv1", "bn1"), ("conv2", "bn2"), ("res_conv1", "res_bn1"),
-          ("res_conv2", "res_bn2"))
-
-
-def fold_cnn(model: models_lib.SmallCNN) -> dict[str, tuple[jax.Array, jax.Array]]:
-    """``{"conv1": (kernel, bias), ..., "head": (kernel, bias)}`` with every BatchNorm
-    folded in (running statistics), so :func:`folded_cnn_forward` equals the model in
-    eval mode."""
-    if not isinstance(model, models_lib.SmallCNN):
-        raise ValueError(f"fold_cnn takes a pruning_kit.models.SmallCNN, got "
-                         f"{type(model).__name__}; use fold_batchnorm layer by layer.")
-    folded = {}
-    for conv_name, bn_name in _CONVS:
-        conv, bn = getattr(model, conv_name), getattr(model, bn_name)
-        bias = None if conv.bias is None else conv.bias[...]
-        folded[conv_name] = fold_batchnorm(conv.kernel[...], bias, bn.scale[...],
-                                           bn.bias[...], bn.mean[...], bn.var[...],
-                                           bn.epsilon)
-    folded["head"] = (jnp.asarray(model.head.kernel[...]), jnp.asarray(model.head.bias[...]))
-    return folded
-
-
-def _pool(x: jax.Array) -> jax.Array:
-    """2x2 max pool, stride 2 (works on integer codes too)."""
-    n, h, w, c = x.shape
-    return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
-
-
-def _conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=_DIMS)
-
-
-def _cnn_float(folded: dict, x: jax.Array) -> dict[str, jax.Array]:
-    """Float forward of the folded CNN; activations by name (pre-pool where pooled)."""
-    acts = {"input": x}
-    y = acts["conv1"] = jax.nn.relu(_conv(x, folded["conv1"][0]) + folded["conv1"][1])
-    y = acts["conv2"] = jax.nn.relu(_conv(_pool(y), folded["conv2"][0]) + folded["conv2"][1])
-    y = _pool(y)
-    h = acts["res_conv1"] = jax.nn.relu(_conv(y, folded["res_conv1"][0])
-                                        + folded["res_conv1"][1])
-    y = acts["residual"] = jax.nn.relu(y + _conv(h, folded["res_conv2"][0])
-                                       + folded["res_conv2"][1])
-    acts["logits"] = y.reshape(y.shape[0], -1) @ folded["head"][0] + folded["head"][1]
-    return acts
-
-
-_cnn_float_jit = jax.jit(_cnn_float)
-
-
-def folded_cnn_forward(folded: dict[str, tuple[jax.Array, jax.Array]],
-                       x: jax.typing.ArrayLike) -> jax.Array:
-    """Logits of a :class:`~pruning_kit.models.SmallCNN` from :func:`fold_cnn`'s layers."""
-    return _cnn_float_jit(folded, jnp.asarray(x, jnp.float32))["logits"]
-
-
 # --------------------------------------------------------------------------- int layers
 class IntLayer(NamedTuple):
     """One quantized linear/conv layer (its input's QParams are kept by the model).
@@ -163,19 +117,17 @@ class IntLayer(NamedTuple):
     bias: jax.Array
 
 
-class IntegerMLP(NamedTuple):
-    """An integer MLP: ``layers[i]`` reads codes with ``acts[i]``; ``acts[-1]`` = logits."""
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["dense", "acts"],
+                   meta_fields=["names"])
+@dataclasses.dataclass(frozen=True)
+class IntegerMLP:
+    """An integer chain of dense layers: ``dense[i]`` reads codes with ``acts[i]``;
+    ``acts[-1]`` codes the logits; ``names[i]`` is layer i's path in the model. A pytree
+    (the names are static), so ``jax.jit(int_forward)(qm, x)`` works."""
 
-    layers: tuple[IntLayer, ...]
+    dense: tuple[IntLayer, ...]
     acts: tuple[QParams, ...]
-
-
-class IntegerCNN(NamedTuple):
-    """An integer SmallCNN; ``acts`` names: input, conv1, conv2, res_conv1, residual,
-    logits (each the QParams of that layer's post-ReLU output)."""
-
-    layers: dict[str, IntLayer]
-    acts: dict[str, QParams]
+    names: tuple[str, ...] = ()
 
 
 def _int_layer(name: str, kernel: Any, bias: Any, act_in: QParams, weight_bits: int,
@@ -237,15 +189,63 @@ def _check_act_qparams(act_qparams: Sequence[QParams], num_layers: int,
     return act_qparams
 
 
-def quantize_mlp(model: models_lib.MLP, calib_x: jax.typing.ArrayLike, *,
+def dense_chain(model: Any, example: Any) -> list[tuple[str, jax.Array, jax.Array]]:
+    """``[(path, kernel, bias), ...]`` of a model whose forward is dense layers with ReLU
+    between, read from its traced forward -- and checked: the chain recomputed from these
+    arrays must give the model's outputs on ``example``.
+
+    Raises:
+        ValueError: the model is not such a chain (a convolution, a norm, a residual...).
+    """
+    fwd = interpret.Forward(model, example)
+    ops = fwd.kernel_ops
+    if not ops or any(op.primitive != "dot_general" or np.ndim(fwd.leaf(op.path)) != 2
+                      for op in ops):
+        raise ValueError(f"{type(model).__name__} is not a chain of dense layers (its layers: "
+                         f"{[(op.path, op.primitive) for op in ops]}); use "
+                         "w8a8.quantize_model, which runs integer matmuls and convolutions "
+                         "in any model.")
+    biases = fold_lib.kernel_biases(fwd)
+    chain = []
+    for op in ops:
+        kernel = jnp.asarray(fwd.leaf(op.path), jnp.float32)
+        bias = jnp.asarray(fwd.leaf(biases[op.path]), jnp.float32) if op.path in biases \
+            else jnp.zeros(kernel.shape[1])
+        chain.append((op.path.rsplit(".", 1)[0], kernel, bias))
+    x = jnp.asarray(example, jnp.float32)
+    got = _chain_float(chain, x)[-1]
+    want = jnp.asarray(fwd(x))
+    if got.shape != want.shape or float(jnp.abs(got - want).max()) > 1e-4 * max(
+            1.0, float(jnp.abs(want).max())):
+        raise ValueError(f"{type(model).__name__} is not a plain chain of dense layers with "
+                         "ReLU between (recomputing it that way changes its outputs); use "
+                         "w8a8.quantize_model for integer inference of any model.")
+    return chain
+
+
+def _chain_float(chain: Sequence[tuple[str, jax.Array, jax.Array]], x: jax.Array
+                 ) -> list[jax.Array]:
+    """The chain's float activations: its input (flattened), each post-ReLU hidden, logits."""
+    h = x.reshape(x.shape[0], -1)
+    out = [h]
+    for i, (_, kernel, bias) in enumerate(chain):
+        h = h @ kernel + bias
+        h = jax.nn.relu(h) if i < len(chain) - 1 else h
+        out.append(h)
+    return out
+
+
+def quantize_mlp(model: Any, calib_x: jax.typing.ArrayLike, *,
                  weight_bits: int = 8, act_bits: int = 8, per_channel: bool = True,
                  method: str = "minmax", percentile: float = 99.99,
                  output_bits: int | None = None,
                  act_qparams: Sequence[QParams] | None = None) -> IntegerMLP:
-    """Build the integer version of an MLP (Linear layers with ReLU between).
+    """Build the integer version of a chain of dense layers with ReLU between.
 
     Args:
-        model: a :class:`~pruning_kit.models.MLP` (any widths).
+        model: any NNX model whose forward is such a chain -- the course's
+            :class:`~pruning_kit.models.MLP`, an ``nnx.Sequential`` of yours; the layers
+            are read from its traced forward (:func:`dense_chain`).
         calib_x: inputs whose activations set the activation ranges (held-out data).
         weight_bits: 2..8, symmetric, held in int8.
         act_bits: 1..8, unsigned with a zero point, held in int8.
@@ -260,55 +260,37 @@ def quantize_mlp(model: models_lib.MLP, calib_x: jax.typing.ArrayLike, *,
             the ranges a quantization-aware training used (:mod:`pruning_kit.qat`);
             default: calibrate them on ``calib_x``. The logits are calibrated either way.
 
+    Raises:
+        ValueError: bad bits or calibration data, or a model that is not a dense chain.
+
     Examples:
         >>> from flax import nnx
         >>> from pruning_kit import models
         >>> model = models.MLP(4, (8,), 3, rngs=nnx.Rngs(0))
         >>> x = jax.random.uniform(jax.random.key(1), (64, 4))
         >>> qm = quantize_mlp(model, x)
-        >>> qm.layers[0].kernel.dtype, int_forward(qm, x).shape
-        (dtype('int8'), (64, 3))
+        >>> qm.names, qm.dense[0].kernel.dtype, int_forward(qm, x).shape
+        (('layers.0', 'layers.1'), dtype('int8'), (64, 3))
         >>> step = float(qm.acts[-1].scale)
         >>> bool(jnp.abs(int_forward(qm, x) - fake_quant_forward(qm, x)).max() <= step * 1.001)
         True
     """
-    if not isinstance(model, models_lib.MLP):
-        raise ValueError(f"quantize_mlp takes a pruning_kit.models.MLP, got "
-                         f"{type(model).__name__}; for a SmallCNN use quantize_cnn.")
     x = _check_setup(weight_bits, act_bits, calib_x, output_bits)
-    h = x.reshape(x.shape[0], -1)
-    layers = list(model.layers)
-    samples = {"input": h}
-    for i, layer in enumerate(layers):
-        h = h @ layer.kernel[...] + layer.bias[...]
-        h = jax.nn.relu(h) if i < len(layers) - 1 else h
-        samples[f"layers.{i}" if i < len(layers) - 1 else "logits"] = h
+    chain = dense_chain(model, x[:2])
+    acts_float = _chain_float(chain, x)
+    names = [name for name, _, _ in chain]
+    samples = {"input": acts_float[0], **{names[i]: a for i, a in
+                                         enumerate(acts_float[1:-1])},
+               "logits": acts_float[-1]}
     if act_qparams is not None:
-        fixed = _check_act_qparams(act_qparams, len(layers), act_bits)
+        fixed = _check_act_qparams(act_qparams, len(chain), act_bits)
         samples = {"logits": samples["logits"]}
     acts = tuple(_calibrate_all(samples, act_bits, method, percentile, output_bits).values())
     if act_qparams is not None:
         acts = fixed + acts
-    qlayers = tuple(_int_layer(f"layers.{i}", layer.kernel[...], layer.bias[...], acts[i],
-                               weight_bits, per_channel) for i, layer in enumerate(layers))
-    return IntegerMLP(qlayers, acts)
-
-
-def quantize_cnn(model: models_lib.SmallCNN, calib_x: jax.typing.ArrayLike, *,
-                 weight_bits: int = 8, act_bits: int = 8, per_channel: bool = True,
-                 method: str = "minmax", percentile: float = 99.99,
-                 output_bits: int | None = None) -> IntegerCNN:
-    """Fold BatchNorm (:func:`fold_cnn`), then build the integer SmallCNN; arguments as
-    :func:`quantize_mlp`. The residual add is done on the int32 accumulator, rescaled."""
-    folded = fold_cnn(model)
-    x = _check_setup(weight_bits, act_bits, calib_x, output_bits)
-    acts = _calibrate_all(_cnn_float_jit(folded, x), act_bits, method, percentile,
-                          output_bits)
-    inputs = {"conv1": "input", "conv2": "conv1", "res_conv1": "conv2",
-              "res_conv2": "res_conv1", "head": "residual"}
-    layers = {name: _int_layer(name, *folded[name], acts[inputs[name]], weight_bits,
-                               per_channel) for name in inputs}
-    return IntegerCNN(layers, acts)
+    dense = tuple(_int_layer(name, kernel, bias, acts[i], weight_bits, per_channel)
+                  for i, (name, kernel, bias) in enumerate(chain))
+    return IntegerMLP(dense, acts, tuple(names))
 
 
 # --------------------------------------------------------------------------- forward
@@ -332,17 +314,6 @@ def _int_dense(codes: jax.Array, layer: IntLayer, act_in: QParams) -> jax.Array:
     return acc + layer.bias - _zero_correction(layer, act_in)
 
 
-def _int_conv(codes: jax.Array, layer: IntLayer, act_in: QParams) -> jax.Array:
-    # Pad with the code of 0.0 (not with integer 0) so the border matches float "SAME".
-    pads = jax.lax.padtype_to_pads(codes.shape[1:3], layer.kernel.shape[:2], (1, 1), "SAME")
-    x = jnp.pad(_int8(codes), ((0, 0), *pads, (0, 0)),
-                constant_values=(act_in.zero_point - _OFFSET).astype(jnp.int8))
-    acc = jax.lax.conv_general_dilated(x, layer.kernel, (1, 1), "VALID",
-                                       dimension_numbers=_DIMS,
-                                       preferred_element_type=jnp.int32)
-    return acc + layer.bias - _zero_correction(layer, act_in)
-
-
 def _requant(real_over_step: jax.Array, act_out: QParams, relu: bool) -> jax.Array:
     """Codes of a value given in units of the output step (float), ReLU fused."""
     qmin, qmax = int_range(act_out.bits, symmetric=False)
@@ -359,57 +330,32 @@ def _int_step(acc: jax.Array, layer: IntLayer, act_in: QParams, act_out: QParams
 def _mlp_int(qm: IntegerMLP, x: jax.Array) -> jax.Array:
     a = qm.acts
     codes = _codes(x.reshape(x.shape[0], -1), a[0])
-    for i, layer in enumerate(qm.layers):
+    for i, layer in enumerate(qm.dense):
         acc = _int_dense(codes, layer, a[i])
-        codes = _int_step(acc, layer, a[i], a[i + 1], relu=i < len(qm.layers) - 1)
+        codes = _int_step(acc, layer, a[i], a[i + 1], relu=i < len(qm.dense) - 1)
     return dequantize(codes, a[-1])
 
 
-def _cnn_int(qm: IntegerCNN, x: jax.Array) -> jax.Array:
-    L, a = qm.layers, qm.acts
-    codes = _codes(x, a["input"])
-    for name, prev in (("conv1", "input"), ("conv2", "conv1")):
-        codes = _pool(_int_step(_int_conv(codes, L[name], a[prev]), L[name], a[prev], a[name],
-                                relu=True))
-    h = _int_step(_int_conv(codes, L["res_conv1"], a["conv2"]), L["res_conv1"], a["conv2"],
-                  a["res_conv1"], relu=True)
-    acc = _int_conv(h, L["res_conv2"], a["res_conv1"])
-    s_r = a["residual"].scale  # residual: conv accumulator + skip codes, both rescaled
-    y = (acc.astype(jnp.float32) * (a["res_conv1"].scale * L["res_conv2"].scale / s_r)
-         + (codes - a["conv2"].zero_point).astype(jnp.float32) * (a["conv2"].scale / s_r))
-    codes = _requant(y, a["residual"], relu=True)
-    flat = codes.reshape(codes.shape[0], -1)
-    acc = _int_dense(flat, L["head"], a["residual"])
-    return dequantize(_int_step(acc, L["head"], a["residual"], a["logits"], relu=False),
-                      a["logits"])
-
-
 def _check_input(qmodel: Any, x: Any) -> jax.Array:
-    if not isinstance(qmodel, (IntegerMLP, IntegerCNN)):
-        raise ValueError(f"Expected an IntegerMLP or IntegerCNN (from quantize_mlp / "
-                         f"quantize_cnn), got {type(qmodel).__name__}.")
+    if not isinstance(qmodel, IntegerMLP):
+        raise ValueError(f"Expected an IntegerMLP (from quantize_mlp), got "
+                         f"{type(qmodel).__name__}; a w8a8.IntegerModel is called directly: "
+                         "qmodel(x).")
     x = jnp.asarray(x, jnp.float32)
-    if isinstance(qmodel, IntegerMLP):
-        need, have, what = qmodel.layers[0].kernel.shape[0], int(np.prod(x.shape[1:])), \
-            "input features"
-    else:
-        need, have, what = qmodel.layers["conv1"].kernel.shape[2], x.shape[-1], \
-            "channels (NHWC)"
-        have = have if x.ndim == 4 else -1
+    need, have = qmodel.dense[0].kernel.shape[0], int(np.prod(x.shape[1:]))
     if x.ndim < 2 or x.shape[0] == 0 or have != need:
         raise ValueError(f"x of shape {x.shape} does not fit the model: it needs a non-empty "
-                         f"batch with {need} {what}.")
+                         f"batch with {need} input features.")
     return x
 
 
-def int_forward(qmodel: IntegerMLP | IntegerCNN, x: jax.typing.ArrayLike) -> jax.Array:
+def int_forward(qmodel: IntegerMLP, x: jax.typing.ArrayLike) -> jax.Array:
     """Logits by integer arithmetic: int8 x int8 -> int32 layers, int8 activations.
 
     Returns the int8 output codes dequantized to float32 (for argmax and comparison).
     Pure and jit-able: ``jax.jit(int_forward)(qmodel, x)``.
     """
-    x = _check_input(qmodel, x)
-    return _mlp_int(qmodel, x) if isinstance(qmodel, IntegerMLP) else _cnn_int(qmodel, x)
+    return _mlp_int(qmodel, _check_input(qmodel, x))
 
 
 def _deq_layer(layer: IntLayer, act_in: QParams) -> tuple[jax.Array, jax.Array]:
@@ -417,29 +363,15 @@ def _deq_layer(layer: IntLayer, act_in: QParams) -> tuple[jax.Array, jax.Array]:
     return kernel, layer.bias.astype(jnp.float32) * (act_in.scale * layer.scale)
 
 
-def fake_quant_forward(qmodel: IntegerMLP | IntegerCNN, x: jax.typing.ArrayLike) -> jax.Array:
+def fake_quant_forward(qmodel: IntegerMLP, x: jax.typing.ArrayLike) -> jax.Array:
     """The same network as :func:`int_forward` in float32 with fake quantization: the
     dequantized weights and bias, and each activation quantize-dequantized with its
     QParams. Agrees with :func:`int_forward` to within one output step."""
     x = _check_input(qmodel, x)
-    fq = fake_quant_with
-    if isinstance(qmodel, IntegerMLP):
-        a = qmodel.acts
-        h = fq(x.reshape(x.shape[0], -1), a[0])
-        for i, layer in enumerate(qmodel.layers):
-            k, b = _deq_layer(layer, a[i])
-            y = h @ k + b
-            h = fq(jax.nn.relu(y) if i < len(qmodel.layers) - 1 else y, a[i + 1])
-        return h
-    L, a = qmodel.layers, qmodel.acts
-    folded = {name: _deq_layer(L[name], a[prev]) for name, prev in (
-        ("conv1", "input"), ("conv2", "conv1"), ("res_conv1", "conv2"),
-        ("res_conv2", "res_conv1"), ("head", "residual"))}
-    h = fq(x, a["input"])
-    for name in ("conv1", "conv2"):
-        h = _pool(fq(jax.nn.relu(_conv(h, folded[name][0]) + folded[name][1]), a[name]))
-    r = fq(jax.nn.relu(_conv(h, folded["res_conv1"][0]) + folded["res_conv1"][1]),
-           a["res_conv1"])
-    h = fq(jax.nn.relu(_conv(r, folded["res_conv2"][0]) + folded["res_conv2"][1] + h),
-           a["residual"])
-    return fq(h.reshape(h.shape[0], -1) @ folded["head"][0] + folded["head"][1], a["logits"])
+    a = qmodel.acts
+    h = fake_quant_with(x.reshape(x.shape[0], -1), a[0])
+    for i, layer in enumerate(qmodel.dense):
+        k, b = _deq_layer(layer, a[i])
+        y = h @ k + b
+        h = fake_quant_with(jax.nn.relu(y) if i < len(qmodel.dense) - 1 else y, a[i + 1])
+    return h

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from pruning_kit import models, train
+from pruning_kit import fold, models, pipeline, train, w8a8
 from pruning_kit import quant_infer as qi
 from pruning_kit import quantize as qz
 
@@ -297,7 +297,8 @@ def test_fold_batchnorm_matches_conv_then_bn():
     kernel, x = normal(7, (3, 3, 2, 4)), normal(8, (5, 6, 6, 2))
     gamma, beta, mean = 1 + normal(9, (4,)), normal(10, (4,)), normal(11, (4,))
     var = jnp.abs(normal(12, (4,))) + 0.1
-    conv = jax.jit(qi._conv)
+    conv = jax.jit(lambda a, k: jax.lax.conv_general_dilated(
+        a, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))
     for bias in (None, normal(13, (4,))):
         y = conv(x, kernel) + (0 if bias is None else bias)
         ref = (y - mean) / jnp.sqrt(var + 1e-5) * gamma + beta
@@ -311,13 +312,16 @@ def test_fold_batchnorm_matches_conv_then_bn():
 
 def test_fold_cnn_matches_model_in_eval_mode(digits):
     cnn = _random_cnn(0)
-    folded = qi.fold_cnn(cnn)
-    assert set(folded) == {"conv1", "conv2", "res_conv1", "res_conv2", "head"}
     x = digits.x_test[:64]
-    np.testing.assert_allclose(qi.folded_cnn_forward(folded, x), train.predict(cnn, x),
-                               atol=1e-5, rtol=1e-5)
+    folded, pairs = fold.fold_batchnorm_model(cnn, x[:2])
+    # every norm is found in the trace -- bn1 too, after the shifted-add first conv
+    assert pairs == {"bn1": "conv1.kernel", "bn2": "conv2.kernel",
+                     "res_bn1": "res_conv1.kernel", "res_bn2": "res_conv2.kernel"}
+    np.testing.assert_allclose(folded(x), train.predict(cnn, x), atol=1e-5, rtol=1e-5)
+    no_bn = pipeline.fold_cnn_model(cnn)
+    np.testing.assert_allclose(no_bn(x), train.predict(cnn, x), atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="SmallCNN"):
-        qi.fold_cnn(models.MLP(64, (8,), rngs=nnx.Rngs(0)))
+        pipeline.fold_cnn_model(models.MLP(64, (8,), rngs=nnx.Rngs(0)))
 
 
 # --------------------------------------------------------------------------- integer path
@@ -348,8 +352,9 @@ def test_integer_mlp_equals_fake_quant_within_one_step(digits, digits_mlp):
     for act_bits, method in ((8, "minmax"), (4, "mse")):
         qm = qi.quantize_mlp(digits_mlp, digits.x_train[:256], act_bits=act_bits,
                              method=method)
-        assert all(layer.kernel.dtype == jnp.int8 for layer in qm.layers)
-        assert all(layer.bias.dtype == jnp.int32 for layer in qm.layers)
+        assert qm.names == ("layers.0", "layers.1")
+        assert all(layer.kernel.dtype == jnp.int8 for layer in qm.dense)
+        assert all(layer.bias.dtype == jnp.int32 for layer in qm.dense)
         got = jax.jit(qi.int_forward)(qm, digits.x_test)
         ref = jax.jit(qi.fake_quant_forward)(qm, digits.x_test)
         step = float(qm.acts[-1].scale)
@@ -367,16 +372,33 @@ def test_integer_mlp_equals_fake_quant_within_one_step(digits, digits_mlp):
         qi.quantize_mlp(digits_mlp, digits.x_train[:0])
 
 
-def test_integer_cnn_equals_fake_quant_within_one_step(digits):
+def test_quantize_mlp_reads_any_dense_chain(digits, digits_mlp):
+    """A user's nnx.Sequential MLP is the same chain; a CNN is refused with directions."""
+    seq = nnx.Sequential(lambda x: x.reshape(x.shape[0], -1),
+                         nnx.Linear(64, 32, rngs=nnx.Rngs(0)), nnx.relu,
+                         nnx.Linear(32, 10, rngs=nnx.Rngs(1)))
+    seq.layers[1].kernel[...] = digits_mlp.layers[0].kernel[...]
+    seq.layers[1].bias[...] = digits_mlp.layers[0].bias[...]
+    seq.layers[3].kernel[...] = digits_mlp.layers[1].kernel[...]
+    seq.layers[3].bias[...] = digits_mlp.layers[1].bias[...]
+    a = qi.quantize_mlp(seq, digits.x_train[:256])
+    b = qi.quantize_mlp(digits_mlp, digits.x_train[:256])
+    assert a.names == ("layers.1", "layers.3")
+    np.testing.assert_array_equal(qi.int_forward(a, digits.x_test),
+                                  qi.int_forward(b, digits.x_test))
+    with pytest.raises(ValueError, match="w8a8.quantize_model"):
+        qi.quantize_mlp(_random_cnn(1), digits.x_train[:16])
+
+
+def test_integer_cnn_runs_int8_convolutions(digits):
+    """The SmallCNN goes through the any-model integer path (w8a8): folded, int8 x int8."""
     cnn = _random_cnn(1)
-    qm = qi.quantize_cnn(cnn, digits.x_train[:128])
+    qm = w8a8.quantize_model(cnn, digits.x_train[:128])
+    assert set(qm.folded) == {"bn1", "bn2", "res_bn1", "res_bn2"}
     x = digits.x_test[:200]
-    got = jax.jit(qi.int_forward)(qm, x)
-    ref = jax.jit(qi.fake_quant_forward)(qm, x)
-    assert float(jnp.abs(got - ref).max()) <= float(qm.acts["logits"].scale) * 1.001
+    got = np.asarray(qm(x))
     assert float(np.mean(np.argmax(got, -1) == np.argmax(train.predict(cnn, x), -1))) > 0.8
-    ops = _dot_and_conv_dtypes(jax.make_jaxpr(qi.int_forward)(qm, x[:2]).jaxpr)
-    assert {o[0] for o in ops} == {"dot_general", "conv_general_dilated"}
-    assert all(o[1] == ("int8", "int8") and o[2] == "int32" for o in ops)
-    with pytest.raises(ValueError, match="channels"):
-        qi.int_forward(qm, jnp.zeros((2, 8, 8, 3)))
+    ops = _dot_and_conv_dtypes(jax.make_jaxpr(qm.__call__)(x[:2]).jaxpr)
+    assert {o[0] for o in ops if o[1] == ("int8", "int8")} == {"dot_general",
+                                                              "conv_general_dilated"}
+    assert all(o[2] == "int32" for o in ops if o[1] == ("int8", "int8"))
