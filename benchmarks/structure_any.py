@@ -153,13 +153,16 @@ def zoo_figures(seed: int = 0) -> None:
     emit("zoo_reload_identical", sum(r["reload_identical"] for r in rows), "architectures")
 
 
-COURSE_LAYERS = {"conv1", "bn1", "conv2", "bn2", "res_conv1", "res_bn1", "res_conv2",
-                 "res_bn2", "layers"}
+CNN_LAYERS = {"conv1", "bn1", "conv2", "bn2", "res_conv1", "res_bn1", "res_conv2", "res_bn2"}
+COURSE_LAYERS = CNN_LAYERS | {"layers"}       # the SmallCNN's layers, the MLP's list
 
 
 def handwritten_layouts(root: Path = Path("pruning_kit")) -> list[str]:
     """``module.function`` for each function (outside models.py and zoo.py) whose code --
-    not its docstring -- names a course model's layer (an attribute or a string)."""
+    not its docstring -- names a course model's layer: an attribute (``model.conv1``,
+    ``model.layers``), a SmallCNN layer name as a string (``"bn2"``), or a path through one
+    (``"layers.0"``, ``"res_conv1.kernel"``). A dictionary key that happens to read
+    "layers" is not a path and does not count."""
     found = []
     for path in sorted(root.glob("*.py")):
         if path.name in ("models.py", "zoo.py"):
@@ -174,10 +177,11 @@ def handwritten_layouts(root: Path = Path("pruning_kit")) -> list[str]:
                 if isinstance(node, ast.Attribute) and node.attr in COURSE_LAYERS:
                     hit = True
                 elif isinstance(node, ast.Constant) and isinstance(node.value, str) \
-                        and node.value != doc and any(
-                            part in COURSE_LAYERS
-                            for part in node.value.replace("/", ".").split(".")):
-                    hit = True
+                        and node.value != doc:
+                    parts = node.value.replace("/", ".").split(".")
+                    if node.value in CNN_LAYERS or (len(parts) > 1 and any(
+                            part in COURSE_LAYERS for part in parts)):
+                        hit = True
             if hit:
                 found.append(f"{path.stem}.{fn.name}")
     return sorted(set(found))
