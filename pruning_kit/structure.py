@@ -478,8 +478,11 @@ def search_widths(model: nnx.Module, candidates: list[Mapping[str, Any]], x: np.
     channels to the fastest one. Timing uses fresh weights (values do not change speed).
 
     Args:
-        model: the model to shrink (its class and config are the starting point).
-        candidates: config overrides, e.g. ``[{"widths": [16, 16, 16]}, ...]``.
+        model: the model to shrink (any NNX model; not changed).
+        candidates: each either channel counts by group, ``{"conv_a": 16, "conv_b": 24}``
+            (any model: the first channels of each group are kept -- values do not change
+            speed), or for a model with a ``.config`` (the course's) config overrides,
+            ``{"widths": [16, 16, 16]}``.
         x: a batch to time on (its size is the batch size that matters to you).
         max_mac_ratio: keep candidates with at most this fraction of ``model``'s MACs.
         runs, repeats: each candidate's time is the best of ``repeats`` medians of ``runs``
@@ -499,9 +502,21 @@ def search_widths(model: nnx.Module, candidates: list[Mapping[str, Any]], x: np.
 
     base_macs = measure.cost(model, x)["macs"]
     rows = []
+    groups = None
     for override in candidates:
-        config = dict(model.config, **override)
-        cand = models_lib.build(kind, config)
+        config = getattr(model, "config", None)
+        if isinstance(config, Mapping) and set(override) <= set(config):
+            config = dict(config, **override)
+            cand = models_lib.build(kind, config)
+        else:
+            groups = channel_groups(model, x[:2]) if groups is None else groups
+            unknown = sorted(set(override) - set(groups))
+            if unknown:
+                raise ValueError(f"Candidate {dict(override)} names {unknown}: neither config "
+                                 f"keys nor channel groups (the groups are {sorted(groups)}).")
+            config = dict(override)
+            cand = remove_channels(model, {g: np.arange(int(n)) for g, n in override.items()},
+                                   example=x[:2], check=False)
         cand.eval()
         macs = measure.cost(cand, x)["macs"]
         if macs <= max_mac_ratio * base_macs:
@@ -510,8 +525,7 @@ def search_widths(model: nnx.Module, candidates: list[Mapping[str, Any]], x: np.
     if not rows:
         raise ValueError(f"No candidate has <= {max_mac_ratio} of the model's MACs; add "
                          "narrower candidates or raise max_mac_ratio.")
-    model.eval()
-    base_ms = timed(model)
+    base_ms = timed(graph_lib.eval_copy(model))         # the caller's model keeps its mode
     for row in rows:
         row["latency_ms"] = timed(row.pop("model"))
         row["speedup"] = base_ms / row["latency_ms"]

@@ -121,3 +121,16 @@ def test_unfollowed_op_is_reported_not_guessed():
     assert "fc" in g.fixed and not g.groups
     assert any("sort" in why for why in g.fixed["fc"])
     assert any(u.startswith("sort") for u in g.unfollowed)
+
+
+def test_search_widths_takes_group_counts_for_any_model():
+    model = zoo.ZOO["vgg"](nnx.Rngs(0))
+    model.train()
+    rows = structure.search_widths(model, [{"conv2": 8, "conv3": 8}, {"conv1": 4, "conv2": 4}],
+                                   X, max_mac_ratio=0.9, runs=2, repeats=1)
+    assert {tuple(sorted(r["config"].items())) for r in rows} <= {
+        (("conv2", 8), ("conv3", 8)), (("conv1", 4), ("conv2", 4))}
+    assert all(r["mac_ratio"] <= 0.9 for r in rows) and rows
+    assert model.bn1.use_running_average is False          # the caller's mode is kept
+    with pytest.raises(ValueError, match="neither config keys nor channel groups"):
+        structure.search_widths(model, [{"nope": 3}], X)
