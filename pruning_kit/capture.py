@@ -24,7 +24,7 @@ weights directly), or calls more than once (a shared layer), raises a ``ValueErr
 * :func:`shapes` -- ``{path: output shape}`` for one input, without computing anything.
 * :func:`capture` -- ``(output, {path: activation})``.
 
-Introduced in ``notebooks/02_distillation.ipynb`` (hints for your own model).
+Used by :mod:`pruning_kit.distill` for FitNets hints on any model (layers by path).
 
 Examples:
     >>> import jax.numpy as jnp
@@ -98,7 +98,9 @@ def layer_paths(model: nnx.Module) -> list[str]:
 
     Containers (``nnx.List``, ``nnx.Dict``) are left out -- they are not called; their
     items are listed (``"layers.0"``). A submodule reachable by two paths (a shared layer)
-    is listed once.
+    is listed once. Definition order is the order the attributes were assigned; a model
+    rebuilt by ``nnx.merge``, ``nnx.clone`` or ``nnx.jit`` has them in nnx's (alphabetical)
+    order. :func:`shapes` lists the layers in forward order.
 
     Args:
         model: any Flax NNX module.
@@ -125,7 +127,9 @@ def layer_paths(model: nnx.Module) -> list[str]:
 def _check_paths(model: nnx.Module, paths: Any) -> tuple[list[str], dict]:
     if isinstance(paths, str):
         paths = [paths]
-    if not isinstance(paths, Iterable) or not all(isinstance(p, str) for p in paths):
+    if isinstance(paths, Iterable) and not isinstance(paths, Mapping):
+        paths = list(paths)
+    if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
         raise ValueError(f"paths must be a layer path string or a list of them (e.g. "
                          f"['conv2', 'layers.1']), got {paths!r}.")
     paths = list(dict.fromkeys(paths))          # drop repeats, keep the order

@@ -180,9 +180,14 @@ def _layer_kind(model: nnx.Module, x: Any, layer: Any, who: str) -> str:
                          f"path like 'conv2' or 'layers.1'), got {layer!r}.")
     keys: list[str] = []
     if callable(getattr(model, "features", None)):
-        graphdef, state = nnx.split(model)   # abstract run on fresh variables: no side effects
-        feats = jax.eval_shape(lambda s, x: nnx.merge(graphdef, s).features(x), state, x)
-        keys = list(feats) if isinstance(feats, dict) else []
+        graphdef, state = nnx.split(model)
+
+        def features(state: Any, x: Any) -> Any:
+            feats = nnx.merge(graphdef, state).features(x)
+            keys.extend(feats if isinstance(feats, dict) else [])  # in the model's order
+            return feats
+
+        jax.eval_shape(features, state, x)   # abstract, on fresh variables: no side effects
         if layer in keys:
             if "logits" not in keys:
                 raise ValueError(f"{type(model).__name__}.features(x) has {keys} but no "
@@ -192,9 +197,9 @@ def _layer_kind(model: nnx.Module, x: Any, layer: Any, who: str) -> str:
             return "features"
     paths = capture_lib.layer_paths(model)
     if layer not in paths:
-        named = f"a key of features(x) {keys} nor " if keys else ""
-        raise ValueError(f"Unknown {who} layer {layer!r}: it is neither {named}a submodule "
-                         f"path of {type(model).__name__}. Submodule paths: {paths}; "
+        named = f"neither a key of features(x) {keys} nor" if keys else "not"
+        raise ValueError(f"Unknown {who} layer {layer!r}: it is {named} a submodule path of "
+                         f"{type(model).__name__}. Submodule paths: {paths}; "
                          "capture.shapes(model, x) prints each one's output shape.")
     return "path"
 
@@ -260,9 +265,8 @@ def teacher_features(teacher: nnx.Module, x: np.ndarray, layer: str, *,
         raise ValueError("x is empty; pass at least one example.")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
-    copy = _eval_copy(teacher)
-    kind = _layer_kind(copy, jnp.asarray(x[:1]), layer, "teacher")
-    graphdef, state = nnx.split(copy)
+    kind = _layer_kind(teacher, jnp.asarray(x[:1]), layer, "teacher")  # abstract: no effect
+    graphdef, state = nnx.split(_eval_copy(teacher))
     outs = [np.asarray(_teacher_forward(graphdef, state, jnp.asarray(x[i:i + batch_size]),
                                         layer, kind)) for i in range(0, len(x), batch_size)]
     return np.concatenate(outs)
@@ -388,7 +392,7 @@ def kd_wrap(loss_fn: train_lib.LossFn, teacher: nnx.Module | None = None, *,
     """Distil into the logits of another ``loss_fn``: its loss is replaced by :func:`kd_loss`.
 
     A compression technique often trains through its own forward pass -- QAT's loss
-    (:func:`pruning_kit.qat.qat_mlp_loss`) returns the logits of the *fake-quantized*
+    (:func:`pruning_kit.qat.qat_loss`) returns the logits of the *fake-quantized*
     model. ``kd_wrap`` keeps that forward pass and its logits, drops its cross-entropy,
     and puts the distillation loss against the teacher in its place, so the dense model
     supervises its compressed copy through the technique's own forward.

@@ -51,6 +51,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from pruning_kit import fold as fold_lib
+from pruning_kit import graph as graph_lib
 from pruning_kit import models as models_lib
 from pruning_kit import train as train_lib
 from pruning_kit.codebook import kmeans_codebook
@@ -212,7 +213,7 @@ def finetune_shared(model: nnx.Module, codebooks: Mapping[str, Any],
     """
     _check_shared(model, codebooks, indices)
     train_lib.check_training_args(x, y, epochs=epochs, lr=lr, batch_size=batch_size)
-    model.eval()
+    model = graph_lib.eval_copy(model)            # the caller's model keeps its mode
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     others = {n: v for n, v in _params(model).items() if n not in codebooks} \
         if train_biases else {}

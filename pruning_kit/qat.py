@@ -527,7 +527,7 @@ def finetune_codebooks(model: nnx.Module, codebooks: Mapping[str, Any],
     """
     codebooks = _check_shared(model, codebooks, indices)
     train_lib.check_training_args(x, y, epochs=epochs, lr=lr, batch_size=batch_size)
-    model.eval()
+    model = graph_lib.eval_copy(model)            # the caller's model keeps its mode
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     idx = {name: jnp.asarray(indices[name], jnp.int32) for name in codebooks}
     steps = len(x) // batch_size
@@ -548,9 +548,3 @@ def finetune_codebooks(model: nnx.Module, codebooks: Mapping[str, Any],
             raise FloatingPointError(f"Codebook fine-tuning diverged at epoch {epoch + 1}; "
                                      "lower lr.")
     return codebooks
-
-
-# Former names, kept while callers move to the model-agnostic ones.
-calibrate_mlp = calibrate_inputs
-fake_quant_mlp = fake_quant_model
-qat_mlp_loss = qat_loss

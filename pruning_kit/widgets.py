@@ -150,7 +150,7 @@ class BitWidthExplorer:
         if bits_options[0] < 2 or bits_options[-1] > 16:
             raise ValueError(f"bits must be between 2 and 16, got {bits_options}.")
         self._q = quantize
-        model.eval()
+        model = _eval_copy(model)                 # the caller's model keeps its mode
         self._graphdef, self._params, self._rest = nnx.split(model, nnx.Param, ...)
         self._x, self._y = np.asarray(x), np.asarray(y)
         self._fp32_bytes = 4 * sum(int(np.size(a)) for a in jax.tree.leaves(self._params))
@@ -335,6 +335,12 @@ class TemperatureExplorer:
         display(self.widget)
 
 
+def _eval_copy(model):
+    from pruning_kit import graph
+
+    return graph.eval_copy(model)
+
+
 class RankExplorer:
     """Low-rank factorization of one MLP layer, explored with a rank slider.
 
@@ -506,7 +512,7 @@ class SparsityExplorer:
         if sparsities[0] < 0 or sparsities[-1] >= 1:
             raise ValueError(f"sparsities must be in [0, 1), got {sparsities}.")
         self._prune = prune
-        model.eval()
+        model = _eval_copy(model)                 # the caller's model keeps its mode
         self._graphdef, self._params, self._rest = nnx.split(model, nnx.Param, ...)
         self._x, self._y = np.asarray(x), np.asarray(y)
 

@@ -9,7 +9,7 @@ from flax import nnx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pruning_kit import distill, models, train
+from pruning_kit import capture, distill, models, train
 
 
 def _normal(seed, shape, scale=1.0):
@@ -140,9 +140,13 @@ def test_bad_shapes_and_labels():
         distill.feature_distillation_loss(beta=-1.0)
     with pytest.raises(ValueError, match="positive integer"):
         distill.Adapter(0, 8, rngs=nnx.Rngs(0))
-    with pytest.raises(ValueError, match="no .features"):
-        distill.StudentWithAdapter(models.MLP(64, (16,), rngs=nnx.Rngs(0)),
-                                   distill.Adapter(8, 8, rngs=nnx.Rngs(0)))
+    with pytest.raises(ValueError, match="student must be a Flax NNX module"):
+        distill.StudentWithAdapter("mlp", distill.Adapter(8, 8, rngs=nnx.Rngs(0)))
+    # any model is a valid student now (layers by path); features() only if it has one
+    wrapper = distill.StudentWithAdapter(models.MLP(64, (16,), rngs=nnx.Rngs(0)),
+                                         distill.Adapter(8, 8, rngs=nnx.Rngs(0)))
+    with pytest.raises(ValueError, match=r"no .features\(x\); read its layers by submodule"):
+        wrapper.features(jnp.zeros((2, 64)))
 
 
 # --------------------------------------------------------------------------- with train.fit
@@ -246,7 +250,7 @@ def test_kd_wrap_distils_through_the_wrapped_forward(digits, mlp_teacher):
     from pruning_kit import qat
 
     x, y = jnp.asarray(digits.x_train[:64]), jnp.asarray(digits.y_train[:64])
-    qat_loss = qat.qat_mlp_loss(2, None)
+    qat_loss = qat.qat_loss(2, None)
     t_logits = distill.teacher_logits(mlp_teacher, digits.x_train[:64])
     # alpha = 0: exactly the wrapped loss; the logits are the fake-quantized model's
     plain, q_logits = qat_loss(mlp_teacher, x, y)
@@ -267,3 +271,196 @@ def test_kd_wrap_distils_through_the_wrapped_forward(digits, mlp_teacher):
         distill.kd_wrap(qat_loss, alpha=2.0)
     with pytest.raises(ValueError, match=r"y = \(labels, teacher_logits\)"):
         distill.kd_wrap(qat_loss)(mlp_teacher, x, y)
+
+
+# --------------------------------------------------------------------------- any model, by path
+class _UserCNN(nnx.Module):
+    """Written the way a user writes one: own layer names, Dropout, no features()."""
+
+    def __init__(self, widths=(4, 8), *, rngs):
+        self.conv1 = nnx.Conv(1, widths[0], (3, 3), rngs=rngs)
+        self.norm1 = nnx.BatchNorm(widths[0], rngs=rngs)
+        self.conv2 = nnx.Conv(widths[0], widths[1], (3, 3), strides=2, rngs=rngs)
+        self.norm2 = nnx.BatchNorm(widths[1], rngs=rngs)
+        self.drop = nnx.Dropout(0.2, rngs=rngs)
+        self.classifier = nnx.Linear(widths[1], 10, rngs=rngs)
+
+    def __call__(self, x):
+        x = nnx.relu(self.norm1(self.conv1(x)))
+        x = nnx.relu(self.norm2(self.conv2(x)))
+        return self.classifier(self.drop(x.mean(axis=(1, 2))))
+
+
+def _user_sequential(seed=0):
+    rngs = nnx.Rngs(seed)
+    return nnx.Sequential(nnx.Conv(1, 4, (3, 3), rngs=rngs), nnx.BatchNorm(4, rngs=rngs),
+                          nnx.relu, lambda x: x.mean(axis=(1, 2)), nnx.Linear(4, 10, rngs=rngs))
+
+
+def _images(n=6, seed=0):
+    return _normal(seed, (n, 8, 8, 1))
+
+
+def test_capture_returns_a_user_models_layer_outputs():
+    model = _UserCNN(rngs=nnx.Rngs(0))
+    model.eval()
+    x = _images()
+    assert capture.layer_paths(model) == ["conv1", "norm1", "conv2", "norm2", "drop",
+                                          "classifier"]
+    out, acts = capture.capture(model, x, ["conv2", "norm1"])
+    h1 = model.norm1(model.conv1(x))
+    np.testing.assert_allclose(acts["norm1"], h1, rtol=1e-6)
+    np.testing.assert_allclose(acts["conv2"], model.conv2(nnx.relu(h1)), rtol=1e-6)
+    np.testing.assert_allclose(out, model(x), rtol=1e-6)
+    assert capture.shapes(model, x)["conv2"] == (6, 4, 4, 8)
+
+    seq = _user_sequential()
+    seq.eval()
+    assert capture.layer_paths(seq) == ["layers.0", "layers.1", "layers.4"]
+    assert list(capture.shapes(seq, x)) == ["layers.0", "layers.1", "layers.4"]
+    out, acts = capture.capture(seq, x, "layers.1")
+    np.testing.assert_allclose(acts["layers.1"], seq.layers[1](seq.layers[0](x)), rtol=1e-6)
+    np.testing.assert_allclose(out, seq(x), rtol=1e-6)
+
+
+def test_capture_under_jit_and_grad_of_traced_params():
+    model = _UserCNN(rngs=nnx.Rngs(0))
+    model.eval()
+    x = _images()
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def hint(params):
+        m = nnx.merge(graphdef, params, rest)
+        return jnp.sum(capture.capture(m, x, "conv2")[1]["conv2"] ** 2)
+
+    def by_hand(params):
+        m = nnx.merge(graphdef, params, rest)
+        return jnp.sum(m.conv2(nnx.relu(m.norm1(m.conv1(x)))) ** 2)
+
+    np.testing.assert_allclose(jax.jit(hint)(params), by_hand(params), rtol=1e-5)
+    got, want = jax.jit(jax.grad(hint))(params), jax.grad(by_hand)(params)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), got, want)
+    assert np.any(np.asarray(got["conv1"]["kernel"][...]))       # flows through conv1
+    assert not np.any(np.asarray(got["classifier"]["kernel"][...]))  # after the layer
+    # a model closed over by jax.jit works too
+    jitted = jax.jit(lambda x: capture.capture(model, x, ["norm2"])[1]["norm2"])
+    np.testing.assert_allclose(jitted(x), capture.capture(model, x, "norm2")[1]["norm2"],
+                               rtol=1e-5)
+
+
+def test_capture_leaves_the_model_and_its_mode_as_they_came():
+    model = _UserCNN(rngs=nnx.Rngs(0))
+    x = _images()
+    model.eval()
+    before = jax.tree.map(train.host_array, nnx.state(model))
+    capture.capture(model, x, ["conv2", "norm2"])
+    capture.shapes(model, x)
+    after = jax.tree.map(train.host_array, nnx.state(model))
+    jax.tree.map(np.testing.assert_array_equal, before, after)
+    assert type(model.conv2) is nnx.Conv and type(model.norm2) is nnx.BatchNorm
+    assert model.norm1.use_running_average and model.drop.deterministic
+
+    # train mode: the same effect on the model as model(x), no more; still in train mode
+    model.train()
+    twin = nnx.clone(model)
+    out, _ = capture.capture(model, x, ["conv1", "norm1", "drop"])
+    np.testing.assert_allclose(out, twin(x), rtol=1e-6)            # same Dropout mask
+    jax.tree.map(np.testing.assert_array_equal, nnx.state(twin, nnx.BatchStat),
+                 nnx.state(model, nnx.BatchStat))
+    assert not np.allclose(model.norm1.mean[...], before["norm1"]["mean"][...])
+    assert not model.norm1.use_running_average and not model.drop.deterministic
+    stats = jax.tree.map(train.host_array, nnx.state(model))
+    capture.shapes(model, x)                                       # abstract: no update
+    after = jax.tree.map(train.host_array, nnx.state(model))
+    jax.tree.map(np.testing.assert_array_equal, stats, after)
+
+
+def test_capture_bad_paths_say_what_to_pick():
+    model = _UserCNN(rngs=nnx.Rngs(0))
+    x = _images(2)
+    with pytest.raises(ValueError, match=r"no submodule at path 'conv3'.*'conv1', 'norm1'"):
+        capture.capture(model, x, "conv3")
+    with pytest.raises(ValueError, match="not methods"):
+        capture.capture(model, x, "relu")
+    with pytest.raises(ValueError, match="list of them"):
+        capture.capture(model, x, [1])
+    with pytest.raises(ValueError, match=r"container.*'layers.0'"):
+        capture.capture(_user_sequential(), x, "layers")
+    with pytest.raises(ValueError, match="Flax NNX module"):
+        capture.capture(lambda x: x, x, "conv1")
+
+    class Twice(nnx.Module):
+        def __init__(self, rngs):
+            self.fc = nnx.Linear(4, 4, rngs=rngs)
+            self.unused = nnx.Linear(4, 4, rngs=rngs)
+
+        def __call__(self, x):
+            return self.fc(self.fc(x))
+
+    twice = Twice(nnx.Rngs(0))
+    with pytest.raises(ValueError, match="called it 2 times"):
+        capture.capture(twice, jnp.ones((1, 4)), "fc")
+    with pytest.raises(ValueError, match="never called it"):
+        capture.capture(twice, jnp.ones((1, 4)), "unused")
+    assert capture.shapes(twice, jnp.ones((1, 4))) == {}
+
+
+def test_teacher_features_by_path_keeps_the_teachers_mode():
+    teacher = _UserCNN(rngs=nnx.Rngs(0))                   # left in train mode
+    x = np.asarray(_images(5))
+    feats = distill.teacher_features(teacher, x, "conv2", batch_size=2)
+    assert feats.shape == (5, 4, 4, 8)
+    assert not teacher.norm1.use_running_average and not teacher.drop.deterministic
+    twin = nnx.clone(teacher)
+    twin.eval()
+    np.testing.assert_allclose(feats, capture.capture(twin, x, "conv2")[1]["conv2"],
+                               rtol=1e-5, atol=1e-6)
+    distill.teacher_logits(teacher, x)
+    distill.online_distillation_loss(teacher)
+    distill.feature_distillation_loss(teacher, student_layer="conv2", teacher_layer="conv2")
+    assert not teacher.norm1.use_running_average and not teacher.drop.deterministic
+    with pytest.raises(ValueError, match=r"Unknown teacher layer 'stage2'.*'conv1', 'norm1'"):
+        distill.teacher_features(teacher, x, "stage2")
+    cnn = models.SmallCNN(widths=(4, 8), image_size=8, rngs=nnx.Rngs(0))  # features() keys
+    with pytest.raises(ValueError, match=r"neither a key of features\(x\) \['stage1'"):
+        distill.teacher_features(cnn, x, "conv9")
+
+
+def _user_mlp(hidden, seed):
+    rngs = nnx.Rngs(seed)
+    return nnx.Sequential(lambda x: x.reshape((x.shape[0], -1)), nnx.Linear(64, hidden, rngs=rngs),
+                          nnx.BatchNorm(hidden, rngs=rngs), nnx.relu,
+                          nnx.Dropout(0.1, rngs=rngs), nnx.Linear(hidden, 10, rngs=rngs))
+
+
+def test_feature_distillation_by_layer_paths_with_fit(digits):
+    # nnx.Sequential MLPs (they compile fastest); "layers.2" is the BatchNorm of each
+    teacher = _user_mlp(16, 0)
+    model = distill.StudentWithAdapter(_user_mlp(8, 1), distill.Adapter(8, 16, rngs=nnx.Rngs(2)))
+    x, labels = digits.x_train[:256], digits.y_train[:256]
+    y = (labels, distill.teacher_logits(teacher, x),
+         distill.teacher_features(teacher, x, "layers.2"))
+    kw = dict(student_layer="layers.2", temperature=2.0, alpha=0.5)
+    pre = distill.feature_distillation_loss(beta=1.0, **kw)
+    online = distill.feature_distillation_loss(teacher, teacher_layer="layers.2", beta=1.0, **kw)
+    no_hint = distill.feature_distillation_loss(teacher, teacher_layer="layers.2", beta=0.0,
+                                                **kw)
+
+    @nnx.jit
+    def losses_and_grads(model, xb, yb):
+        grads = [nnx.grad(lambda m, f=f: f(m, xb, yb[0])[0])(model).student.layers[1].kernel[...]
+                 for f in (online, no_hint)]
+        return online(model, xb, yb[0])[0], pre(model, xb, yb)[0], grads
+
+    model.eval()
+    l_online, l_pre, grads = losses_and_grads(model, jnp.asarray(x[:64]),
+                                              tuple(jnp.asarray(a[:64]) for a in y))
+    np.testing.assert_allclose(l_online, l_pre, rtol=1e-5)
+    assert not np.allclose(grads[0], grads[1])  # the hint reaches the student's first layer
+    model.train()
+    hist = train.fit(model, x, y, epochs=1, batch_size=64, progress=False, loss_fn=pre)
+    assert np.isfinite(hist["loss"]).all()
+    assert type(model.student.layers[2]) is nnx.BatchNorm
+    assert not model.student.layers[4].deterministic          # fit left it in train mode
+    with pytest.raises(ValueError, match="Unknown student layer 'stage2'"):
+        distill.feature_distillation_loss(student_layer="stage2")(model, x[:4], y)
