@@ -574,9 +574,19 @@ def break_even_rank(in_features: int, out_features: int) -> int:
     return math.ceil(in_features * out_features / (in_features + out_features)) - 1
 
 
+def _is_pointwise_conv(node: Any) -> bool:
+    """A 1x1 convolution with stride 1 and one group: a dense layer on the channel axis."""
+    return isinstance(node, nnx.Conv) and tuple(node.kernel_size) == (1, 1) \
+        and node.feature_group_count == 1 and all(
+            s == 1 for s in np.atleast_1d(node.strides if node.strides is not None else 1)) \
+        and all(d == 1 for d in np.atleast_1d(node.kernel_dilation or 1)) \
+        and all(d == 1 for d in np.atleast_1d(node.input_dilation or 1))
+
+
 def dense_layers(model: nnx.Module) -> dict[str, nnx.Module]:
-    """``{path: layer}`` of the model's ``nnx.Linear`` (and low-rank) layers, in the order
-    the model defines them; an integer layer index elsewhere counts in this order.
+    """``{path: layer}`` of the model's dense layers -- ``nnx.Linear``, 1x1 convolutions
+    (a dense layer applied at every pixel) and low-rank layers -- in the order the model
+    defines them; an integer layer index elsewhere counts in this order.
 
     Examples:
         >>> from pruning_kit import models
@@ -584,7 +594,8 @@ def dense_layers(model: nnx.Module) -> dict[str, nnx.Module]:
         ['layers.0', 'layers.1']
     """
     found = {".".join(str(k) for k in path): node for path, node in nnx.iter_graph(model)
-             if isinstance(node, (nnx.Linear, models_lib.LowRankLinear))}
+             if isinstance(node, (nnx.Linear, models_lib.LowRankLinear))
+             or _is_pointwise_conv(node)}
     return dict(sorted(found.items(), key=lambda kv: [int(p) if p.isdigit() else p
                                                       for p in kv[0].split(".")]))
 
@@ -604,11 +615,12 @@ def layer_path(model: nnx.Module, layer: int | str) -> str:
 
 
 def low_rank(model: nnx.Module, ranks: Mapping[Any, int] | list[int | None]) -> nnx.Module:
-    """A copy of ``model`` with the chosen ``nnx.Linear`` layers replaced by SVD factors.
+    """A copy of ``model`` with the chosen dense layers replaced by SVD factors.
 
-    Each chosen layer becomes a :class:`~pruning_kit.models.LowRankLinear` holding
-    ``u @ v``, the truncated SVD of its kernel (bias kept). Works on any NNX model whose
-    dense layers are ``nnx.Linear``; the original is not changed.
+    Each chosen layer -- an ``nnx.Linear`` or a 1x1 ``nnx.Conv`` (:func:`dense_layers`) --
+    becomes a :class:`~pruning_kit.models.LowRankLinear` holding ``u @ v``, the truncated
+    SVD of its kernel (bias kept), which acts on the last axis as the layer did. Works on
+    any NNX model; the original is not changed.
 
     Args:
         model: any Flax NNX model.
@@ -641,14 +653,17 @@ def low_rank(model: nnx.Module, ranks: Mapping[Any, int] | list[int | None]) -> 
     chosen = {}
     for key, r in ranks.items():
         path = layer_path(model, key)
-        if not isinstance(linears[path], nnx.Linear):
+        if isinstance(linears[path], models_lib.LowRankLinear):
             raise ValueError(f"Layer {path} is already low rank; factorize the dense model.")
         if r is not None:
             chosen[path] = r
     new = train_lib.own_arrays(model)
     for path, r in chosen.items():
         old = dense_layers(new)[path]
-        u, v = svd_factors(old.kernel[...], r)
+        kernel = old.kernel[...]
+        kernel = kernel.reshape(kernel.shape[-2:])      # a 1x1 conv's (1, 1, in, out) too
+        u, v = svd_factors(kernel, r)
+        # x @ u @ v acts on the last axis: a 1x1 convolution on NHWC maps exactly to it
         layer = models_lib.LowRankLinear(old.in_features, old.out_features, r,
                                          rngs=nnx.Rngs(0))
         layer.u, layer.v = nnx.Param(u), nnx.Param(v)

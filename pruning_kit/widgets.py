@@ -372,14 +372,16 @@ class RankExplorer:
         import jax.numpy as jnp
 
         from pruning_kit import graph, structure
+        from pruning_kit import models as models_lib
 
         path = structure.layer_path(model, layer)
         dense = structure.dense_layers(model)[path]
-        if not isinstance(dense, nnx.Linear):
+        if isinstance(dense, models_lib.LowRankLinear):
             raise ValueError(f"Layer {path} is already low rank; explore the dense model.")
         if len(x) == 0 or len(x) != len(y):
             raise ValueError("x and y must be non-empty and equally long.")
-        kernel = dense.kernel[...]
+        kernel_shape = dense.kernel.shape                # a 1x1 conv's is (1, 1, in, out)
+        kernel = dense.kernel[...].reshape(kernel_shape[-2:])
         full = min(kernel.shape)
         ranks = sorted(set(int(r) for r in ranks))
         if ranks[0] < 1 or ranks[-1] > full:
@@ -396,7 +398,8 @@ class RankExplorer:
         def logits(state, r, xb):
             m = nnx.merge(graphdef, state)
             keep = (jnp.arange(s.shape[0]) < r).astype(s.dtype)
-            structure.dense_layers(m)[path].kernel[...] = (u * (s * keep)) @ vt
+            structure.dense_layers(m)[path].kernel[...] = ((u * (s * keep)) @ vt).reshape(
+                kernel_shape)
             return m(xb)
 
         self._logits = jax.jit(logits)

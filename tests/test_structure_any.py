@@ -134,3 +134,15 @@ def test_search_widths_takes_group_counts_for_any_model():
     assert model.bn1.use_running_average is False          # the caller's mode is kept
     with pytest.raises(ValueError, match="neither config keys nor channel groups"):
         structure.search_widths(model, [{"nope": 3}], X)
+
+
+def test_low_rank_factorizes_any_linear_and_pointwise_conv():
+    model = zoo.ZOO["resnet"](nnx.Rngs(0))          # its projection shortcut is a 1x1 conv
+    layers = structure.dense_layers(model)
+    assert "blocks.1.shortcut_conv" in layers and "fc" in layers
+    full = structure.low_rank(model, {"blocks.1.shortcut_conv": 8, "fc": 10})
+    want = np.asarray(graph.eval_copy(model)(X))
+    np.testing.assert_allclose(np.asarray(full(X)), want, atol=1e-4)   # full rank: exact
+    small = structure.low_rank(model, {"blocks.1.shortcut_conv": 2})
+    assert structure.models_lib.num_params(small) < structure.models_lib.num_params(model)
+    assert np.asarray(small(X)).shape == (len(X), 10)
