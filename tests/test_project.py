@@ -94,3 +94,11 @@ def test_explorers_are_visible_before_running():
         text = "".join("".join(c["source"]) for c in nb["cells"]
                        if c["cell_type"] == "markdown")
         assert "run this cell to make it live" in text.lower(), path.name
+
+
+def test_no_course_layout_is_written_outside_models():
+    """Model structure is read from the model (traced graph), not from tables of the course
+    classes' layer names: no function outside models.py names a course model's layers."""
+    from benchmarks.structure_any import handwritten_layouts
+
+    assert handwritten_layouts() == []
