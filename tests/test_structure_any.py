@@ -146,3 +146,26 @@ def test_low_rank_factorizes_any_linear_and_pointwise_conv():
     small = structure.low_rank(model, {"blocks.1.shortcut_conv": 2})
     assert structure.models_lib.num_params(small) < structure.models_lib.num_params(model)
     assert np.asarray(small(X)).shape == (len(X), 10)
+
+
+def test_flax_multi_head_attention_loses_whole_heads():
+    class Encoder(nnx.Module):
+        def __init__(self, rngs):
+            self.embed = nnx.Linear(8, 32, rngs=rngs)
+            self.attn = nnx.MultiHeadAttention(num_heads=4, in_features=32, qkv_features=32,
+                                               decode=False, rngs=rngs)
+            self.head = nnx.Linear(32, 10, rngs=rngs)
+
+        def __call__(self, x):
+            x = self.embed(x.reshape(x.shape[0], 8, 8))
+            return self.head((x + self.attn(x)).mean(1))
+
+    model = Encoder(nnx.Rngs(0))
+    groups = structure.channel_groups(model, EXAMPLE)
+    heads = next(g for g in groups.values() if g.size == 4)
+    assert {m.leaf for m in heads.members} >= {"attn.query.kernel", "attn.key.kernel",
+                                               "attn.value.kernel", "attn.out.kernel"}
+    small = structure.remove_channels(model, {heads.name: np.array([0, 3])}, example=EXAMPLE)
+    masked = structure.mask_channels(model, {heads.name: np.array([0, 3])}, example=EXAMPLE)
+    assert small.attn.num_heads == 2 and small.attn.head_dim == 8
+    np.testing.assert_allclose(np.asarray(small(X)), np.asarray(masked(X)), atol=1e-5)
