@@ -355,10 +355,15 @@ class Tiny(nnx.Module):
         return self.drop(self.linear(x))
 
 
-def test_user_model_must_be_registered(tmp_path, monkeypatch):
+def test_user_model_reloads_with_like_or_registered(tmp_path, monkeypatch):
     m = Tiny(5, rngs=nnx.Rngs(1))
-    with pytest.raises(ValueError, match=r"MODEL_CLASSES\['Tiny'\] = Tiny"):
-        codec.save(tmp_path / "t.pkc", m)
+    own = codec.save(tmp_path / "own.pkc", m)            # your own class: no registry needed
+    with pytest.raises(ValueError, match="like="):
+        codec.load(own)
+    again = codec.load(own, like=Tiny(5, rngs=nnx.Rngs(9)))
+    assert_same_bits(leaves(m), leaves(again))
+    with pytest.raises(ValueError, match="like= is a"):
+        codec.load(own, like=nnx.Linear(2, 2, rngs=nnx.Rngs(0)))
     monkeypatch.setitem(models.MODEL_CLASSES, "Tiny", Tiny)
     path = codec.save(tmp_path / "t.pkc", m)
     back = codec.load(path)
