@@ -1,0 +1,55 @@
+"""StableHLO export: a compressed model leaves the course as a file plain JAX runs."""
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from flax import nnx
+
+from pruning_kit import export, structure, w8a8, zoo
+
+X = np.random.default_rng(0).random((6, 8, 8, 1), dtype=np.float32)
+
+
+def test_shrunk_user_model_reloads_in_a_process_without_pruning_kit(tmp_path):
+    model = zoo.ZOO["resnet"](nnx.Rngs(0))
+    small = structure.remove_channels(model, {"stem": np.arange(4)}, example=X[:2])
+    path = export.to_stablehlo(small, X[:2], tmp_path / "resnet.stablehlo")
+    np.save(tmp_path / "x.npy", X)
+    script = textwrap.dedent(f"""
+        import sys
+        import jax, numpy as np
+        exported = jax.export.deserialize(bytearray(open({str(path)!r}, "rb").read()))
+        np.save({str(tmp_path / "out.npy")!r}, np.asarray(exported.call(np.load(
+            {str(tmp_path / "x.npy")!r}))))
+        assert not any(m.startswith(("pruning_kit", "flax")) for m in sys.modules)
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=300)
+    fresh = np.load(tmp_path / "out.npy")
+    here = np.asarray(export.load_stablehlo(path)(X))
+    np.testing.assert_array_equal(fresh, here)              # the same program, bit for bit
+    np.testing.assert_allclose(fresh, np.asarray(small(X)), atol=1e-5)
+    info = export.describe(path)
+    assert info["platforms"] == ["cpu"] and "stablehlo.convolution" in info["ops"]
+
+
+def test_integer_model_exports_with_its_int8_ops(tmp_path):
+    model = zoo.ZOO["vgg"](nnx.Rngs(0))
+    q = w8a8.quantize_model(model, X)
+    path = export.to_stablehlo(q, X[:2], tmp_path / "vgg_int8.stablehlo")
+    np.testing.assert_array_equal(np.asarray(export.load_stablehlo(path)(X)), np.asarray(q(X)))
+    import jax
+
+    mlir = jax.export.deserialize(bytearray(path.read_bytes())).mlir_module()
+    assert "xi8>" in mlir and "xi32>" in mlir      # int8 codes, int32 accumulation
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="non-empty batch"):
+        export.to_stablehlo(zoo.ZOO["vgg"](nnx.Rngs(0)), X[:0], "x.stablehlo")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        export.to_stablehlo(zoo.ZOO["vgg"](nnx.Rngs(0)), X[:2], "/nonexistent/x.stablehlo")
+    with pytest.raises(FileNotFoundError, match="No StableHLO file"):
+        export.load_stablehlo("/nonexistent/x.stablehlo")
