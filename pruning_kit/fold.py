@@ -45,11 +45,6 @@ _SHAPE_OPS = frozenset("reshape broadcast_in_dim convert_element_type squeeze co
                        "copy_p slice".split())
 
 
-def _modules(model: nnx.Module) -> dict[str, nnx.Module]:
-    return {".".join(str(k) for k in path): node for path, node in nnx.iter_graph(model)
-            if isinstance(node, nnx.Module)}
-
-
 def kernel_biases(fwd: interpret.Forward) -> dict[str, str]:
     """``{kernel path: bias path}`` for each dense/conv layer whose output gets a bias added
     right after (``nnx.Linear``/``nnx.Conv`` with ``use_bias``), read from the trace."""
@@ -58,7 +53,7 @@ def kernel_biases(fwd: interpret.Forward) -> dict[str, str]:
 
 def find_pairs(fwd: interpret.Forward, model: nnx.Module) -> dict[str, tuple[str, str | None]]:
     """``{batchnorm path: (kernel path, kernel's bias path or None)}`` foldable pairs."""
-    return _dataflow(fwd, _modules(model))[1]
+    return _dataflow(fwd, graph_lib.modules(model))[1]
 
 
 def _dataflow(fwd: interpret.Forward, modules: dict[str, nnx.Module]) -> tuple[dict, dict]:
@@ -140,7 +135,7 @@ def fold_batchnorm_model(model: nnx.Module, example: Any, *, check: bool = True
     fwd = interpret.Forward(model, example)
     copy = graph_lib.eval_copy(model)
     pairs = find_pairs(fwd, copy)
-    modules = _modules(copy)
+    modules = graph_lib.modules(copy)
     leaves = dict(zip(fwd.paths, fwd.leaves, strict=True))
     new: dict[str, jax.Array] = {}
     for bn_path, (k_path, b_path) in pairs.items():

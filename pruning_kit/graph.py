@@ -705,6 +705,31 @@ def sync_widths(model: nnx.Module) -> None:
 
 
 
+def program(graphdef: Any, treedef: Any, leaves: Sequence[Any], args: Sequence[Any],
+            name: str = "model") -> Any:
+    """The closed jaxpr of ``merge(graphdef, leaves)(*args)``, the arrays as its first inputs.
+
+    Raises:
+        UnsupportedModelError: the model fails on ``args`` (the JAX error is attached).
+    """
+    def forward(leaves, *args):
+        return nnx.merge(graphdef, jax.tree_util.tree_unflatten(treedef, leaves))(*args)
+
+    try:
+        return jax.make_jaxpr(forward)(list(leaves), *args)
+    except Exception as err:
+        raise UnsupportedModelError(
+            f"{name} could not run on inputs of shape "
+            f"{[np.shape(a) for a in jax.tree.leaves(args)]}: {type(err).__name__}: {err}. "
+            "Pass example= a batch the model accepts, e.g. x[:2].") from err
+
+
+def modules(model: nnx.Module) -> dict[str, nnx.Module]:
+    """``{dotted path: submodule}`` of ``model`` (the model itself at ``""``)."""
+    return {".".join(str(k) for k in path): node for path, node in nnx.iter_graph(model)
+            if isinstance(node, nnx.Module)}
+
+
 def eval_copy(model: nnx.Module) -> nnx.Module:
     """A copy of ``model`` in eval mode (the caller's model and mode are untouched)."""
     copy = nnx.merge(*nnx.split(model))          # new module objects, same arrays
@@ -738,17 +763,7 @@ def trace(model: nnx.Module, example: Any, *, names: Mapping[str, str] | None = 
     if not leaves:
         raise UnsupportedModelError(f"{type(model).__name__} has no arrays to trace.")
     args = example if isinstance(example, tuple) else (example,)
-
-    def forward(leaves, *args):
-        return nnx.merge(graphdef, jax.tree_util.tree_unflatten(treedef, leaves))(*args)
-
-    try:
-        closed = jax.make_jaxpr(forward)(leaves, *args)
-    except Exception as err:
-        raise UnsupportedModelError(
-            f"{type(model).__name__} could not run on the example input "
-            f"({', '.join(str(np.shape(a)) for a in args)}): {type(err).__name__}: {err}. "
-            "Pass example= a batch the model accepts, e.g. x[:2].") from err
+    closed = program(graphdef, treedef, leaves, args, type(model).__name__)
     tracer = _Tracer()
     inputs, leaf_nodes = [], {}
     for path, leaf in zip(paths, leaves, strict=True):

@@ -119,18 +119,7 @@ class Forward:
                     for a in jax.tree.leaves(args))
         if key in self._cache:
             return self._cache[key]
-        graphdef, treedef = self._graphdef, self._treedef
-
-        def forward(leaves, *args):
-            return nnx.merge(graphdef, jax.tree_util.tree_unflatten(treedef, leaves))(*args)
-
-        try:
-            closed = jax.make_jaxpr(forward)(self.leaves, *args)
-        except Exception as err:
-            raise graph_lib.UnsupportedModelError(
-                f"{self._name} could not run on inputs of shape {[k[0] for k in key]}: "
-                f"{type(err).__name__}: {err}. Pass a batch the model accepts, e.g. x[:2]."
-            ) from err
+        closed = graph_lib.program(self._graphdef, self._treedef, self.leaves, args, self._name)
         self.kernel_ops, self.uses, self._ops_by_eqn = [], {}, {}
         jaxpr = closed.jaxpr
         self._scan(jaxpr, {v: p for v, p in zip(jaxpr.invars, self.paths, strict=False)})

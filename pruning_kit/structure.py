@@ -188,11 +188,6 @@ def _per_channel(g: graph_lib.ChannelGraph, group: str, m: Member, array: Any,
     return out
 
 
-def _module_types(model: nnx.Module) -> dict[str, type]:
-    return {".".join(str(k) for k in path): type(node)
-            for path, node in nnx.iter_graph(model) if isinstance(node, nnx.Module)}
-
-
 def channel_importance(model: nnx.Module, criterion: str = "l1", *,
                        x: np.ndarray | None = None, y: np.ndarray | None = None,
                        batch_size: int = 256, groups: Mapping[str, Any] | None = None,
@@ -235,7 +230,7 @@ def channel_importance(model: nnx.Module, criterion: str = "l1", *,
             raise ValueError("criterion='taylor' needs data: pass x=..., y=... (e.g. 2,000 "
                              "training images).")
         grads = _loss_grads(model, np.asarray(x), np.asarray(y), batch_size)
-    types = _module_types(model)
+    types = {path: type(m) for path, m in graph_lib.modules(model).items()}
     scores: dict[str, np.ndarray] = {}
     for name, traced in mapping.items():
         grp = g.groups[traced]
