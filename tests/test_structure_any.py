@@ -169,3 +169,16 @@ def test_flax_multi_head_attention_loses_whole_heads():
     masked = structure.mask_channels(model, {heads.name: np.array([0, 3])}, example=EXAMPLE)
     assert small.attn.num_heads == 2 and small.attn.head_dim == 8
     np.testing.assert_allclose(np.asarray(small(X)), np.asarray(masked(X)), atol=1e-5)
+
+
+def test_rank_explorer_takes_a_user_model_and_keeps_its_mode():
+    from pruning_kit import widgets
+
+    model = zoo.ZOO["layernorm_mlp"](nnx.Rngs(0))       # Dropout, other layer names
+    model.train()
+    y = np.arange(len(X)) % 10
+    explorer = widgets.RankExplorer(model, X, y, layer="fc1", ranks=(2, 8), batch_size=4,
+                                    runs=2, progress=False)
+    explorer.rank_slider.value = 2
+    assert explorer.results[2]["params"] < explorer.results[None]["params"]
+    assert model.drop.deterministic is False                # the caller's mode is kept
