@@ -16,7 +16,7 @@ PORT   ?= 8888
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[notebooks,test]'
+	$(PY) -m pip install --quiet -e '.[notebooks,test,deploy]'
 	$(PY) -m ipykernel install --sys-prefix --name python3 > /dev/null
 	touch $@
 
@@ -50,7 +50,7 @@ test: setup
 	$(PY) -m pytest
 
 benchmarks: baselines
-	for b in baselines xla_cpu_layers quantization distillation pruning pipeline notebooks; do \
+	for b in baselines xla_cpu_layers quantization distillation pruning pipeline deploy notebooks; do \
 		$(PY) -m benchmarks.$$b || exit 1; \
 	done
 

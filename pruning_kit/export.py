@@ -1,5 +1,24 @@
-"""Ship a compressed model as StableHLO: one file that plain JAX (or IREE, or any PJRT
-runtime) loads and runs, without ``pruning_kit`` or Flax installed.
+"""Ship a compressed model: ONNX for ONNX Runtime and the runtimes that read ONNX, and
+StableHLO for plain JAX (or IREE, or any PJRT runtime) -- files that load and run without
+``pruning_kit`` or Flax installed.
+
+**ONNX** (:func:`to_onnx`, :func:`load_onnx`, :func:`describe_onnx`; needs the
+``[deploy]`` extra: ``onnx`` and ``onnxruntime``). The model's traced program is
+translated op by op (:mod:`pruning_kit.jaxpr_onnx`): float, BatchNorm-folded and
+channel-removed models -- the course's and your own NNX classes -- and
+:class:`pruning_kit.w8a8.IntegerModel` s, whose int8 kernels are written in the QDQ form
+(int8 initializers read through ``DequantizeLinear`` with one scale per output channel,
+inputs through ``QuantizeLinear``/``DequantizeLinear`` with the calibrated scales) that
+ONNX Runtime runs on its integer kernels. The batch size is symbolic; the file passes
+``onnx.checker``. We evaluated ``jax2onnx`` (0.17.1) first and wrote the translator
+instead: it adds 28 packages (+160 MB: sympy, netron, orbax-export, Hugging Face hub,
+equinox, ...) and pins orbax-checkpoint below Flax's own version; it exports the float
+MLP well, but its SmallCNN files fail ``onnx.checker`` (tensor shapes recorded in NHWC
+for NCHW tensors) and its max-pool patch breaks ``nnx.max_pool`` called positionally; and
+it has no int8 path: an int8 ``dot_general`` becomes an int8 ``Gemm`` that ONNX Runtime
+rejects, and it never writes ``QuantizeLinear``/``DequantizeLinear``, so our int8 codes
+and calibrated scales could not travel. The package's traced program already gives
+everything a translator needs.
 
 :func:`to_stablehlo` serializes a model's inference forward with ``jax.export``: the
 weights are embedded as constants, the batch size is symbolic (any batch runs), and the
@@ -45,7 +64,10 @@ import numpy as np
 from flax import nnx
 
 from pruning_kit import data as data_lib
+from pruning_kit import fold as fold_lib
 from pruning_kit import graph as graph_lib
+from pruning_kit import jaxpr_onnx
+from pruning_kit import models as models_lib
 
 #: What a process with nothing but JAX runs to use an exported file.
 LOAD_SNIPPET = """import jax
@@ -143,3 +165,175 @@ def describe(path: str | os.PathLike) -> dict[str, Any]:
             "outputs": [str(a) for a in exported.out_avals],
             "platforms": list(exported.platforms), "file_bytes": Path(path).stat().st_size,
             "ops": dict(sorted(ops.items(), key=lambda kv: -kv[1]))}
+
+
+# ---------------------------------------------------------------------------- ONNX
+def _need_onnx() -> Any:
+    try:
+        import onnx
+        import onnxruntime  # noqa: F401
+    except ImportError as err:
+        raise ImportError("ONNX export needs the [deploy] extra: pip install -e '.[deploy]' "
+                          "(onnx and onnxruntime).") from err
+    return onnx
+
+
+def to_onnx(model: Any, example: Any, path: str | os.PathLike, *, fold: bool = True,
+            dynamic_batch: bool = True) -> Path:
+    """Write ``model``'s inference forward as an ONNX file (opset 17, weights inside).
+
+    Args:
+        model: any Flax NNX model (exported in eval mode, from a copy), or a
+            :class:`~pruning_kit.w8a8.IntegerModel` (int8 kernels in QDQ form).
+        example: a batch of inputs (two are enough); the file takes that shape and
+            dtype, with any batch size when ``dynamic_batch``.
+        path: where to write (atomically; the folder must exist).
+        fold: fold BatchNorms into the preceding convolutions first (float models).
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        ImportError: the ``[deploy]`` extra is not installed.
+        jaxpr_onnx.UnsupportedOpError: an op has no ONNX translation (named, with the
+            source line); :func:`to_stablehlo` takes any model.
+
+    Examples:
+        >>> import tempfile, numpy as np
+        >>> from pathlib import Path
+        >>> from flax import nnx
+        >>> net = nnx.Sequential(nnx.Linear(4, 8, rngs=nnx.Rngs(0)), nnx.relu,
+        ...                      nnx.Linear(8, 3, rngs=nnx.Rngs(1)))
+        >>> path = to_onnx(net, np.zeros((2, 4), np.float32),
+        ...                Path(tempfile.mkdtemp()) / "net.onnx")
+        >>> describe_onnx(path)["ops"]            # a fresh layer's zero biases are dropped
+        {'MatMul': 2, 'Relu': 1, 'Identity': 1}
+        >>> x = np.ones((5, 4), np.float32)
+        >>> bool(np.abs(load_onnx(path)(x) - np.asarray(net(x))).max() < 1e-5)
+        True
+    """
+    onnx = _need_onnx()
+    from pruning_kit import w8a8  # local: w8a8 imports fold, fold imports nothing of ours
+
+    example = np.asarray(example)
+    if example.ndim == 0 or example.shape[0] == 0:
+        raise ValueError(f"example must be a non-empty batch, got shape {example.shape}.")
+    quant: dict[str, jaxpr_onnx.Quant] = {}
+    if isinstance(model, w8a8.IntegerModel):
+        if model.weight_bits != 8 or model.act_bits != 8:
+            raise ValueError("ONNX QDQ export writes int8 codes; this model has "
+                             f"W{model.weight_bits}A{model.act_bits}. Export a W8A8 model.")
+        base = model.model
+        for p, scale in model.input_scales.items():
+            quant[p] = jaxpr_onnx.Quant(np.asarray(model.codes[p]),
+                                        np.asarray(model.weight_scales[p]), scale,
+                                        model.kernel_op(p).out_axes,
+                                        p in model.unsigned_inputs)
+        kind = f"int8 (W8A8, QDQ) of {type(base).__name__}"
+    elif isinstance(model, nnx.Module):
+        base = (fold_lib.fold_batchnorm_model(model, example[:2])[0] if fold
+                else graph_lib.eval_copy(model))
+        kind = f"float32 {type(model).__name__}" + (" (BatchNorm folded)" if fold else "")
+    else:
+        raise ValueError(f"to_onnx exports an NNX model or a w8a8.IntegerModel, got "
+                         f"{type(model).__name__}.")
+    copy = graph_lib.eval_copy(base)
+    graphdef, state = nnx.split(copy)
+    paths, leaves, treedef = graph_lib.leaf_paths(state)
+    with models_lib.standard_forms():
+        outs, t, x = jaxpr_onnx.translate(graphdef, treedef, paths, leaves, example,
+                                          quant=quant, dynamic_batch=dynamic_batch,
+                                          name=type(base).__name__)
+    proto = jaxpr_onnx.build_model(t, x, outs, "input", batch="batch",
+                                   producer=type(base).__name__, doc=kind)
+    onnx.checker.check_model(proto, full_check=True)
+    path = Path(path)
+    data_lib._atomic_write(path, proto.SerializeToString())
+    return path
+
+
+class OnnxModel:
+    """An ONNX file in an ONNX Runtime session: call it on a batch, get logits (NumPy).
+
+    ``threads`` pins ONNX Runtime's intra-op threads (default: its own choice);
+    ``optimize=False`` turns its graph optimizations off (to see what they buy);
+    ``spinning=False`` stops its threads from busy-waiting between calls (they otherwise
+    keep the cores busy for a while, which slows whatever runs next: switch it off when
+    timing it against other code on the same cores). ``exact_int8`` (default) sets ONNX
+    Runtime's ``session.x64quantprecision``: on x86 CPUs without VNNI its uint8 x int8
+    kernels add products in pairs in 16 bits (``VPMADDUBSW``), which saturates when
+    activation codes pass 127 -- as signed inputs shifted to uint8 do (a layer after a
+    LayerNorm: up to 0.4 logits off here); the precise mode avoids it. Inputs after a
+    ReLU keep codes in 0..127 and never saturate.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, threads: int | None = None,
+                 optimize: bool = True, spinning: bool = True, exact_int8: bool = True):
+        _need_onnx()
+        import onnxruntime as ort
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"No ONNX file at {path}; write one with to_onnx.")
+        opts = ort.SessionOptions()
+        if threads is not None:
+            opts.intra_op_num_threads = int(threads)
+            opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        if not spinning:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if exact_int8:
+            opts.add_session_config_entry("session.x64quantprecision", "1")
+        if not optimize:
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        self.path = path
+        self.session = ort.InferenceSession(str(path), opts,
+                                            providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, x: Any) -> np.ndarray:
+        x = np.ascontiguousarray(np.asarray(x, np.float32))
+        return self.session.run(None, {self.input_name: x})[0]
+
+    def predict(self, x: Any, *, batch_size: int = 1000) -> np.ndarray:
+        """Predicted classes for ``x``, in batches."""
+        x = np.asarray(x)
+        return np.concatenate([self(x[i:i + batch_size]).argmax(-1)
+                               for i in range(0, len(x), batch_size)])
+
+    def evaluate(self, x: Any, y: Any, *, batch_size: int = 1000) -> float:
+        """Accuracy (a fraction) on ``(x, y)``."""
+        return float((self.predict(x, batch_size=batch_size) == np.asarray(y)).mean())
+
+
+def load_onnx(path: str | os.PathLike, *, threads: int | None = None,
+              optimize: bool = True, spinning: bool = True,
+              exact_int8: bool = True) -> OnnxModel:
+    """An :class:`OnnxModel` for the file at ``path`` (ONNX Runtime, CPU)."""
+    return OnnxModel(path, threads=threads, optimize=optimize, spinning=spinning,
+                     exact_int8=exact_int8)
+
+
+def describe_onnx(path: str | os.PathLike) -> dict[str, Any]:
+    """What an ONNX file holds: op counts, initializer bytes by dtype, input/output, size."""
+    onnx = _need_onnx()
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(path))
+    ops: dict[str, int] = {}
+    for n in proto.graph.node:
+        ops[n.op_type] = ops.get(n.op_type, 0) + 1
+    weights: dict[str, int] = {}
+    for t in proto.graph.initializer:
+        a = numpy_helper.to_array(t)
+        weights[str(a.dtype)] = weights.get(str(a.dtype), 0) + a.nbytes
+
+    def shape(v: Any) -> list:
+        return [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+
+    return {"ops": dict(sorted(ops.items(), key=lambda kv: -kv[1])),
+            "initializer_bytes": weights,
+            "inputs": {v.name: shape(v) for v in proto.graph.input},
+            "outputs": {v.name: shape(v) for v in proto.graph.output},
+            "opset": proto.opset_import[0].version, "file_bytes": Path(path).stat().st_size,
+            "doc": proto.doc_string}

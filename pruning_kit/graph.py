@@ -113,7 +113,8 @@ class UnsupportedModelError(ValueError):
     """The model cannot be traced (it fails on the example input, or has no arrays)."""
 
 
-def _where(eqn: Any) -> str:
+def source_line(eqn: Any) -> str:
+    """The user source line that produced a traced equation (for error messages)."""
     try:
         from jax._src import source_info_util
         return source_info_util.summarize(eqn.source_info)
@@ -294,7 +295,7 @@ class _Tracer:
 
     def eqn(self, eqn: Any, ins: list[_Val]) -> list[_Val]:
         name = eqn.primitive.name
-        where = f"({name} at {_where(eqn)})"
+        where = f"({name} at {source_line(eqn)})"
         shapes = [tuple(getattr(v.aval, "shape", ())) for v in eqn.invars]
         out_shape = tuple(getattr(eqn.outvars[0].aval, "shape", ())) if eqn.outvars else ()
         act = any(v.act for v in ins)

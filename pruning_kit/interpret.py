@@ -61,7 +61,8 @@ class KernelOp(NamedTuple):
 Hook = Callable[[KernelOp, jax.Array, jax.Array, Callable[..., jax.Array]], jax.Array]
 
 
-def _sub_jaxpr(eqn: Any) -> tuple[Any, list] | None:
+def sub_jaxpr(eqn: Any) -> tuple[Any, list] | None:
+    """``(jaxpr, consts)`` of a call-like equation (jit, custom_jvp, remat...), else None."""
     if eqn.primitive.name not in graph_lib._CALLS:
         return None
     for key in graph_lib._SUBJAXPR_KEYS:
@@ -85,7 +86,7 @@ def _kernel_op(eqn: Any, kernel_path: str, index: int) -> KernelOp:
         dn = p["dimension_numbers"]
         free, dims = (dn.rhs_spec[0],), (dn.out_spec[1],)
     return KernelOp(kernel_path, index, eqn.primitive.name, p, free, dims,
-                    graph_lib._where(eqn))
+                    graph_lib.source_line(eqn))
 
 
 class Forward:
@@ -131,7 +132,7 @@ class Forward:
             for v in eqn.invars:
                 if not isinstance(v, jcore.Literal) and v in leafvars:
                     self.uses[leafvars[v]] = self.uses.get(leafvars[v], 0) + 1
-            sub = _sub_jaxpr(eqn)
+            sub = sub_jaxpr(eqn)
             if sub is not None:
                 inner, consts = sub
                 inner_vars = inner.invars
@@ -146,6 +147,11 @@ class Forward:
                     op = _kernel_op(eqn, leafvars[rhs], len(self.kernel_ops))
                     self.kernel_ops.append(op)
                     self._ops_by_eqn[id(eqn)] = op
+
+    def module(self) -> nnx.Module:
+        """The traced (eval-mode) copy of the model, as a module (e.g. to export it)."""
+        return nnx.merge(self._graphdef,
+                         jax.tree_util.tree_unflatten(self._treedef, list(self.leaves)))
 
     def leaf(self, path: str) -> jax.Array:
         """The traced copy's array at ``path``."""
@@ -178,12 +184,12 @@ class Forward:
             env[v] = val
         for eqn in jaxpr.eqns:
             invals = [read(v) for v in eqn.invars]
-            sub = _sub_jaxpr(eqn)
+            sub = sub_jaxpr(eqn)
             if sub is not None:
                 outs = self._eval(sub[0], sub[1], invals, hook, ops)
             else:
                 op = ops.get(id(eqn))
-                run = _runner(eqn)
+                run = runner(eqn)
                 if op is not None and hook is not None:
                     outs = [hook(op, invals[0], invals[1], run)]
                 else:
@@ -194,7 +200,8 @@ class Forward:
         return [read(v) for v in jaxpr.outvars]
 
 
-def _runner(eqn: Any) -> Callable[..., Any]:
+def runner(eqn: Any) -> Callable[..., Any]:
+    """``run(*invals, **param_overrides)``: evaluate one traced equation again."""
     bound = eqn.primitive.get_bind_params(eqn.params)
     subfuns, params = bound if isinstance(bound, tuple) else ((), bound)  # jax < 0.7: a pair
 

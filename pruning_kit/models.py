@@ -16,12 +16,45 @@ Introduced in ``notebooks/00_compression_and_measurement.ipynb``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import contextvars
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+_XLA_CPU_FORMS = contextvars.ContextVar("pruning_kit_xla_cpu_forms", default=True)
+
+
+@contextlib.contextmanager
+def standard_forms() -> Iterator[None]:
+    """Inside this block the course's CNNs use the textbook layers at inference too.
+
+    In eval mode :class:`SmallCNN` and :class:`FoldedCNN` run the forms XLA:CPU executes
+    fastest (a shifted-add first convolution, strided-slice pooling). Other runtimes have
+    their own fast ``Conv`` and ``MaxPool``, so exporters
+    (:func:`pruning_kit.export.to_onnx`) trace the models inside this block, where they use
+    ``nnx.Conv`` and ``nnx.max_pool``: the same function, to float rounding.
+
+    Examples:
+        >>> model = SmallCNN(rngs=nnx.Rngs(0)); model.eval()
+        >>> x = jnp.ones((1, 28, 28, 1))
+        >>> with standard_forms():
+        ...     y = model(x)
+        >>> bool(jnp.allclose(y, model(x), atol=1e-5))
+        True
+    """
+    token = _XLA_CPU_FORMS.set(False)
+    try:
+        yield
+    finally:
+        _XLA_CPU_FORMS.reset(token)
+
+
+def _standard_pool(x: jax.Array) -> jax.Array:
+    return nnx.max_pool(x, (2, 2), strides=(2, 2))
 
 
 class _Configured(nnx.Module):
@@ -304,8 +337,10 @@ class SmallCNN(_Configured):
         # Eval mode runs the forms XLA:CPU executes fastest at inference, train mode the
         # ones with the fastest gradients; they compute the same function.
         inference = bool(self.bn1.use_running_average)
-        pool = max_pool_2x2_strided if inference else max_pool_2x2
-        if inference and self.config["in_channels"] == 1:
+        xla_forms = inference and _XLA_CPU_FORMS.get()
+        pool = (max_pool_2x2_strided if xla_forms else
+                _standard_pool if inference else max_pool_2x2)
+        if xla_forms and self.config["in_channels"] == 1:
             y = conv3x3_single_channel(x, self.conv1.kernel[...])
         else:
             y = self.conv1(x)
@@ -370,8 +405,9 @@ class FoldedCNN(_Configured):
         return out
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        pool = max_pool_2x2_strided
-        if self.config["in_channels"] == 1:
+        xla_forms = _XLA_CPU_FORMS.get()
+        pool = max_pool_2x2_strided if xla_forms else _standard_pool
+        if xla_forms and self.config["in_channels"] == 1:
             y = conv3x3_single_channel(x, self.conv1.kernel[...]) \
                 + self.conv1.bias[...]
         else:

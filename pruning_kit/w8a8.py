@@ -67,13 +67,16 @@ class IntegerModel:
 
     Call it like the model: ``q(x)`` gives float32 logits. Attributes: ``kernels`` (the
     quantized kernels' paths), ``codes`` and ``weight_scales`` by path, ``act_scales`` by
-    kernel op index, ``folded`` (``{batchnorm: kernel}`` pairs folded first), the bits.
+    kernel op index, ``act_mins`` (the smallest input seen there), ``folded``
+    (``{batchnorm: kernel}`` pairs folded first), the bits.
     """
 
     def __init__(self, fwd: interpret.Forward, codes: Mapping[str, np.ndarray],
                  weight_scales: Mapping[str, np.ndarray], act_scales: Mapping[int, float],
-                 weight_bits: int, act_bits: int, folded: Mapping[str, str]):
+                 weight_bits: int, act_bits: int, folded: Mapping[str, str], *,
+                 act_mins: Mapping[int, float] | None = None):
         self._fwd = fwd
+        self.act_mins = dict(act_mins or {})
         self.codes = dict(codes)
         self.weight_scales = dict(weight_scales)
         self.act_scales = dict(act_scales)
@@ -100,6 +103,27 @@ class IntegerModel:
 
     def __call__(self, *args: Any) -> jax.Array:
         return self._call(self._leaves, *args)
+
+    @property
+    def model(self) -> nnx.Module:
+        """The float model the codes were made from (BatchNorms folded when ``folded``)."""
+        return self._fwd.module()
+
+    @property
+    def input_scales(self) -> dict[str, float]:
+        """``{kernel path: scale of the activation it multiplies}`` (quantized kernels)."""
+        return {op.path: float(self.act_scales[op.index]) for op in self._fwd.kernel_ops
+                if op.path in self.codes}
+
+    @property
+    def unsigned_inputs(self) -> set[str]:
+        """Kernel paths whose input was never negative in calibration (e.g. after ReLU)."""
+        return {op.path for op in self._fwd.kernel_ops if op.path in self.codes
+                and self.act_mins.get(op.index, -1.0) >= 0}
+
+    def kernel_op(self, path: str) -> interpret.KernelOp:
+        """The traced op that reads kernel ``path`` (its output axes, source line...)."""
+        return next(op for op in self._fwd.kernel_ops if op.path == path)
 
     def kernel_bytes(self) -> int:
         """Bytes of the integer kernels as stored (int8 containers) plus their scales."""
@@ -170,7 +194,7 @@ def quantize_model(model: nnx.Module, calib_x: Any, *, weight_bits: int = 8,
         def hook(op, a, w, run):
             absx = jnp.abs(a).ravel()
             stats[op.index] = (jnp.max(absx) if percentile is None
-                               else jnp.percentile(absx, percentile))
+                               else jnp.percentile(absx, percentile), jnp.min(a))
             return run(a, w)
 
         fwd(x, hook=hook)
@@ -178,9 +202,11 @@ def quantize_model(model: nnx.Module, calib_x: Any, *, weight_bits: int = 8,
 
     calib = jax.jit(calib)
     ranges: dict[int, float] = {}
+    lows: dict[int, float] = {}
     for start in range(0, len(calib_x), batch_size):
-        for i, v in calib(jnp.asarray(calib_x[start:start + batch_size])).items():
+        for i, (v, low) in calib(jnp.asarray(calib_x[start:start + batch_size])).items():
             ranges[i] = max(ranges.get(i, 0.0), float(v))
+            lows[i] = min(lows.get(i, np.inf), float(low))
     act_scales = {i: max(r, 1e-8) / _qmax(act_bits) for i, r in ranges.items()}
     codes, w_scales = {}, {}
     for op in fwd.kernel_ops:
@@ -196,4 +222,5 @@ def quantize_model(model: nnx.Module, calib_x: Any, *, weight_bits: int = 8,
                     _qmax(weight_bits))
         codes[op.path] = q.astype(np.int8)
         w_scales[op.path] = scale.astype(np.float32)
-    return IntegerModel(fwd, codes, w_scales, act_scales, weight_bits, act_bits, folded_pairs)
+    return IntegerModel(fwd, codes, w_scales, act_scales, weight_bits, act_bits, folded_pairs,
+                        act_mins=lows)

@@ -1,0 +1,96 @@
+"""ONNX export: float and int8 files that ONNX Runtime runs, for the course's and users' models."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from flax import nnx
+
+from pruning_kit import export, jaxpr_onnx, models, w8a8, zoo
+
+X = np.random.default_rng(0).random((48, 8, 8, 1), dtype=np.float32)
+
+
+def _arrays(model):
+    return [np.asarray(a) for a in jax.tree.leaves(nnx.state(model, nnx.Param))]
+
+
+def _optimized_ops(path, tmp_path):
+    """Op types of the graph ONNX Runtime actually runs (after its rewrites)."""
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return {n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node}
+
+
+@pytest.mark.parametrize("name", sorted(zoo.ZOO))
+def test_every_user_style_model_exports_float_and_int8(name, tmp_path):
+    model = zoo.ZOO[name](nnx.Rngs(0))
+    model.train()                                   # the caller's mode must survive
+    before = _arrays(model)
+    path = export.to_onnx(model, X[:2], tmp_path / f"{name}.onnx")    # batch 2 ...
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    model.eval()
+    got = export.load_onnx(path)(X)                                    # ... runs batch 48
+    np.testing.assert_allclose(got, np.asarray(model(X)), atol=1e-4)
+    q = w8a8.quantize_model(model, X)
+    path8 = export.to_onnx(q, X[:2], tmp_path / f"{name}_int8.onnx")
+    info = export.describe_onnx(path8)
+    assert info["initializer_bytes"].get("int8", 0) > 0 and "QuantizeLinear" in info["ops"]
+    # ONNX Runtime's integer kernels compute what the package's integer path computes
+    np.testing.assert_allclose(export.load_onnx(path8)(X), np.asarray(q(X)), atol=0.05)
+    for a, b in zip(before, _arrays(model), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_course_cnn_exports_textbook_layers_and_same_logits(tmp_path):
+    model = models.SmallCNN(1, (4, 8), image_size=8, rngs=nnx.Rngs(0))
+    model.eval()
+    path = export.to_onnx(model, X[:2], tmp_path / "cnn.onnx")
+    ops = export.describe_onnx(path)["ops"]
+    # eval mode's XLA:CPU forms (shifted adds, strided slices) are exported as Conv, MaxPool
+    assert ops["Conv"] == 4 and ops["MaxPool"] == 2 and "Slice" not in ops and "Pad" not in ops
+    assert "BatchNormalization" not in ops and ops["Transpose"] <= 2   # folded; NCHW kept
+    np.testing.assert_allclose(export.load_onnx(path)(X), np.asarray(model(jnp.asarray(X))),
+                               atol=1e-4)
+    assert model.bn1.use_running_average                                 # mode unchanged
+
+
+def test_int8_files_run_on_integer_kernels(tmp_path):
+    mlp = zoo.ZOO["sequential"](nnx.Rngs(0))
+    path = export.to_onnx(w8a8.quantize_model(mlp, X), X[:2], tmp_path / "mlp.onnx")
+    ops = _optimized_ops(path, tmp_path)
+    assert "QGemm" in ops and "MatMul" not in ops and "Gemm" not in ops
+    vgg = zoo.ZOO["vgg"](nnx.Rngs(0))
+    path = export.to_onnx(w8a8.quantize_model(vgg, X), X[:2], tmp_path / "vgg.onnx")
+    assert "QLinearConv" in _optimized_ops(path, tmp_path)
+
+
+class _Sorts(nnx.Module):
+    def __init__(self):
+        self.fc = nnx.Linear(64, 10, rngs=nnx.Rngs(0))
+
+    def __call__(self, x):
+        return jnp.sort(self.fc(x.reshape((x.shape[0], -1))), axis=-1)
+
+
+def test_unsupported_op_is_named_with_its_source_line(tmp_path):
+    with pytest.raises(jaxpr_onnx.UnsupportedOpError, match=r"`sort`.*test_onnx_export"):
+        export.to_onnx(_Sorts(), X[:2], tmp_path / "sorts.onnx")
+    assert not (tmp_path / "sorts.onnx").exists()                    # nothing half-written
+
+
+def test_bad_input(tmp_path):
+    model = zoo.ZOO["vgg"](nnx.Rngs(0))
+    with pytest.raises(ValueError, match="W8A8"):
+        export.to_onnx(w8a8.quantize_model(model, X, weight_bits=4, act_bits=4), X[:2],
+                       tmp_path / "w4.onnx")
+    with pytest.raises(ValueError, match="NNX model or a w8a8.IntegerModel"):
+        export.to_onnx(lambda x: x, X[:2], tmp_path / "f.onnx")
+    with pytest.raises(ValueError, match="non-empty batch"):
+        export.to_onnx(model, X[:0], tmp_path / "e.onnx")
+    with pytest.raises(FileNotFoundError, match="No ONNX file"):
+        export.load_onnx(tmp_path / "missing.onnx")
