@@ -252,6 +252,16 @@ def to_onnx(model: Any, example: Any, path: str | os.PathLike, *, fold: bool = T
     return path
 
 
+def _has_signed_activations(path: Path) -> bool:
+    """Does the file quantize an activation to int8 (a QuantizeLinear with int8 zero)?"""
+    onnx = _need_onnx()
+    proto = onnx.load(str(path), load_external_data=False)
+    int8 = {t.name for t in proto.graph.initializer
+            if t.data_type == onnx.TensorProto.INT8 and not t.dims}
+    return any(n.op_type == "QuantizeLinear" and len(n.input) > 2 and n.input[2] in int8
+               for n in proto.graph.node)
+
+
 class OnnxModel:
     """An ONNX file in an ONNX Runtime session: call it on a batch, get logits (NumPy).
 
@@ -259,16 +269,18 @@ class OnnxModel:
     ``optimize=False`` turns its graph optimizations off (to see what they buy);
     ``spinning=False`` stops its threads from busy-waiting between calls (they otherwise
     keep the cores busy for a while, which slows whatever runs next: switch it off when
-    timing it against other code on the same cores). ``exact_int8`` (default) sets ONNX
-    Runtime's ``session.x64quantprecision``: on x86 CPUs without VNNI its uint8 x int8
-    kernels add products in pairs in 16 bits (``VPMADDUBSW``), which saturates when
-    activation codes pass 127 -- as signed inputs shifted to uint8 do (a layer after a
-    LayerNorm: up to 0.4 logits off here); the precise mode avoids it. Inputs after a
-    ReLU keep codes in 0..127 and never saturate.
+    timing it against other code on the same cores). ``exact_int8`` sets ONNX Runtime's
+    ``session.x64quantprecision``: on x86 CPUs without VNNI its uint8 x int8 kernels add
+    products in pairs in 16 bits (``VPMADDUBSW``), which saturates when activation codes
+    pass 127 -- as signed int8 inputs shifted to uint8 do (a layer after a LayerNorm: up
+    to 0.4 logits off here); the precise mode avoids it but is 2-3x slower. The default
+    (``None``) turns it on only for files that quantize some input to int8: inputs after
+    a ReLU are uint8 with codes in 0..127 within the calibrated range and do not saturate.
     """
 
     def __init__(self, path: str | os.PathLike, *, threads: int | None = None,
-                 optimize: bool = True, spinning: bool = True, exact_int8: bool = True):
+                 optimize: bool = True, spinning: bool = True,
+                 exact_int8: bool | None = None):
         _need_onnx()
         import onnxruntime as ort
 
@@ -282,8 +294,11 @@ class OnnxModel:
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         if not spinning:
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if exact_int8 is None:
+            exact_int8 = _has_signed_activations(path)
         if exact_int8:
             opts.add_session_config_entry("session.x64quantprecision", "1")
+        self.exact_int8 = bool(exact_int8)
         if not optimize:
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         self.path = path
@@ -308,7 +323,7 @@ class OnnxModel:
 
 def load_onnx(path: str | os.PathLike, *, threads: int | None = None,
               optimize: bool = True, spinning: bool = True,
-              exact_int8: bool = True) -> OnnxModel:
+              exact_int8: bool | None = None) -> OnnxModel:
     """An :class:`OnnxModel` for the file at ``path`` (ONNX Runtime, CPU)."""
     return OnnxModel(path, threads=threads, optimize=optimize, spinning=spinning,
                      exact_int8=exact_int8)

@@ -125,7 +125,9 @@ class Translator:
 
     def const(self, value: Any, hint: str = "c") -> str:
         name = self.fresh(hint)
-        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
+        a = np.asarray(value)
+        a = np.ascontiguousarray(a) if a.ndim else a      # (ascontiguousarray makes 0-d 1-d)
+        self.inits.append(numpy_helper.from_array(a, name))
         return name
 
     def name(self, v: _C | _T, perm: Sequence[int] | None = None) -> str:
