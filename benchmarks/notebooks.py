@@ -25,7 +25,8 @@ from pruning_kit import checks, course, measure
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = {"00": {"warm": "<= 60 s", "cold": "<= 180 s"}, "03": {"warm": "<= 180 s"},
-           "04": {"warm": "<= 180 s"}, "05": {"warm": "<= 240 s"}}
+           "04": {"warm": "<= 180 s"}, "05": {"warm": "<= 240 s"},
+           "06": {"warm": "<= 180 s"}}
 
 
 def run(path: Path, timeout: int = 3600, *, inplace: bool = False) -> tuple[float, int]:

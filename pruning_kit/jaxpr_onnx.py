@@ -615,6 +615,9 @@ def build_model(translator: Translator, input_t: _T, outputs: Sequence[_C | _T],
     if translator.quant:
         nodes, _ = requantize_outputs(nodes, translator.inits)
 
+    used = {i for n in nodes for i in n.input}
+    translator.inits[:] = [t for t in translator.inits if t.name in used]   # folded away
+
     def vi(name: str, shape: tuple, dtype: Any) -> Any:
         dims = [int(d) if _static(d) else batch for d in shape]
         return helper.make_tensor_value_info(
