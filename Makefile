@@ -6,6 +6,9 @@
 #   make notebooks          re-execute every notebook into work/, with progress
 #   make notebooks-inplace  maintainers: re-execute the committed notebooks (widget state
 #                           saved, times recorded in notebooks/timings.json)
+#   make classroom          teachers: student edition (classroom/student) and nbgrader
+#                           release (classroom/release) from the notebooks
+#   make grade SUBMISSIONS=dir  teachers: grade dir/<student>/NN_*.ipynb into grades.csv
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 OPEN   ?= 1
@@ -16,7 +19,7 @@ PORT   ?= 8888
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[notebooks,test,deploy]'
+	$(PY) -m pip install --quiet -e '.[notebooks,test,deploy,classroom]'
 	$(PY) -m ipykernel install --sys-prefix --name python3 > /dev/null
 	touch $@
 
@@ -53,6 +56,20 @@ benchmarks: baselines
 	for b in baselines xla_cpu_layers quantization distillation pruning pipeline deploy notebooks; do \
 		$(PY) -m benchmarks.$$b || exit 1; \
 	done
+
+.PHONY: classroom grade
+GRADES ?= grades.csv
+
+$(VENV)/.classroom: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[classroom]'
+	touch $@
+
+classroom: $(VENV)/.classroom
+	$(PY) -m pruning_kit.classroom generate --out classroom
+
+grade: setup
+	@if [ -z "$(SUBMISSIONS)" ]; then echo "Usage: make grade SUBMISSIONS=dir (dir/<student>/NN_*.ipynb)"; exit 2; fi
+	$(PY) -m pruning_kit.classroom grade "$(SUBMISSIONS)" --out "$(GRADES)"
 
 lint: setup
 	$(VENV)/bin/ruff check pruning_kit tests benchmarks

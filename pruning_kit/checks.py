@@ -8,16 +8,54 @@ quietly saying something false.
 
 Each check takes the learner's answer, raises :class:`CheckFailed` with a hint when it is
 wrong, and prints one fixed line when it is right, so a notebook re-run (and nbval) sees
-the same output every time.
+the same output every time. An answer of ``None`` (the student edition's blank) prints
+:data:`BLANK` and returns without raising, so an unanswered question does not stop a run.
+
+A multiple-choice cell never shows its answer: it passes ``key=answer_key(letter)``, a
+short hash, to :func:`check_choice`.
 
 Examples:
     >>> check_param_count(784 * 300 + 300 + 300 * 100 + 100 + 100 * 10 + 10)
     Correct: 266,610 parameters (weights plus one bias per output unit).
+    >>> check_param_count(None)
+    Not answered yet: replace None above with your answer and run the cell again.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
+
+#: What every ``check_*`` prints when the answer is still ``None``.
+BLANK = "Not answered yet: replace None above with your answer and run the cell again."
+
+
+def answer_key(letter) -> str:
+    """The key that :func:`check_choice` compares an answer with (hides the right option).
+
+    Args:
+        letter: an option's name (``"b"``, ``"bitmap"``); case and surrounding spaces are
+            ignored.
+
+    Returns:
+        The first 12 hex digits of ``sha256("pruning_kit:" + letter)``.
+
+    Examples:
+        >>> answer_key("b") == answer_key(" B ")
+        True
+        >>> len(answer_key("b"))
+        12
+    """
+    text = "pruning_kit:" + str(letter).strip().lower()
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+
+
+def _blank(answer) -> bool:
+    """Print :data:`BLANK` and return True when the learner has not answered yet."""
+    if answer is None:
+        print(BLANK)
+        return True
+    return False
 
 
 class CheckFailed(AssertionError):
@@ -82,6 +120,8 @@ def _number(answer, what: str) -> float:
 def check_param_count(answer, in_features: int = 784, hidden: Sequence[int] = (300, 100),
                       num_classes: int = 10) -> None:
     """Parameters of a ReLU MLP with the given widths (weights and biases)."""
+    if _blank(answer):
+        return
     sizes = _layer_sizes(in_features, hidden, num_classes)
     weights = sum(a * b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
     total = weights + sum(sizes[1:])
@@ -97,6 +137,8 @@ def check_param_count(answer, in_features: int = 784, hidden: Sequence[int] = (3
 def check_macs(answer, in_features: int = 784, hidden: Sequence[int] = (300, 100),
                num_classes: int = 10) -> None:
     """Multiply-accumulates per example of the MLP's dense layers."""
+    if _blank(answer):
+        return
     sizes = _layer_sizes(in_features, hidden, num_classes)
     macs = sum(a * b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
     got = _number(answer, "the MAC count")
@@ -111,6 +153,8 @@ def check_macs(answer, in_features: int = 784, hidden: Sequence[int] = (300, 100
 
 def check_bytes(answer, num_params: int, bits: int) -> None:
     """Bytes needed to store ``num_params`` values at ``bits`` bits each (packed)."""
+    if _blank(answer):
+        return
     expected = num_params * bits / 8
     got = _number(answer, "the byte count")
     if got == num_params * bits:
@@ -120,18 +164,52 @@ def check_bytes(answer, num_params: int, bits: int) -> None:
     print(f"Correct: {expected:,.0f} bytes for {num_params:,} values at {bits} bits.")
 
 
-def check_choice(answer, correct: str, options: dict[str, str]) -> None:
-    """A multiple-choice question: ``options`` maps each letter to its explanation."""
-    key = str(answer).strip().lower()
-    if key not in options:
-        raise CheckFailed(f"Answer with one of {sorted(options)}, got {answer!r}.")
-    if key != correct:
-        raise CheckFailed(f"Not this one: {options[key]}")
-    print(f"Correct: {options[key]}")
+def check_choice(answer, options: dict[str, str], key: str | None = None,
+                 correct: str | None = None) -> None:
+    """A multiple-choice question: ``options`` maps each letter to its explanation.
+
+    Args:
+        answer: the learner's letter (case and surrounding spaces are ignored), or ``None``
+            when not answered yet (prints :data:`BLANK`).
+        options: each option's letter mapped to the line shown when it is chosen.
+        key: :func:`answer_key` of the right letter, so the cell does not show the answer.
+        correct: the right letter in clear; kept for old cells, use ``key`` instead.
+
+    Raises:
+        CheckFailed: the answer is not an option, or not the right one (the message is the
+            chosen option's explanation).
+        ValueError: neither or both of ``key`` and ``correct`` given, or ``key`` matches
+            none of the options.
+
+    Examples:
+        >>> opts = {"a": "no: ...", "b": "yes: one MAC per weight."}
+        >>> check_choice("B", opts, key=answer_key("b"))
+        Correct: yes: one MAC per weight.
+    """
+    if isinstance(options, str) and isinstance(key, dict):  # old order: (answer, correct, options)
+        options, key, correct = key, None, options
+    if (key is None) == (correct is None):
+        raise ValueError("Give exactly one of key=answer_key(letter) or correct=letter.")
+    if key is None:
+        key = answer_key(correct)
+    by_letter = {str(k).strip().lower(): v for k, v in options.items()}
+    if not any(answer_key(k) == key for k in by_letter):
+        raise ValueError(f"key {key!r} matches none of the options {sorted(by_letter)}: "
+                         "build it with checks.answer_key(letter).")
+    if _blank(answer):
+        return
+    letter = str(answer).strip().lower()
+    if letter not in by_letter:
+        raise CheckFailed(f"Answer with one of {sorted(by_letter)}, got {answer!r}.")
+    if answer_key(letter) != key:
+        raise CheckFailed(f"Not this one: {by_letter[letter]}")
+    print(f"Correct: {by_letter[letter]}")
 
 
 def check_scale(answer, max_abs: float, bits: int) -> None:
     """Scale of a symmetric narrow-range ``bits``-bit grid for ``[-max_abs, max_abs]``."""
+    if _blank(answer):
+        return
     qmax = 2 ** (bits - 1) - 1
     expected = max_abs / qmax
     got = _number(answer, "the scale")
@@ -150,6 +228,8 @@ def check_scale(answer, max_abs: float, bits: int) -> None:
 
 def check_zeros(answer, num_weights: int, sparsity: float) -> None:
     """Zeros in a layer of ``num_weights`` pruned to ``sparsity`` (``round(s * n)``)."""
+    if _blank(answer):
+        return
     expected = round(sparsity * num_weights)
     got = _number(answer, "the number of zeros")
     if got == num_weights - expected:
@@ -162,6 +242,8 @@ def check_zeros(answer, num_weights: int, sparsity: float) -> None:
 
 def check_low_rank_params(answer, in_features: int, out_features: int, rank: int) -> None:
     """Weights of a rank-``rank`` factorization ``u @ v`` of an ``(in, out)`` kernel."""
+    if _blank(answer):
+        return
     expected = rank * (in_features + out_features)
     got = _number(answer, "the number of weights")
     if got == in_features * out_features:
@@ -173,3 +255,27 @@ def check_low_rank_params(answer, in_features: int, out_features: int, rank: int
     print(f"Correct: {rank} x ({in_features} + {out_features}) = {expected:,} weights instead "
           f"of {in_features * out_features:,} ({in_features * out_features / expected:.1f}x "
           f"fewer).")
+
+
+def check_kd_factor(answer, alpha: float, temperature: float) -> None:
+    """The factor ``alpha * T^2`` multiplying the KL term of the distillation loss."""
+    if _blank(answer):
+        return
+    expected = alpha * temperature**2
+    got = _number(answer, "the factor")
+
+    def near(value: float) -> bool:
+        return abs(got - value) < 1e-9 * max(1.0, abs(value))
+
+    if not near(expected):
+        if near(alpha * temperature):
+            raise CheckFailed("Close: the temperature enters squared (T^2), not once.")
+        if near(temperature**2):
+            raise CheckFailed("Close: T^2 is only part of it; the soft term is also weighted "
+                              "by alpha.")
+        if near((1 - alpha) * temperature**2):
+            raise CheckFailed("alpha weighs the soft (KL) term; 1 - alpha weighs the "
+                              "cross-entropy.")
+        raise CheckFailed("Not quite. Read the loss: the KL term is multiplied by alpha and "
+                          "by T squared.")
+    print(f"Correct: {expected:g} = alpha * T^2.")

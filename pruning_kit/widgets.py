@@ -3,7 +3,8 @@
 Every explorer measures or computes its answers once, caches them, and only looks them up
 when a control moves (``continuous_update=False``), so a slider answers at once. Each one
 exposes its controls and a plain-text ``readout`` so tests can set ``.value`` and check the
-result headlessly.
+result headlessly. Displayed, each one is the live widget plus, in the same output, a PNG of
+its figure and readout for readers of a saved notebook (GitHub, PDF): see ``_Explorer``.
 
 Introduced in ``notebooks/00_compression_and_measurement.ipynb``.
 """
@@ -32,7 +33,55 @@ def _percent_correct(logits_of, x: np.ndarray, y: np.ndarray, chunk: int = 2500)
     return 100.0 * correct / len(x)
 
 
-class LatencyExplorer:
+class _Explorer:
+    """What every explorer shows when displayed: the live widget, and for readers of a saved
+    notebook (GitHub, nbconvert HTML without widget state, PDF) a static picture.
+
+    The display is one output whose bundle holds the widget view, an ``image/png`` of the
+    figure as it is when displayed (with the readout under it) and a ``text/plain`` line.
+    A live JupyterLab renders only its preferred type, the widget, so there is no duplicate
+    picture; a renderer without widgets falls back to the PNG.
+    """
+
+    widget: W.Widget
+    readout: str
+    _figure = None          # the figure of the last update (set by ``_update``)
+
+    def _static_png(self) -> bytes | None:
+        """The last update's figure with the readout under it, as PNG bytes."""
+        import io
+        import textwrap
+
+        fig = self._figure
+        if fig is None:
+            return None
+        note = fig.text(0.5, 0.0, textwrap.fill(self.readout, 120), ha="center", va="top",
+                        fontsize=9)
+        try:
+            buf = io.BytesIO()
+            fig.savefig(buf, format="png", bbox_inches="tight")
+        finally:
+            note.remove()
+        return buf.getvalue()
+
+    def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
+        import base64
+
+        bundle = dict(self.widget._repr_mimebundle_())
+        bundle["text/plain"] = (f"{type(self).__name__}: {self.readout}\n(an interactive "
+                                "explorer: run the notebook in JupyterLab to use its controls)")
+        png = self._static_png()
+        if png is not None:
+            bundle["image/png"] = base64.b64encode(png).decode("ascii")
+        return bundle
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self._repr_mimebundle_(), raw=True)
+
+
+class LatencyExplorer(_Explorer):
     """Latency against batch size for several models, measured once, explored live.
 
     Args:
@@ -98,6 +147,7 @@ class LatencyExplorer:
         self.output.clear_output(wait=True)
         with self.output:
             fig, ax = plt.subplots(figsize=(6.5, 3.5))
+            self._figure = fig
             for other in self.model_dropdown.options:
                 ax.plot(self.batch_sizes, self.per_example_us(other), "o-", label=other,
                         alpha=1.0 if other == name else 0.4)
@@ -109,13 +159,8 @@ class LatencyExplorer:
             ax.legend()
             plt.show()
 
-    def _ipython_display_(self):
-        from IPython.display import display
 
-        display(self.widget)
-
-
-class BitWidthExplorer:
+class BitWidthExplorer(_Explorer):
     """Weight-only quantization of a model, explored with a bit-width slider.
 
     For each setting (bits, per-tensor or per-channel) the explorer quantizes every kernel
@@ -223,6 +268,7 @@ class BitWidthExplorer:
         self.output.clear_output(wait=True)
         with self.output:
             fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.3))
+            self._figure = fig
             for mode_pc, style in ((True, "o-"), (False, "s--")):
                 accs = [self.result(b, mode_pc)["accuracy"] if (b, mode_pc) in self.results
                         else np.nan for b in self.bits_options]
@@ -239,13 +285,8 @@ class BitWidthExplorer:
             plt.show()
         self.last_update_ms = 1000 * (time.perf_counter() - start)
 
-    def _ipython_display_(self):
-        from IPython.display import display
 
-        display(self.widget)
-
-
-class TemperatureExplorer:
+class TemperatureExplorer(_Explorer):
     """A teacher's softened probabilities ``softmax(z / T)`` for chosen images, live in T.
 
     At ``T = 1`` a confident teacher puts nearly all its mass on one class; as ``T`` grows,
@@ -318,6 +359,7 @@ class TemperatureExplorer:
         with self.output:
             fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3),
                                            gridspec_kw={"width_ratios": [1, 3]})
+            self._figure = fig
             ax1.imshow(self.images[i][..., 0], cmap="gray_r")
             ax1.set_title(f"true: {self.classes[int(self.labels[i])]}", fontsize=9)
             ax1.axis("off")
@@ -329,11 +371,6 @@ class TemperatureExplorer:
                     title=f"teacher's softmax(z / T) at T = {t:g}")
             plt.show()
 
-    def _ipython_display_(self):
-        from IPython.display import display
-
-        display(self.widget)
-
 
 def _eval_copy(model):
     from pruning_kit import graph
@@ -341,7 +378,7 @@ def _eval_copy(model):
     return graph.eval_copy(model)
 
 
-class RankExplorer:
+class RankExplorer(_Explorer):
     """Low-rank factorization of one MLP layer, explored with a rank slider.
 
     The layer's kernel ``W`` is factorized once by SVD; rank ``r`` keeps the ``r`` largest
@@ -459,6 +496,7 @@ class RankExplorer:
         self.output.clear_output(wait=True)
         with self.output:
             fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.2))
+            self._figure = fig
             # log10 on linear axes: matplotlib's log scales cost ~0.1 s per redraw
             ax1.plot(np.log10(self.singular_values), color="tab:gray")
             ax1.axvline(r, color="r", ls="--")
@@ -477,13 +515,8 @@ class RankExplorer:
             plt.show()
         self.last_update_ms = 1000 * (time.perf_counter() - start)
 
-    def _ipython_display_(self):
-        from IPython.display import display
 
-        display(self.widget)
-
-
-class SparsityExplorer:
+class SparsityExplorer(_Explorer):
     """Magnitude pruning of a trained model, explored with a sparsity slider.
 
     Each setting prunes every kernel by magnitude (:func:`pruning_kit.prune.magnitude_masks`,
@@ -581,6 +614,7 @@ class SparsityExplorer:
         with self.output:
             fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(11, 2.8),
                                                 gridspec_kw={"wspace": 0.5})
+            self._figure = fig
             for sc, style in (("layer", "o-"), ("global", "s--")):
                 accs = [self.results[(v, sc)]["accuracy"] if (v, sc) in self.results
                         else np.nan for v in self.sparsities]
@@ -599,8 +633,3 @@ class SparsityExplorer:
                     title=f"{r['kept']:,} surviving weights")
             plt.show()
         self.last_update_ms = 1000 * (time.perf_counter() - start)
-
-    def _ipython_display_(self):
-        from IPython.display import display
-
-        display(self.widget)

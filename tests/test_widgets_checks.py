@@ -153,3 +153,49 @@ def test_pruning_and_low_rank_checks(capsys):
     assert "(6.8x fewer)" in capsys.readouterr().out
     with pytest.raises(checks.CheckFailed, match="dense kernel"):
         checks.check_low_rank_params(784 * 300, 784, 300, 32)
+
+
+def test_answer_key_is_a_stable_short_hash():
+    import hashlib
+
+    assert checks.answer_key("b") == hashlib.sha256(b"pruning_kit:b").hexdigest()[:12]
+    assert checks.answer_key(" B ") == checks.answer_key("b")
+    assert checks.answer_key("a") != checks.answer_key("b")
+
+
+def test_checks_print_blank_for_none_and_do_not_raise(capsys):
+    opts = {"a": "no", "b": "yes"}
+    for call in (lambda: checks.check_param_count(None), lambda: checks.check_macs(None),
+                 lambda: checks.check_bytes(None, 10, 8), lambda: checks.check_scale(None, 0.5, 8),
+                 lambda: checks.check_zeros(None, 10, 0.5),
+                 lambda: checks.check_low_rank_params(None, 784, 300, 32),
+                 lambda: checks.check_kd_factor(None, 0.9, 4),
+                 lambda: checks.check_choice(None, opts, key=checks.answer_key("b"))):
+        call()
+        assert capsys.readouterr().out == checks.BLANK + "\n"
+
+
+def test_check_choice_by_key_hides_the_answer(capsys):
+    opts = {"a": "no: the hint for a", "b": "yes"}
+    checks.check_choice(" B", opts, key=checks.answer_key("b"))
+    assert capsys.readouterr().out == "Correct: yes\n"
+    with pytest.raises(checks.CheckFailed, match="Not this one: no: the hint for a"):
+        checks.check_choice("a", opts, key=checks.answer_key("b"))
+    with pytest.raises(checks.CheckFailed, match="one of"):
+        checks.check_choice("z", opts, key=checks.answer_key("b"))
+    checks.check_choice("b", options=opts, correct="b")  # the old keyword form still works
+    with pytest.raises(ValueError, match="matches none"):
+        checks.check_choice("a", opts, key=checks.answer_key("c"))
+    with pytest.raises(ValueError, match="exactly one"):
+        checks.check_choice("a", opts)
+
+
+def test_check_kd_factor_hints(capsys):
+    checks.check_kd_factor(0.9 * 4**2, alpha=0.9, temperature=4)
+    assert capsys.readouterr().out == "Correct: 14.4 = alpha * T^2.\n"
+    with pytest.raises(checks.CheckFailed, match="squared"):
+        checks.check_kd_factor(0.9 * 4, alpha=0.9, temperature=4)
+    with pytest.raises(checks.CheckFailed, match="alpha weighs the soft"):
+        checks.check_kd_factor(0.1 * 16, alpha=0.9, temperature=4)
+    with pytest.raises(checks.CheckFailed, match="weighted by alpha"):
+        checks.check_kd_factor(16, alpha=0.9, temperature=4)
