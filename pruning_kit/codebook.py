@@ -2,11 +2,9 @@
 
 Instead of a uniform grid, a layer's weights share ``2^bits`` values learned by 1-D
 k-means: the layer stores a small float32 codebook and a ``bits``-bit index per weight
-(packed with :func:`pruning_kit.quant_storage.pack`). Because :func:`codebook_lookup` is
-differentiable in the codebook, the centroids can then be fine-tuned by gradient descent
-with the indices fixed ("trained quantization", :mod:`pruning_kit.qat`).
-
-Every name here is also importable from :mod:`pruning_kit.quantize`.
+(packed with :func:`pruning_kit.quant_storage.pack`). This module works on one tensor;
+:mod:`pruning_kit.weight_sharing` shares the kernels of a model and fine-tunes the
+centroids with the indices fixed ("trained quantization").
 
 Introduced in ``notebooks/01_quantization.ipynb``.
 """
@@ -19,8 +17,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from pruning_kit import validate
 from pruning_kit.quant_storage import packed_nbytes
-from pruning_kit.quantize import _as_float, _check_bits
+from pruning_kit.quantize import as_float
 
 __all__ = ["codebook_lookup", "codebook_nbytes", "kmeans_codebook"]
 
@@ -48,12 +47,10 @@ def kmeans_codebook(w: jax.typing.ArrayLike, bits: int, *, iters: int = 20,
         >>> [round(c, 2) for c in codebook.tolist()], idx.tolist()
         ([-0.95, 0.42], [0, 0, 1, 1, 1])
     """
-    flat = jnp.ravel(_as_float(w, "w"))
-    bits = _check_bits(bits, max_bits=8, allow_traced=False)
-    if isinstance(iters, bool) or not isinstance(iters, int) or iters < 0:
-        raise ValueError(f"iters must be a non-negative integer, got {iters!r}.")
-    if init not in ("linear", "density"):
-        raise ValueError(f"init must be 'linear' or 'density', got {init!r}.")
+    flat = jnp.ravel(as_float(w, "w"))
+    bits = validate.bits(bits, maximum=8)
+    iters = validate.integer("iters", iters, minimum=0)
+    validate.choice("init", init, ("linear", "density"))
     codebook, idx = _kmeans(flat, 2**bits, iters, init)
     return codebook, idx.reshape(jnp.shape(w))
 
@@ -79,17 +76,24 @@ def _kmeans(flat: jax.Array, k: int, iters: Any, init: str) -> tuple[jax.Array, 
 
 
 def codebook_lookup(codebook: jax.Array, indices: jax.Array) -> jax.Array:
-    """The shared weights ``codebook[indices]``; differentiable in ``codebook``.
+    """The shared weights ``codebook[indices]``, and ``0`` where an index is ``-1``.
 
-    The gradient with respect to a centroid is the sum of the gradients of the weights
-    that share it, which is how Deep Compression fine-tunes centroids.
+    Index ``-1`` marks a weight outside the sharing (a pruned zero, see
+    :func:`pruning_kit.weight_sharing.kmeans_codebooks`). Differentiable in ``codebook``:
+    the gradient of a centroid is the sum of the gradients of the weights that share it,
+    which is how Deep Compression fine-tunes centroids.
 
     Examples:
-        >>> grad = jax.grad(lambda c: codebook_lookup(c, jnp.array([0, 1, 1])).sum())
+        >>> grad = jax.grad(lambda c: codebook_lookup(c, jnp.array([0, 1, 1, -1])).sum())
         >>> grad(jnp.array([-1.0, 1.0])).tolist()
         [1.0, 2.0]
+        >>> codebook_lookup(jnp.array([-1.0, 1.0]), jnp.array([1, -1])).tolist()
+        [1.0, 0.0]
     """
-    return jnp.take(jnp.asarray(codebook), jnp.asarray(indices), axis=0)
+    codebook, indices = jnp.asarray(codebook), jnp.asarray(indices)
+    if not jnp.issubdtype(indices.dtype, jnp.signedinteger):
+        return jnp.take(codebook, indices, axis=0)
+    return jnp.where(indices >= 0, jnp.take(codebook, jnp.maximum(indices, 0), axis=0), 0.0)
 
 
 def codebook_nbytes(num_weights: int, bits: int) -> int:
@@ -100,7 +104,6 @@ def codebook_nbytes(num_weights: int, bits: int) -> int:
         >>> codebook_nbytes(784 * 300, 2), 784 * 300 * 4      # 58800 + 16 vs float32
         (58816, 940800)
     """
-    bits = _check_bits(bits, max_bits=8, allow_traced=False)
-    if isinstance(num_weights, bool) or not isinstance(num_weights, int) or num_weights < 0:
-        raise ValueError(f"num_weights must be a non-negative integer, got {num_weights!r}.")
+    bits = validate.bits(bits, maximum=8)
+    num_weights = validate.integer("num_weights", num_weights, minimum=0)
     return packed_nbytes(num_weights, bits) + 4 * 2**bits

@@ -11,7 +11,7 @@ the weights but tolerates few bits, a small classifier layer may need more. Two 
    them) fit the budget with the smallest summed accuracy loss: an exact search over all
    combinations for up to 6 layers, a greedy one beyond.
 
-The result is a ``{"layers.0.kernel": 4, ...}`` mapping that
+The result is a ``{"layers/0/kernel": 4, ...}`` mapping that
 :func:`pruning_kit.quant_storage.quantize_tree` takes directly. Summing per-layer losses
 assumes they add up, which holds roughly when each is small; check the chosen model's
 accuracy on the validation split.
@@ -39,13 +39,8 @@ import numpy as np
 from flax import nnx
 
 from pruning_kit import train as train_lib
-from pruning_kit.quant_storage import (
-    _path_name,
-    dequantized_model,
-    packed_nbytes,
-    quantize_tree,
-)
-from pruning_kit.quantize import _check_bits
+from pruning_kit import tree, validate
+from pruning_kit.quant_storage import dequantized_model, packed_nbytes, quantize_tree
 
 __all__ = ["allocate_bits", "kernel_shapes", "layer_bytes", "sensitivity_scan",
            "stored_bytes"]
@@ -63,7 +58,7 @@ def _check_options(bits_options: Sequence[int]) -> tuple[int, ...]:
     if not options:
         raise ValueError("bits_options is empty; pass widths such as (2, 3, 4, 8).")
     for b in options:
-        _check_bits(b, symmetric=True, allow_traced=False, name="each of bits_options")
+        validate.bits(b, name="each of bits_options", minimum=2)
     if len(set(options)) != len(options):
         raise ValueError(f"bits_options has repeated widths: {options}.")
     return tuple(sorted(int(b) for b in options))
@@ -72,21 +67,18 @@ def _check_options(bits_options: Sequence[int]) -> tuple[int, ...]:
 def kernel_shapes(model: nnx.Module, *,
                   filter: Callable[[str, jax.Array], bool] = _is_kernel
                   ) -> dict[str, tuple[int, ...]]:
-    """``{"layers.0.kernel": (784, 300), ...}``: the shapes of the tensors to quantize.
+    """``{"layers/0/kernel": (784, 300), ...}``: the shapes of the tensors to quantize.
+
+    The names are those ``quantize_tree``'s ``bits`` mapping takes.
 
     Examples:
         >>> from pruning_kit import models
         >>> kernel_shapes(models.lenet_300_100())
-        {'layers.0.kernel': (784, 300), 'layers.1.kernel': (300, 100), \
-'layers.2.kernel': (100, 10)}
+        {'layers/0/kernel': (784, 300), 'layers/1/kernel': (300, 100), \
+'layers/2/kernel': (100, 10)}
     """
-    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    out = {}
-    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
-        name = _path_name(path)              # the names quantize_tree's mapping uses
-        if filter(name, leaf):
-            out[name] = tuple(int(s) for s in np.shape(leaf))
-    return out
+    leaves = tree.named_leaves(nnx.state(model, nnx.Param), filter=filter)
+    return {name: tuple(int(s) for s in np.shape(leaf)) for name, leaf in leaves.items()}
 
 
 def layer_bytes(shape: Sequence[int], bits: int, *, per_channel: bool = True) -> int:
@@ -104,7 +96,7 @@ def layer_bytes(shape: Sequence[int], bits: int, *, per_channel: bool = True) ->
     shape = tuple(int(s) for s in shape)
     if not shape or any(s < 1 for s in shape):
         raise ValueError(f"shape must be a non-empty tuple of positive sizes, got {shape}.")
-    bits = _check_bits(bits, symmetric=True, allow_traced=False)
+    bits = validate.bits(bits, minimum=2)
     return packed_nbytes(int(np.prod(shape)), bits) + 4 * (shape[-1] if per_channel else 1)
 
 
@@ -145,7 +137,6 @@ def sensitivity_scan(model: nnx.Module, x_val: np.ndarray, y_val: np.ndarray,
             passes ``filter``.
     """
     options = _check_options(bits_options)
-    train_lib._check_xy(x_val, y_val)
     names = list(kernel_shapes(model, filter=filter))
     axis = -1 if per_channel else None
     result: dict[str, dict[int, float]] = {}

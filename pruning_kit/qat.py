@@ -1,20 +1,19 @@
-"""Quantization-aware training (QAT) and trained k-means quantization (Deep Compression).
+"""Quantization-aware training (QAT) with the straight-through estimator.
 
 Post-training quantization (PTQ) rounds a trained model once; at 4-bit activations or
 2-bit weights that breaks it. Two ways to let training repair the damage:
 
-* **QAT with the straight-through estimator (STE).** The forward pass runs on fake-quantized
-  values -- every kernel on its per-output-channel grid (:func:`pruning_kit.quantize.
-  fake_quant`), every activation entering a layer on its calibrated ``act_bits`` grid --
-  while the backward pass treats rounding as the identity (zero outside the clipping
-  range). Fine-tuning a float model for a few epochs this way moves the weights to where
-  rounding hurts least. :func:`qat_loss` is that forward as a ``loss_fn`` for
-  :func:`pruning_kit.train.fit`; :func:`evaluate_deployed_mlp` then measures the model as
-  it will run (the integer pipeline of :mod:`pruning_kit.quant_infer`).
-* **Trained k-means (weight sharing).** Each kernel keeps ``2^bits`` shared values
-  (:func:`pruning_kit.codebook.kmeans_codebook`); the assignments stay fixed and only the
-  centroids are trained, each by the sum of the gradients of the weights that share it
-  (:func:`finetune_codebooks`).
+* **QAT with the straight-through estimator (STE)**, this module. The forward pass runs on
+  fake-quantized values -- every kernel on its per-output-channel grid
+  (:func:`pruning_kit.quantize.fake_quant`), every activation entering a layer on its
+  calibrated ``act_bits`` grid -- while the backward pass treats rounding as the identity
+  (zero outside the clipping range). Fine-tuning a float model for a few epochs this way
+  moves the weights to where rounding hurts least. :func:`qat_loss` is that forward as a
+  ``loss_fn`` for :func:`pruning_kit.train.fit`; :func:`evaluate_deployed_mlp` then
+  measures the model as it will run (the integer pipeline of :mod:`pruning_kit.quant_infer`).
+* **Trained k-means (weight sharing).** Each kernel keeps ``2^bits`` shared values; the
+  assignments stay fixed and only the centroids are trained, each by the sum of the
+  gradients of the weights that share it (:mod:`pruning_kit.weight_sharing`).
 
 Biases stay float32 throughout (in the integer pipeline they become int32 in units of
 input scale x weight scale, a negligible rounding): they are 0.1% of the parameters.
@@ -22,28 +21,27 @@ input scale x weight scale, a negligible rounding): they are 0.1% of the paramet
 Introduced in ``notebooks/01_quantization.ipynb``.
 
 Examples:
-    The QAT recipe for 8-bit weights and 4-bit activations (the benchmark's, smaller):
+    The QAT recipe for 8-bit weights and 4-bit activations (train the float model first;
+    ``train.fit(model, x, y, loss_fn=loss_fn)`` then fine-tunes through the fake-quantized
+    forward, and :func:`evaluate_deployed_mlp` scores the integer model):
 
-    >>> from pruning_kit import data, models, train
-    >>> ds = data.load_digits()
+    >>> import numpy as np
+    >>> from pruning_kit import models
     >>> model = models.MLP(64, (32,), rngs=nnx.Rngs(0))
-    >>> _ = train.fit(model, ds.x_train, ds.y_train, epochs=5, batch_size=32,
-    ...               learning_rate=3e-3, progress=False)
-    >>> calib_x = ds.x_train[:256]
-    >>> clips = calibrate_inputs(model, calib_x, 4)          # one range per layer input
+    >>> x = np.random.default_rng(0).random((256, 64), dtype=np.float32)
+    >>> y = np.arange(256) % 10
+    >>> clips = calibrate_inputs(model, x, 4)          # one range per layer input
+    >>> len(clips)
+    2
     >>> loss_fn = qat_loss(8, 4, act_clips=clips)
-    >>> _ = train.fit(model, ds.x_train, ds.y_train, epochs=2, batch_size=32,
-    ...               learning_rate=1e-4, loss_fn=loss_fn, progress=False)
-    >>> acc = evaluate_deployed_mlp(model, ds.x_test, ds.y_test, weight_bits=8, act_bits=4,
-    ...                             act_clips=clips, calib_x=calib_x)
-    >>> acc > 0.8
-    True
+    >>> loss, logits = loss_fn(model, x[:8], y[:8])   # what train.fit differentiates
+    >>> logits.shape, bool(loss > 0)
+    ((8, 10), True)
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -51,17 +49,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from tqdm.auto import tqdm
 
 from pruning_kit import graph as graph_lib
-from pruning_kit import interpret, quant_infer
+from pruning_kit import interpret, quant_infer, tree, validate
 from pruning_kit import models as models_lib
 from pruning_kit import train as train_lib
-from pruning_kit.codebook import codebook_lookup, kmeans_codebook
-from pruning_kit.quant_storage import _path_name, dequantized_model, quantize_tree
+from pruning_kit.quant_storage import dequantized_model, quantize_tree
 from pruning_kit.quantize import (
     QParams,
-    _check_bits,
     calibrate,
     compute_qparams,
     fake_quant,
@@ -69,10 +64,7 @@ from pruning_kit.quantize import (
     mse_clip,
 )
 
-__all__ = [
-    "calibrate_inputs", "evaluate_deployed_mlp", "fake_quant_model", "finetune_codebooks",
-    "kmeans_quantize_model", "qat_loss", "shared_weights_model",
-]
+__all__ = ["calibrate_inputs", "evaluate_deployed_mlp", "fake_quant_model", "qat_loss"]
 
 Clip = QParams | tuple[float, float]
 
@@ -86,20 +78,15 @@ def _check_mlp(model: Any, what: str) -> models_lib.MLP:
 
 
 def _check_weight_bits(bits: Any) -> int:
-    return _check_bits(bits, symmetric=True, max_bits=8, allow_traced=False,
-                       name="weight_bits")
+    return validate.bits(bits, name="weight_bits", minimum=2, maximum=8)
 
 
 def _check_act_bits(bits: Any) -> int | None:
-    if bits is None:
-        return None
-    return _check_bits(bits, max_bits=8, allow_traced=False, name="act_bits")
+    return None if bits is None else validate.bits(bits, name="act_bits", maximum=8)
 
 
 def _check_method(method: Any) -> str:
-    if method not in ("minmax", "mse"):
-        raise ValueError(f"weight_method must be 'minmax' or 'mse', got {method!r}.")
-    return method
+    return validate.choice("weight_method", method, ("minmax", "mse"))
 
 
 def _check_calib(calib_x: Any) -> jax.Array:
@@ -182,7 +169,7 @@ def calibrate_inputs(model: nnx.Module, calib_x: jax.typing.ArrayLike, act_bits:
         ValueError: bad ``act_bits``/``method``, empty or constant data, a model without
             dense or conv layers.
     """
-    act_bits = _check_bits(act_bits, max_bits=8, allow_traced=False, name="act_bits")
+    act_bits = validate.bits(act_bits, name="act_bits", maximum=8)
     x = _check_calib(calib_x)
     fwd = interpret.Forward(model, x[:2])
     if not fwd.kernel_ops:
@@ -199,8 +186,8 @@ def calibrate_inputs(model: nnx.Module, calib_x: jax.typing.ArrayLike, act_bits:
         try:
             out.append(calibrate(samples[op.index], act_bits, method, percentile=percentile))
         except ValueError as err:
-            raise ValueError(f"Calibrating the input of {op.path.rsplit('.', 1)[0]}: "
-                             f"{err}") from err
+            layer = op.path.rsplit(tree.SEP, 1)[0]
+            raise ValueError(f"Calibrating the input of {layer}: {err}") from err
     return tuple(out)
 
 
@@ -384,167 +371,3 @@ def evaluate_deployed_mlp(model: models_lib.MLP, x: Any, y: Any, *, weight_bits:
     logits = np.concatenate([np.asarray(forward(qm, jnp.asarray(x[i:i + 2000])))
                              for i in range(0, len(x), 2000)])
     return float(np.mean(logits.argmax(-1) == y))
-
-
-# --------------------------------------------------------------------------- k-means
-def _leaf_name(path: tuple) -> str:
-    """``quant_storage``'s dotted name, without a trailing ``nnx.Variable`` ``.value``."""
-    name = _path_name(path)
-    return name.removesuffix(".value") if name != "value" else ""
-
-
-def _kernels(model: nnx.Module, filter: Callable[[str, jax.Array], bool]
-             ) -> dict[str, jax.Array]:
-    state = nnx.state(model, nnx.Param)
-    return {_leaf_name(p): leaf for p, leaf in jax.tree_util.tree_leaves_with_path(state)
-            if filter(_leaf_name(p), leaf)}
-
-
-def _is_kernel(name: str, leaf: jax.Array) -> bool:
-    return jnp.ndim(leaf) >= 2
-
-
-def kmeans_quantize_model(model: nnx.Module, bits: int, *, init: str = "density",
-                          iters: int = 20,
-                          filter: Callable[[str, jax.Array], bool] = _is_kernel,
-                          ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
-    """One k-means codebook per kernel of an NNX model (weight sharing).
-
-    Args:
-        model: any NNX model.
-        bits: 1..8: each kernel keeps ``2^bits`` shared values.
-        init: ``"density"`` (centroids at quantiles; measured better on the course MLP at
-            2 bits) or ``"linear"`` (the paper's choice), see
-            :func:`pruning_kit.codebook.kmeans_codebook`.
-        iters: Lloyd iterations.
-        filter: ``filter(name, leaf)`` picks the tensors; default kernels (ndim >= 2).
-
-    Returns:
-        ``(codebooks, indices)``, dicts keyed by the parameter's dotted name (e.g.
-        ``"layers.0.kernel"``): float32 ``(2^bits,)`` centroids and uint8 indices of the
-        kernel's shape. Stored bytes per kernel:
-        :func:`pruning_kit.codebook.codebook_nbytes`.
-
-    Raises:
-        ValueError: bad ``bits``/``init``, no tensor passes ``filter``, NaN weights.
-    """
-    kernels = _kernels(model, filter)
-    if not kernels:
-        raise ValueError("No parameter passed the filter; nothing to quantize (default: "
-                         "kernels, ndim >= 2).")
-    codebooks, indices = {}, {}
-    for name, w in kernels.items():
-        try:
-            codebooks[name], indices[name] = kmeans_codebook(w, bits, iters=iters, init=init)
-        except ValueError as err:
-            raise ValueError(f"{name}: {err}") from err
-    return codebooks, indices
-
-
-def _check_shared(model: nnx.Module, codebooks: Mapping[str, Any],
-                  indices: Mapping[str, Any]) -> dict[str, jax.Array]:
-    if set(codebooks) != set(indices):
-        raise ValueError(f"codebooks and indices name different tensors: "
-                         f"{sorted(set(codebooks) ^ set(indices))}.")
-    kernels = _kernels(model, lambda name, leaf: name in codebooks)
-    missing = sorted(set(codebooks) - set(kernels))
-    if missing:
-        raise ValueError(f"The model has no parameters {missing}; use the codebooks "
-                         "kmeans_quantize_model made from this model.")
-    for name, w in kernels.items():
-        cb, idx = jnp.asarray(codebooks[name]), jnp.asarray(indices[name])
-        if cb.ndim != 1 or idx.shape != w.shape or (idx.size and int(idx.max()) >= cb.size):
-            raise ValueError(f"{name}: codebook {cb.shape} and indices {idx.shape} do not "
-                             f"fit the kernel {w.shape} (indices must be < codebook size).")
-    return {name: jnp.asarray(cb, jnp.float32) for name, cb in codebooks.items()}
-
-
-def _with_leaves(state: nnx.State, leaves: Mapping[str, jax.Array]) -> nnx.State:
-    return jax.tree_util.tree_map_with_path(
-        lambda p, leaf: leaves.get(_leaf_name(p), leaf), state)
-
-
-def shared_weights_model(model: nnx.Module, codebooks: Mapping[str, Any],
-                         indices: Mapping[str, Any]) -> nnx.Module:
-    """A copy of ``model`` whose kernels are ``codebook[indices]`` (for evaluation).
-
-    Examples:
-        >>> from pruning_kit import models
-        >>> model = models.MLP(4, (8,), 3, rngs=nnx.Rngs(0))
-        >>> cbs, idx = kmeans_quantize_model(model, 1)
-        >>> shared = shared_weights_model(model, cbs, idx)
-        >>> len(set(shared.layers[0].kernel[...].ravel().tolist()))
-        2
-    """
-    codebooks = _check_shared(model, codebooks, indices)
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    shared = {name: codebook_lookup(cb, jnp.asarray(indices[name]))
-              for name, cb in codebooks.items()}
-    return nnx.merge(graphdef, _with_leaves(params, shared), rest)
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _codebook_step(graphdef, tx, codebooks, opt_state, params, rest, indices, x, y):
-    def loss_fn(cbs):
-        shared = {name: codebook_lookup(cb, indices[name]) for name, cb in cbs.items()}
-        logits = nnx.merge(graphdef, _with_leaves(params, shared), rest)(x)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-    loss, grads = jax.value_and_grad(loss_fn)(codebooks)
-    updates, opt_state = tx.update(grads, opt_state, codebooks)
-    return optax.apply_updates(codebooks, updates), opt_state, loss
-
-
-def finetune_codebooks(model: nnx.Module, codebooks: Mapping[str, Any],
-                       indices: Mapping[str, Any], x: np.ndarray, y: np.ndarray, *,
-                       epochs: int = 3, lr: float = 1e-4, batch_size: int = 128,
-                       seed: int = 0, progress: bool = False) -> dict[str, jax.Array]:
-    """Train the shared values (centroids) of each kernel; assignments stay fixed.
-
-    The gradient of a centroid is the sum of the gradients of the weights that share it
-    (:func:`pruning_kit.codebook.codebook_lookup` is differentiable in the codebook), the
-    "trained quantization" of Deep Compression. Adam with a cosine decay of ``lr`` to
-    zero over mini-batches of ``(x, y)``; everything else in the model stays as it is (in
-    eval mode: BatchNorm uses its running statistics). Each kernel still holds at most
-    ``len(codebook)`` distinct values.
-
-    Args:
-        model: the model the codebooks were made from (not changed).
-        codebooks, indices: from :func:`kmeans_quantize_model`.
-        x, y: training inputs and integer labels (not the test set).
-        epochs: passes over ``(x, y)``, >= 1.
-        lr: peak learning rate, > 0 (the centroids are of the weights' size: ~1e-4).
-        batch_size: examples per step; the last partial batch is dropped.
-        seed: shuffling seed.
-        progress: show a ``tqdm`` bar over epochs.
-
-    Returns:
-        The fine-tuned codebooks (same keys); evaluate with :func:`shared_weights_model`.
-
-    Raises:
-        ValueError: codebooks/indices that do not fit the model, bad ``epochs``, ``lr`` or
-            ``batch_size``, empty or mismatched data.
-    """
-    codebooks = _check_shared(model, codebooks, indices)
-    train_lib.check_training_args(x, y, epochs=epochs, lr=lr, batch_size=batch_size)
-    model = graph_lib.eval_copy(model)            # the caller's model keeps its mode
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    idx = {name: jnp.asarray(indices[name], jnp.int32) for name in codebooks}
-    steps = len(x) // batch_size
-    tx = optax.adam(optax.cosine_decay_schedule(float(lr), steps * epochs))
-    opt_state = tx.init(codebooks)
-    y = np.asarray(y)
-    for epoch in tqdm(range(epochs), desc="codebook epochs", disable=not progress,
-                      leave=False):
-        order = np.random.default_rng([seed, epoch]).permutation(len(x))
-        losses = []
-        for i in range(steps):
-            b = order[i * batch_size:(i + 1) * batch_size]
-            codebooks, opt_state, loss = _codebook_step(
-                graphdef, tx, codebooks, opt_state, params, rest, idx, jnp.asarray(x[b]),
-                jnp.asarray(y[b]))
-            losses.append(loss)
-        if not np.isfinite(float(jnp.mean(jnp.stack(losses)))):
-            raise FloatingPointError(f"Codebook fine-tuning diverged at epoch {epoch + 1}; "
-                                     "lower lr.")
-    return codebooks

@@ -36,10 +36,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from pruning_kit import fold as fold_lib
-from pruning_kit import interpret
+from pruning_kit import interpret, tree, validate
 from pruning_kit.quantize import (
     QParams,
-    _check_bits,
     calibrate,
     compute_qparams,
     dequantize,
@@ -162,11 +161,10 @@ def _calibrate_all(samples: dict[str, jax.Array], act_bits: int, method: str,
 
 def _check_setup(weight_bits: int, act_bits: int, calib_x: Any,
                  output_bits: int | None = None) -> jax.Array:
-    _check_bits(weight_bits, symmetric=True, max_bits=8, allow_traced=False,
-                name="weight_bits")
-    _check_bits(act_bits, max_bits=8, allow_traced=False, name="act_bits")
+    validate.bits(weight_bits, name="weight_bits", minimum=2, maximum=8)
+    validate.bits(act_bits, name="act_bits", maximum=8)
     if output_bits is not None:
-        _check_bits(output_bits, max_bits=8, allow_traced=False, name="output_bits")
+        validate.bits(output_bits, name="output_bits", maximum=8)
     x = jnp.asarray(calib_x, jnp.float32)
     if x.ndim == 0 or x.shape[0] == 0:
         raise ValueError(f"calib_x must be a non-empty batch of inputs, got shape {x.shape}; "
@@ -211,7 +209,7 @@ def dense_chain(model: Any, example: Any) -> list[tuple[str, jax.Array, jax.Arra
         kernel = jnp.asarray(fwd.leaf(op.path), jnp.float32)
         bias = jnp.asarray(fwd.leaf(biases[op.path]), jnp.float32) if op.path in biases \
             else jnp.zeros(kernel.shape[1])
-        chain.append((op.path.rsplit(".", 1)[0], kernel, bias))
+        chain.append((op.path.rsplit(tree.SEP, 1)[0], kernel, bias))
     x = jnp.asarray(example, jnp.float32)
     got = _chain_float(chain, x)[-1]
     want = jnp.asarray(fwd(x))
@@ -270,7 +268,7 @@ def quantize_mlp(model: Any, calib_x: jax.typing.ArrayLike, *,
         >>> x = jax.random.uniform(jax.random.key(1), (64, 4))
         >>> qm = quantize_mlp(model, x)
         >>> qm.names, qm.dense[0].kernel.dtype, int_forward(qm, x).shape
-        (('layers.0', 'layers.1'), dtype('int8'), (64, 3))
+        (('layers/0', 'layers/1'), dtype('int8'), (64, 3))
         >>> step = float(qm.acts[-1].scale)
         >>> bool(jnp.abs(int_forward(qm, x) - fake_quant_forward(qm, x)).max() <= step * 1.001)
         True

@@ -9,8 +9,6 @@ packed codes, the float32 scales and (asymmetric only) int32 zero points -- and 
 pytree (or NNX model) into QuantizedTensors, with one width or a width per layer (mixed
 precision); :func:`tree_nbytes` is the stored size of the result.
 
-Every name here is also importable from :mod:`pruning_kit.quantize`.
-
 Introduced in ``notebooks/01_quantization.ipynb``.
 
 Examples:
@@ -34,10 +32,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from pruning_kit import tree, validate
 from pruning_kit.quantize import (
     QParams,
-    _check_bits,
-    _traced,
     compute_qparams,
     dequantize,
     mse_clip,
@@ -84,11 +81,11 @@ def pack(q: jax.typing.ArrayLike, bits: int, *, signed: bool | None = None) -> j
     q = jnp.asarray(q)
     if not jnp.issubdtype(q.dtype, jnp.integer):
         raise ValueError(f"pack takes integer codes, got dtype {q.dtype}; call quantize first.")
-    bits = _check_bits(bits, allow_traced=False)
+    bits = validate.bits(bits)
     if signed is None:
         signed = bool(jnp.issubdtype(q.dtype, jnp.signedinteger))
     lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
-    if q.size and not _traced(q):
+    if q.size and not isinstance(q, jax.core.Tracer):
         qmin, qmax = int(np.asarray(q).min()), int(np.asarray(q).max())
         if qmin < lo or qmax > hi:
             raise ValueError(f"Codes in [{qmin}, {qmax}] do not fit "
@@ -114,7 +111,7 @@ def unpack(packed: jax.typing.ArrayLike, bits: int, shape: Sequence[int],
             ``bits`` (truncated data, or the wrong shape/bits).
     """
     packed = jnp.asarray(packed)
-    bits = _check_bits(bits, allow_traced=False)
+    bits = validate.bits(bits)
     shape = tuple(int(s) for s in shape)
     n = math.prod(shape)
     if packed.dtype != jnp.uint8 or packed.shape != (packed_nbytes(n, bits),):
@@ -184,7 +181,7 @@ def quantize_tensor(x: jax.typing.ArrayLike, bits: int = 8, *, axis: int | None 
         >>> qt.nbytes, round(qt.nbytes / w.nbytes, 3)     # 16384 packed + 128 scales * 4
         (16896, 0.129)
     """
-    bits = _check_bits(bits, symmetric=symmetric, allow_traced=False)
+    bits = validate.bits(bits, minimum=2 if symmetric else 1)
     if method == "mse":
         if clip is not None:
             raise ValueError("Pass either clip or method='mse' (which chooses the clip), "
@@ -195,18 +192,6 @@ def quantize_tensor(x: jax.typing.ArrayLike, bits: int = 8, *, axis: int | None 
     qp = compute_qparams(x, bits, axis=axis, symmetric=symmetric, clip=clip)
     q = quantize(x, qp)
     return QuantizedTensor(pack(q, bits, signed=symmetric), qp, tuple(q.shape))
-
-
-def _path_name(path: tuple, sep: str = ".") -> str:
-    parts = []
-    for key in path:
-        for attr in ("key", "idx", "name"):
-            if hasattr(key, attr):
-                parts.append(str(getattr(key, attr)))
-                break
-        else:
-            parts.append(str(key))
-    return sep.join(parts)
 
 
 def _default_filter(path: str, leaf: jax.Array) -> bool:
@@ -221,8 +206,9 @@ def quantize_tree(params: Params, bits: int | Mapping[str, int] = 8, *,
     Args:
         params: a pytree of arrays, e.g. ``nnx.to_pure_dict(nnx.state(model, nnx.Param))``
             (an ``nnx.State`` or a model is converted that way).
-        bits: one width for every quantized leaf, or ``{"layers.0.kernel": 4, ...}`` by
-            dotted path (mixed precision); the mapping must name every selected leaf.
+        bits: one width for every quantized leaf, or ``{"layers/0/kernel": 4, ...}`` by
+            leaf name (:func:`pruning_kit.tree.path_name`; mixed precision); the mapping must
+            name every selected leaf.
         axis: per-channel axis; default ``-1``, the output channel of Flax ``Linear``
             ``(in, out)`` and ``Conv`` ``(kh, kw, in, out)`` kernels. ``None``: per tensor.
         symmetric: see :func:`compute_qparams`.
@@ -240,8 +226,7 @@ def quantize_tree(params: Params, bits: int | Mapping[str, int] = 8, *,
         params = nnx.state(params, nnx.Param)
     if isinstance(params, nnx.State):
         params = nnx.to_pure_dict(params)
-    chosen = [(_path_name(p), leaf) for p, leaf in jax.tree_util.tree_leaves_with_path(params)
-              if filter(_path_name(p), leaf)]
+    chosen = list(tree.named_leaves(params, filter=filter).items())
     if not chosen:
         raise ValueError("No leaf of params passed the filter; nothing to quantize. Check "
                          "the filter (default: arrays with ndim >= 2).")
@@ -251,8 +236,7 @@ def quantize_tree(params: Params, bits: int | Mapping[str, int] = 8, *,
             raise ValueError(f"bits has no entry for {missing}; give every quantized leaf a "
                              "width, or pass one int for all.")
 
-    def one(path, leaf):
-        name = _path_name(path)
+    def one(name, leaf):
         if not filter(name, leaf):
             return leaf
         b = bits[name] if isinstance(bits, Mapping) else bits
@@ -261,7 +245,7 @@ def quantize_tree(params: Params, bits: int | Mapping[str, int] = 8, *,
         except ValueError as err:
             raise ValueError(f"{name}: {err}") from err
 
-    return jax.tree_util.tree_map_with_path(one, params)
+    return tree.map_named(one, params)
 
 
 def _is_qt(x: Any) -> bool:

@@ -26,13 +26,11 @@ quantization toolkit builds on this core, one idea per module:
 
 * :mod:`pruning_kit.quant_storage` -- sub-byte packing, :class:`QuantizedTensor` and
   :func:`quantize_tree` over a params pytree, stored bytes;
-* :mod:`pruning_kit.codebook` -- k-means weight sharing (Deep Compression);
+* :mod:`pruning_kit.codebook` -- 1-D k-means codebooks; :mod:`pruning_kit.weight_sharing`
+  -- k-means weight sharing of a model and its centroid fine-tuning (Deep Compression);
 * :mod:`pruning_kit.quant_infer` -- BatchNorm folding and real integer inference;
-* :mod:`pruning_kit.qat` -- quantization-aware training and trained k-means;
+* :mod:`pruning_kit.qat` -- quantization-aware training;
 * :mod:`pruning_kit.mixed_precision` -- bits per layer under a size budget.
-
-The names of ``quant_storage`` and ``codebook`` are importable from here too
-(``from pruning_kit.quantize import pack, quantize_tree, kmeans_codebook``).
 
 Introduced in ``notebooks/01_quantization.ipynb``.
 
@@ -49,35 +47,20 @@ Examples:
 from __future__ import annotations
 
 import functools
-import importlib
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-if TYPE_CHECKING:  # for readers and type checkers; at run time see __getattr__ below
-    from pruning_kit.codebook import codebook_lookup, codebook_nbytes, kmeans_codebook
-    from pruning_kit.quant_storage import (
-        QuantizedTensor,
-        dequantize_tree,
-        pack,
-        packed_nbytes,
-        quantize_tensor,
-        quantize_tree,
-        tree_nbytes,
-        unpack,
-    )
+from pruning_kit import validate
 
 __all__ = [
-    "MAX_BITS", "SCALE_FLOOR", "QParams", "calibrate", "compute_qparams", "dequantize",
-    "fake_quant", "fake_quant_with", "int_range", "mse_clip", "quantize", "storage_dtype",
-    # re-exported from quant_storage and codebook (see __getattr__ at the bottom)
-    "QuantizedTensor", "codebook_lookup", "codebook_nbytes", "dequantize_tree",
-    "kmeans_codebook", "pack", "packed_nbytes", "quantize_tensor", "quantize_tree",
-    "tree_nbytes", "unpack",
+    "MAX_BITS", "SCALE_FLOOR", "QParams", "as_float", "calibrate", "compute_qparams",
+    "dequantize", "fake_quant", "fake_quant_with", "int_range", "mse_clip", "quantize",
+    "storage_dtype",
 ]
 
 Params = Any
@@ -127,27 +110,22 @@ def _traced(x: Any) -> bool:
     return isinstance(x, jax.core.Tracer)
 
 
-def _check_bits(bits: Any, *, symmetric: bool = False, max_bits: int = MAX_BITS,
-                allow_traced: bool = True, name: str = "bits") -> Any:
+def _check_bits(bits: Any, *, symmetric: bool = False, allow_traced: bool = True,
+                name: str = "bits") -> Any:
     """A validated Python int, or (traced) an int32 clipped into the supported range."""
     low = 2 if symmetric else 1
     if _traced(bits):
         if not allow_traced:
             raise ValueError(f"{name} must be a concrete Python int here (it fixes the "
                              "storage layout), not a traced value; don't pass it through jit.")
-        return jnp.clip(jnp.asarray(bits).astype(jnp.int32), low, max_bits)
-    value = bits
+        return jnp.clip(jnp.asarray(bits).astype(jnp.int32), low, MAX_BITS)
     if isinstance(bits, (np.ndarray, jax.Array)) and np.ndim(bits) == 0:
-        value = np.asarray(bits).item()
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
-            or not 1 <= value <= max_bits:
-        raise ValueError(f"{name} must be an integer from {low} to {max_bits}, got {bits!r}. "
-                         f"Pass e.g. {name}=8 (int8) or {name}=4.")
-    if value < low:
+        bits = np.asarray(bits).item()
+    if symmetric and bits == 1 and not isinstance(bits, bool):
         raise ValueError(f"symmetric quantization needs {name} >= 2 (its range "
                          "[-(2^(b-1)-1), 2^(b-1)-1] holds only 0 at 1 bit); use "
                          "symmetric=False for 1-bit codes (two levels).")
-    return int(value)
+    return validate.bits(bits, name=name, minimum=low, maximum=MAX_BITS)
 
 
 def _check_axis(axis: Any, ndim: int) -> int | None:
@@ -161,7 +139,13 @@ def _check_axis(axis: Any, ndim: int) -> int | None:
     return int(axis) % ndim
 
 
-def _as_float(x: Any, name: str = "x") -> jax.Array:
+def as_float(x: Any, name: str = "x") -> jax.Array:
+    """``x`` as a float32 array, checked non-empty and (unless traced) finite.
+
+    Raises:
+        ValueError: ``x`` is not numeric, empty, or holds NaN/inf (the message names
+            ``name``).
+    """
     try:
         arr = jnp.asarray(x, dtype=jnp.float32)
     except (TypeError, ValueError) as err:
@@ -259,7 +243,7 @@ def compute_qparams(x: jax.typing.ArrayLike, bits: Any = 8, *, axis: int | None 
         >>> float(qp.scale), int(qp.zero_point)
         (1.0, 0)
     """
-    x = _as_float(x)
+    x = as_float(x)
     bits = _check_bits(bits, symmetric=symmetric)
     axis = _check_axis(axis, x.ndim)
     static = not _traced(bits)
@@ -285,6 +269,13 @@ def _bcast(v: jax.Array, qp: QParams, ndim: int) -> jax.Array:
     return v.reshape(shape)
 
 
+def _fitting(x: Any, qp: QParams) -> jax.Array:
+    """``x`` as float32, checked finite and of a shape ``qp`` fits."""
+    x = as_float(x)
+    _check_fits(qp, x.shape)
+    return x
+
+
 def _check_fits(qp: QParams, shape: tuple[int, ...]) -> None:
     if qp.axis is None:
         return
@@ -305,9 +296,7 @@ def quantize(x: jax.typing.ArrayLike, qparams: QParams) -> jax.Array:
         >>> quantize(jnp.array([-1.0, 0.25, 2.0]), qp)   # clipped to [0, 255]
         Array([  0,  64, 255], dtype=uint8)
     """
-    x = _as_float(x)
-    _check_fits(qparams, x.shape)
-    return _quantize(x, qparams)
+    return _quantize(_fitting(x, qparams), qparams)
 
 
 @jax.jit
@@ -341,9 +330,7 @@ def fake_quant_with(x: jax.typing.ArrayLike, qparams: QParams) -> jax.Array:
     ``x`` is 1 where ``x`` rounds into ``[qmin, qmax]`` and 0 where it is clipped (the
     clipped straight-through estimator of quantization-aware training).
     """
-    x = _as_float(x)
-    _check_fits(qparams, x.shape)
-    return _fake_quant(x, qparams)
+    return _fake_quant(_fitting(x, qparams), qparams)
 
 
 @jax.jit
@@ -376,7 +363,7 @@ def fake_quant(x: jax.typing.ArrayLike, bits: Any = 8, *, axis: int | None = Non
         >>> jax.grad(lambda v: fake_quant(v, 2).sum())(x).tolist()
         [1.0, 1.0, 1.0, 1.0, 1.0]
     """
-    x = _as_float(x)
+    x = as_float(x)
     qp = compute_qparams(jax.lax.stop_gradient(x), bits, axis=axis, symmetric=symmetric,
                          clip=clip)
     return fake_quant_with(x, qp)
@@ -429,7 +416,7 @@ def calibrate(samples: jax.typing.ArrayLike | Sequence[jax.typing.ArrayLike], bi
     flat = np.ravel(np.asarray(samples, np.float32))  # a one-shot host-side tool
     if flat.size == 0:
         raise ValueError(empty)
-    _as_float(flat, "calibration samples")
+    as_float(flat, "calibration samples")
     bits = _check_bits(bits, symmetric=symmetric, allow_traced=False)
     lo, hi = float(flat.min()), float(flat.max())
     if lo == hi:
@@ -509,7 +496,7 @@ def mse_clip(x: jax.typing.ArrayLike, bits: int = 8, *, axis: int | None = None,
         >>> round(mse(None), 4), round(mse((lo, hi)), 4)
         (0.1232, 0.039)
     """
-    x = _as_float(x)
+    x = as_float(x)
     bits = _check_bits(bits, symmetric=symmetric, allow_traced=False)
     axis = _check_axis(axis, x.ndim)
     if isinstance(num_candidates, bool) or not isinstance(num_candidates, int) \
@@ -535,29 +522,3 @@ def _mse_clip(x: jax.Array, bits: int, symmetric: bool, axis: int | None,
     fractions = jnp.arange(1, num_candidates + 1, dtype=jnp.float32) / num_candidates
     best = fractions[jnp.argmin(jax.lax.map(error, fractions), axis=0)]
     return lo * best, hi * best
-
-
-# --------------------------------------------------------------------------- re-exports
-# quant_storage and codebook import this core, so they cannot be imported at the top of
-# this file; a module __getattr__ (PEP 562) loads them on first use instead, which works
-# whichever module is imported first.
-_REEXPORTS = {
-    "QuantizedTensor": "quant_storage", "dequantize_tree": "quant_storage",
-    "pack": "quant_storage", "packed_nbytes": "quant_storage",
-    "quantize_tensor": "quant_storage", "quantize_tree": "quant_storage",
-    "tree_nbytes": "quant_storage", "unpack": "quant_storage",
-    "codebook_lookup": "codebook", "codebook_nbytes": "codebook",
-    "kmeans_codebook": "codebook",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _REEXPORTS:
-        module = importlib.import_module(f"pruning_kit.{_REEXPORTS[name]}")
-        return getattr(module, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_REEXPORTS))
-

@@ -20,19 +20,17 @@ hand-built integer path for its own models, with zero points and integer requant
 between layers, is :mod:`pruning_kit.quant_infer`.
 
 Examples:
+    Any model of dense/conv layers, here an ``nnx.Sequential`` of two ``Linear``:
+
     >>> import numpy as np
     >>> from flax import nnx
-    >>> class Net(nnx.Module):
-    ...     def __init__(self, rngs):
-    ...         self.fc1 = nnx.Linear(8, 16, rngs=rngs)
-    ...         self.fc2 = nnx.Linear(16, 3, rngs=rngs)
-    ...     def __call__(self, x):
-    ...         return self.fc2(nnx.relu(self.fc1(x)))
-    >>> net = Net(nnx.Rngs(0))
+    >>> rngs = nnx.Rngs(0)
+    >>> net = nnx.Sequential(nnx.Linear(8, 16, rngs=rngs), nnx.relu,
+    ...                      nnx.Linear(16, 3, rngs=rngs))
     >>> x = np.random.default_rng(0).normal(size=(64, 8)).astype(np.float32)
     >>> q = quantize_model(net, x)
-    >>> q.kernels, q.codes["fc1.kernel"].dtype
-    (['fc1.kernel', 'fc2.kernel'], dtype('int8'))
+    >>> len(q.kernels), {str(c.dtype) for c in q.codes.values()}
+    (2, {'int8'})
     >>> bool(np.abs(np.asarray(q(x)) - np.asarray(net(x))).max() < 0.05)
     True
 """
@@ -48,18 +46,11 @@ import numpy as np
 from flax import nnx
 
 from pruning_kit import fold as fold_lib
-from pruning_kit import interpret
+from pruning_kit import interpret, validate
 
 
 def _qmax(bits: int) -> int:
     return 2 ** (bits - 1) - 1
-
-
-def _check_bits(name: str, bits: Any) -> int:
-    if not isinstance(bits, (int, np.integer)) or isinstance(bits, bool) or not 2 <= bits <= 8:
-        raise ValueError(f"{name} must be an integer from 2 to 8 (codes travel in int8), got "
-                         f"{bits!r}.")
-    return int(bits)
 
 
 class IntegerModel:
@@ -165,8 +156,8 @@ def quantize_model(model: nnx.Module, calib_x: Any, *, weight_bits: int = 8,
         ValueError: bits out of range, empty calibration data, a model with no dense or
             conv layer, or a kernel read by something other than its layer.
     """
-    weight_bits = _check_bits("weight_bits", weight_bits)
-    act_bits = _check_bits("act_bits", act_bits)
+    weight_bits = validate.bits(weight_bits, name="weight_bits", minimum=2, maximum=8)
+    act_bits = validate.bits(act_bits, name="act_bits", minimum=2, maximum=8)
     calib_x = np.asarray(calib_x)
     if calib_x.ndim == 0 or len(calib_x) == 0:
         raise ValueError("calib_x is empty: pass a few hundred inputs to calibrate on.")

@@ -1,9 +1,8 @@
-"""Quantization-aware training, trained k-means and mixed precision (small digits MLPs)."""
+"""Quantization-aware training and mixed precision (the shared digits MLP)."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from flax import nnx
 
@@ -21,16 +20,9 @@ def split(digits):
 
 
 @pytest.fixture(scope="module")
-def trained(split):
-    (x, y), _ = split
-    model = models.MLP(64, (32,), rngs=nnx.Rngs(0))
-    train.fit(model, x, y, epochs=6, batch_size=32, learning_rate=3e-3, progress=False)
-    return model
-
-
-def ce(model, x, y):
-    return float(optax.softmax_cross_entropy_with_integer_labels(
-        train.predict(model, x), y).mean())
+def trained(trained_mlp):
+    """The session's trained digits MLP; shared, so read it only (nnx.clone to change it)."""
+    return trained_mlp
 
 
 # --------------------------------------------------------------------------- QAT
@@ -102,26 +94,6 @@ def test_quantize_mlp_output_bits_and_fixed_act_qparams(split, trained):
         qi.quantize_mlp(trained, xv, act_bits=8, act_qparams=clips)
 
 
-# --------------------------------------------------------------------------- k-means
-def test_finetune_codebooks_keeps_sharing_and_lowers_loss(split, trained):
-    (x, y), _ = split
-    before_kernel = np.asarray(trained.layers[0].kernel[...]).copy()
-    codebooks, indices = qat.kmeans_quantize_model(trained, 2)
-    assert set(codebooks) == {"layers.0.kernel", "layers.1.kernel"}
-    shared = qat.shared_weights_model(trained, codebooks, indices)
-    tuned = qat.finetune_codebooks(trained, codebooks, indices, x, y, epochs=3, lr=1e-3,
-                                   batch_size=64)
-    tuned_model = qat.shared_weights_model(trained, tuned, indices)
-    for i in range(2):
-        assert len(np.unique(np.asarray(tuned_model.layers[i].kernel[...]))) <= 4
-        np.testing.assert_array_equal(tuned_model.layers[i].bias[...],
-                                      trained.layers[i].bias[...])
-    assert not np.allclose(tuned["layers.0.kernel"], codebooks["layers.0.kernel"])
-    assert ce(tuned_model, x, y) <= ce(shared, x, y) + 1e-6
-    np.testing.assert_array_equal(trained.layers[0].kernel[...], before_kernel)  # untouched
-    assert qz.codebook_nbytes(64 * 32, 2) == 64 * 32 // 4 + 16
-
-
 # --------------------------------------------------------------------------- mixed precision
 def test_allocate_bits_prefers_the_sensitive_layer_and_fits_the_budget():
     sens = {"big": {2: 0.60, 4: 0.89, 8: 0.90}, "small": {2: 0.85, 4: 0.899, 8: 0.90}}
@@ -155,12 +127,12 @@ def test_sensitivity_scan_and_stored_bytes_match_quantize_tree(split, trained):
     _, (xv, yv) = split
     sens = mp.sensitivity_scan(trained, xv, yv, (2, 8))
     float_acc = train.evaluate(trained, xv, yv)
-    assert set(sens) == {"layers.0.kernel", "layers.1.kernel"}
+    assert set(sens) == {"layers/0/kernel", "layers/1/kernel"}
     for row in sens.values():
         assert abs(row[8] - float_acc) <= 0.02 and row[2] <= row[8]
     shapes = mp.kernel_shapes(trained)
-    assert shapes == {"layers.0.kernel": (64, 32), "layers.1.kernel": (32, 10)}
-    budget = mp.stored_bytes(shapes, {"layers.0.kernel": 2, "layers.1.kernel": 8})
+    assert shapes == {"layers/0/kernel": (64, 32), "layers/1/kernel": (32, 10)}
+    budget = mp.stored_bytes(shapes, {"layers/0/kernel": 2, "layers/1/kernel": 8})
     bits = mp.allocate_bits(sens, shapes, budget)
     qtree = qs.quantize_tree(trained, bits)
     biases = 4 * (32 + 10)
@@ -186,10 +158,9 @@ def test_bad_input_raises_clear_errors(split, trained):
     (x, y), (xv, yv) = split
     clips = qat.calibrate_inputs(trained, xv, 4)
     for bits in (1, 9, 2.0):
-        with pytest.raises(ValueError, match="weight_bits must be an integer from 2 to 8|"
-                                             "symmetric quantization needs weight_bits"):
+        with pytest.raises(ValueError, match=r"weight_bits must be an integer in \[2, 8\]"):
             qat.qat_loss(bits, None)
-    with pytest.raises(ValueError, match="act_bits must be an integer from 1 to 8"):
+    with pytest.raises(ValueError, match=r"act_bits must be an integer in \[1, 8\]"):
         qat.qat_loss(8, 9, act_clips=clips)
     with pytest.raises(ValueError, match="needs act_clips"):
         qat.qat_loss(8, 4)
@@ -212,16 +183,6 @@ def test_bad_input_raises_clear_errors(split, trained):
     with pytest.raises(ValueError, match="weight_method='minmax'"):
         qat.evaluate_deployed_mlp(trained, xv, yv, act_bits=8, calib_x=xv,
                                   weight_method="mse")
-    codebooks, indices = qat.kmeans_quantize_model(trained, 1)
-    with pytest.raises(ValueError, match="bits must be an integer from 1 to 8"):
-        qat.kmeans_quantize_model(trained, 9)
-    with pytest.raises(ValueError, match="lr must be a positive number"):
-        qat.finetune_codebooks(trained, codebooks, indices, x, y, lr=0.0)
-    with pytest.raises(ValueError, match="no parameters"):
-        qat.shared_weights_model(trained, {"nope": codebooks["layers.0.kernel"]},
-                                 {"nope": indices["layers.0.kernel"]})
-    with pytest.raises(ValueError, match="x is empty"):
-        qat.finetune_codebooks(trained, codebooks, indices, x[:0], y[:0])
     with pytest.raises(ValueError, match="bits_options is empty"):
         mp.sensitivity_scan(trained, xv, yv, ())
     with pytest.raises(ValueError, match="each of bits_options must be an integer"):
@@ -236,7 +197,7 @@ def test_bad_input_raises_clear_errors(split, trained):
         qs.quantize_tensor(jnp.ones((4, 4)), 4, method="percentile")
     with pytest.raises(ValueError, match="not both"):
         qs.quantize_tensor(jnp.ones((4, 4)), 4, method="mse", clip=1.0)
-    assert jax.tree.leaves(codebooks)      # the model's parameters were not consumed
+    assert jax.tree.leaves(nnx.state(trained))   # the model's arrays were not consumed
 
 
 def test_qat_runs_on_your_own_conv_model(digits):

@@ -9,8 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from pruning_kit import fold, models, pipeline, train, w8a8
+from pruning_kit import codebook as cb
+from pruning_kit import deep_compression, fold, models, train, w8a8
 from pruning_kit import quant_infer as qi
+from pruning_kit import quant_storage as qs
 from pruning_kit import quantize as qz
 
 FAST = settings(max_examples=25, deadline=None)
@@ -128,18 +130,18 @@ def test_fake_quant_traced_bits_compiles_once():
 def test_bad_input_raises_clear_errors():
     w = jnp.ones((3, 4))
     for bits in (0, 17, 2.5, True, "8"):
-        with pytest.raises(ValueError, match="bits must be an integer from"):
+        with pytest.raises(ValueError, match=r"bits must be an integer in \[2, 16\]"):
             qz.compute_qparams(w, bits)
     with pytest.raises(ValueError, match="symmetric quantization needs bits >= 2"):
         qz.fake_quant(w, 1)
     with pytest.raises(ValueError, match="axis 5 does not exist for a 2-D tensor"):
         qz.compute_qparams(w, 8, axis=5)
     with pytest.raises(ValueError, match="axis -3 does not exist"):
-        qz.quantize_tensor(w, 8, axis=-3)
+        qs.quantize_tensor(w, 8, axis=-3)
     with pytest.raises(ValueError, match="1 NaN/inf value"):
         qz.compute_qparams(w.at[1, 2].set(jnp.nan), 8)
     with pytest.raises(ValueError, match="NaN/inf"):
-        qz.quantize_tree({"k": w.at[0, 0].set(jnp.inf)}, 8)
+        qs.quantize_tree({"k": w.at[0, 0].set(jnp.inf)}, 8)
     with pytest.raises(ValueError, match="x is empty"):
         qz.compute_qparams(jnp.zeros((0, 4)), 8)
     with pytest.raises(ValueError, match="lo > hi"):
@@ -181,9 +183,9 @@ def test_pack_unpack_round_trip(bits, signed, n, data):
     lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
     values = data.draw(st.lists(st.integers(lo, hi), min_size=n, max_size=n))
     q = jnp.asarray(np.array(values, np.int64).reshape(-1), qz.storage_dtype(bits, signed))
-    packed = qz.pack(q, bits, signed=signed)
-    assert packed.dtype == jnp.uint8 and packed.shape == (qz.packed_nbytes(n, bits),)
-    back = qz.unpack(packed, bits, (n,), signed)
+    packed = qs.pack(q, bits, signed=signed)
+    assert packed.dtype == jnp.uint8 and packed.shape == (qs.packed_nbytes(n, bits),)
+    back = qs.unpack(packed, bits, (n,), signed)
     assert back.dtype == qz.storage_dtype(bits, signed)
     np.testing.assert_array_equal(back, q)
 
@@ -191,23 +193,23 @@ def test_pack_unpack_round_trip(bits, signed, n, data):
 @pytest.mark.parametrize("bits", [1, 2, 4])
 def test_pack_layout_and_errors(bits):
     q = jnp.arange(2**bits, dtype=jnp.uint8)
-    packed = qz.pack(q, bits)
+    packed = qs.pack(q, bits)
     assert packed.size == 2**bits * bits // 8 or packed.size == 1
     q2 = jnp.arange(-3, 4, dtype=jnp.int8).reshape(7, 1)
     if bits >= 4:
-        np.testing.assert_array_equal(qz.unpack(qz.pack(q2, bits), bits, (7, 1), True), q2)
+        np.testing.assert_array_equal(qs.unpack(qs.pack(q2, bits), bits, (7, 1), True), q2)
     with pytest.raises(ValueError, match="do not fit"):
-        qz.pack(jnp.array([2**bits], jnp.int32), bits, signed=False)
+        qs.pack(jnp.array([2**bits], jnp.int32), bits, signed=False)
     with pytest.raises(ValueError, match="truncated"):
-        qz.unpack(packed[:-1], bits, q.shape, False)
+        qs.unpack(packed[:-1], bits, q.shape, False)
     with pytest.raises(ValueError, match="integer codes"):
-        qz.pack(jnp.ones(3), bits)
+        qs.pack(jnp.ones(3), bits)
 
 
 def test_quantized_tensor_bytes_are_what_is_stored():
     w = normal(5, (512, 256))
     for bits, sym in ((2, True), (4, False), (8, True), (12, False)):
-        qt = qz.quantize_tensor(w, bits, axis=-1, symmetric=sym)
+        qt = qs.quantize_tensor(w, bits, axis=-1, symmetric=sym)
         assert qt.data.dtype == jnp.uint8 and qt.data.size == 512 * 256 * bits // 8
         expected = qt.data.size + 256 * 4 + (0 if sym else 256 * 4)   # + scales, zero points
         assert qt.nbytes == expected
@@ -219,23 +221,23 @@ def test_quantized_tensor_bytes_are_what_is_stored():
 def test_quantize_tree_on_a_model():
     model = models.MLP(64, (32,), rngs=nnx.Rngs(0))
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    qtree = qz.quantize_tree(params, 4)
-    assert isinstance(qtree["layers"][0]["kernel"], qz.QuantizedTensor)
+    qtree = qs.quantize_tree(params, 4)
+    assert isinstance(qtree["layers"][0]["kernel"], qs.QuantizedTensor)
     assert qtree["layers"][0]["kernel"].qparams.scale.shape == (32,)
-    assert not isinstance(qtree["layers"][0]["bias"], qz.QuantizedTensor)
-    back = qz.dequantize_tree(qtree)
+    assert not isinstance(qtree["layers"][0]["bias"], qs.QuantizedTensor)
+    back = qs.dequantize_tree(qtree)
     assert jax.tree.structure(back) == jax.tree.structure(params)
     k = params["layers"][1]["kernel"]
     step = qtree["layers"][1]["kernel"].qparams.scale
     assert np.all(np.abs(back["layers"][1]["kernel"] - k) <= step * 0.5001)
     kernels = (64 * 32 + 32 * 10) // 2 + 4 * (32 + 10)
-    assert qz.tree_nbytes(qtree) == kernels + 4 * (32 + 10)
-    mixed = qz.quantize_tree(model, {"layers.0.kernel": 2, "layers.1.kernel": 8}, axis=None)
+    assert qs.tree_nbytes(qtree) == kernels + 4 * (32 + 10)
+    mixed = qs.quantize_tree(model, {"layers/0/kernel": 2, "layers/1/kernel": 8}, axis=None)
     assert mixed["layers"][0]["kernel"].qparams.bits == 2
     assert mixed["layers"][1]["kernel"].qparams.scale.shape == ()
     with pytest.raises(ValueError, match="no entry for"):
-        qz.quantize_tree(params, {"layers.0.kernel": 4})
-    qtree_jit = jax.jit(qz.dequantize_tree)(qtree)   # QuantizedTensor crosses jit
+        qs.quantize_tree(params, {"layers/0/kernel": 4})
+    qtree_jit = jax.jit(qs.dequantize_tree)(qtree)   # QuantizedTensor crosses jit
     np.testing.assert_allclose(qtree_jit["layers"][0]["kernel"], back["layers"][0]["kernel"])
 
 
@@ -243,28 +245,29 @@ def test_quantize_tree_on_a_model():
 def test_kmeans_codebook():
     w = normal(6, (64, 32))
     for bits in (1, 3):
-        c0, i0 = qz.kmeans_codebook(w, bits, iters=0)
-        c, idx = qz.kmeans_codebook(w, bits, iters=15)
+        c0, i0 = cb.kmeans_codebook(w, bits, iters=0)
+        c, idx = cb.kmeans_codebook(w, bits, iters=15)
         assert c.shape == (2**bits,) and c.dtype == jnp.float32 and idx.shape == w.shape
         assert idx.dtype == jnp.uint8 and int(idx.max()) < 2**bits and int(idx.min()) >= 0
         np.testing.assert_allclose(c0, jnp.linspace(w.min(), w.max(), 2**bits), rtol=1e-6)
         e0 = float(jnp.mean((c0[i0] - w) ** 2))
-        e = float(jnp.mean((qz.codebook_lookup(c, idx) - w) ** 2))
+        e = float(jnp.mean((cb.codebook_lookup(c, idx) - w) ** 2))
         assert e < e0
-        c2, idx2 = qz.kmeans_codebook(w, bits, iters=15)
+        c2, idx2 = cb.kmeans_codebook(w, bits, iters=15)
         np.testing.assert_array_equal(c, c2)
         np.testing.assert_array_equal(idx, idx2)
-    cd, _ = qz.kmeans_codebook(w, 2, init="density")
+    cd, _ = cb.kmeans_codebook(w, 2, init="density")
     assert np.all(np.diff(np.asarray(cd)) > 0)
-    const, ci = qz.kmeans_codebook(jnp.full((64, 32), 0.5), 3)
+    const, ci = cb.kmeans_codebook(jnp.full((64, 32), 0.5), 3)
     assert np.all(np.isfinite(const)) and np.allclose(const[ci], 0.5)
-    grad = jax.grad(lambda cb: jnp.sum(qz.codebook_lookup(cb, idx) * w))(c)
+    grad = jax.grad(lambda book: jnp.sum(cb.codebook_lookup(book, idx) * w))(c)
     np.testing.assert_allclose(grad, jax.ops.segment_sum(w.ravel(), idx.ravel(), c.shape[0]),
                                rtol=1e-5, atol=1e-5)
-    with pytest.raises(ValueError, match="bits must be an integer from 1 to 8"):
-        qz.kmeans_codebook(w, 9)
+    with pytest.raises(ValueError, match=r"bits must be an integer in \[1, 8\]"):
+        cb.kmeans_codebook(w, 9)
+    np.testing.assert_array_equal(cb.codebook_lookup(c, jnp.array([[-1, 0]])), [[0.0, c[0]]])
     with pytest.raises(ValueError, match="NaN/inf"):
-        qz.kmeans_codebook(w.at[0, 0].set(jnp.nan), 2)
+        cb.kmeans_codebook(w.at[0, 0].set(jnp.nan), 2)
 
 
 # --------------------------------------------------------------------------- BN folding
@@ -315,13 +318,13 @@ def test_fold_cnn_matches_model_in_eval_mode(digits):
     x = digits.x_test[:64]
     folded, pairs = fold.fold_batchnorm_model(cnn, x[:2])
     # every norm is found in the trace -- bn1 too, after the shifted-add first conv
-    assert pairs == {"bn1": "conv1.kernel", "bn2": "conv2.kernel",
-                     "res_bn1": "res_conv1.kernel", "res_bn2": "res_conv2.kernel"}
+    assert pairs == {"bn1": "conv1/kernel", "bn2": "conv2/kernel",
+                     "res_bn1": "res_conv1/kernel", "res_bn2": "res_conv2/kernel"}
     np.testing.assert_allclose(folded(x), train.predict(cnn, x), atol=1e-5, rtol=1e-5)
-    no_bn = pipeline.fold_cnn_model(cnn)
+    no_bn = deep_compression.fold_cnn_model(cnn)
     np.testing.assert_allclose(no_bn(x), train.predict(cnn, x), atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="SmallCNN"):
-        pipeline.fold_cnn_model(models.MLP(64, (8,), rngs=nnx.Rngs(0)))
+        deep_compression.fold_cnn_model(models.MLP(64, (8,), rngs=nnx.Rngs(0)))
 
 
 # --------------------------------------------------------------------------- integer path
@@ -338,21 +341,13 @@ def _dot_and_conv_dtypes(jaxpr):
     return found
 
 
-@pytest.fixture(scope="module")
-def digits_mlp(digits):
-    model = models.MLP(64, (32,), rngs=nnx.Rngs(0))
-    train.fit(model, digits.x_train, digits.y_train, epochs=3, batch_size=32,
-              learning_rate=3e-3, progress=False)
-    return model
-
-
-def test_integer_mlp_equals_fake_quant_within_one_step(digits, digits_mlp):
-    float_acc = train.evaluate(digits_mlp, digits.x_test, digits.y_test)
+def test_integer_mlp_equals_fake_quant_within_one_step(digits, trained_mlp):
+    float_acc = train.evaluate(trained_mlp, digits.x_test, digits.y_test)
     assert float_acc > 0.7
     for act_bits, method in ((8, "minmax"), (4, "mse")):
-        qm = qi.quantize_mlp(digits_mlp, digits.x_train[:256], act_bits=act_bits,
+        qm = qi.quantize_mlp(trained_mlp, digits.x_train[:256], act_bits=act_bits,
                              method=method)
-        assert qm.names == ("layers.0", "layers.1")
+        assert qm.names == ("layers/0", "layers/1")
         assert all(layer.kernel.dtype == jnp.int8 for layer in qm.dense)
         assert all(layer.bias.dtype == jnp.int32 for layer in qm.dense)
         got = jax.jit(qi.int_forward)(qm, digits.x_test)
@@ -366,24 +361,24 @@ def test_integer_mlp_equals_fake_quant_within_one_step(digits, digits_mlp):
     assert ops and all(o == ("dot_general", ("int8", "int8"), "int32") for o in ops)
     with pytest.raises(ValueError, match="64 input features"):
         qi.int_forward(qm, jnp.zeros((2, 10)))
-    with pytest.raises(ValueError, match="act_bits must be an integer from 1 to 8"):
-        qi.quantize_mlp(digits_mlp, digits.x_train[:16], act_bits=9)
+    with pytest.raises(ValueError, match=r"act_bits must be an integer in \[1, 8\]"):
+        qi.quantize_mlp(trained_mlp, digits.x_train[:16], act_bits=9)
     with pytest.raises(ValueError, match="calib_x must be a non-empty"):
-        qi.quantize_mlp(digits_mlp, digits.x_train[:0])
+        qi.quantize_mlp(trained_mlp, digits.x_train[:0])
 
 
-def test_quantize_mlp_reads_any_dense_chain(digits, digits_mlp):
+def test_quantize_mlp_reads_any_dense_chain(digits, trained_mlp):
     """A user's nnx.Sequential MLP is the same chain; a CNN is refused with directions."""
     seq = nnx.Sequential(lambda x: x.reshape(x.shape[0], -1),
                          nnx.Linear(64, 32, rngs=nnx.Rngs(0)), nnx.relu,
                          nnx.Linear(32, 10, rngs=nnx.Rngs(1)))
-    seq.layers[1].kernel[...] = digits_mlp.layers[0].kernel[...]
-    seq.layers[1].bias[...] = digits_mlp.layers[0].bias[...]
-    seq.layers[3].kernel[...] = digits_mlp.layers[1].kernel[...]
-    seq.layers[3].bias[...] = digits_mlp.layers[1].bias[...]
+    seq.layers[1].kernel[...] = trained_mlp.layers[0].kernel[...]
+    seq.layers[1].bias[...] = trained_mlp.layers[0].bias[...]
+    seq.layers[3].kernel[...] = trained_mlp.layers[1].kernel[...]
+    seq.layers[3].bias[...] = trained_mlp.layers[1].bias[...]
     a = qi.quantize_mlp(seq, digits.x_train[:256])
-    b = qi.quantize_mlp(digits_mlp, digits.x_train[:256])
-    assert a.names == ("layers.1", "layers.3")
+    b = qi.quantize_mlp(trained_mlp, digits.x_train[:256])
+    assert a.names == ("layers/1", "layers/3")
     np.testing.assert_array_equal(qi.int_forward(a, digits.x_test),
                                   qi.int_forward(b, digits.x_test))
     with pytest.raises(ValueError, match="w8a8.quantize_model"):
