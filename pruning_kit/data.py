@@ -192,10 +192,10 @@ def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
     payload += np.ascontiguousarray(array.astype(big)).tobytes()
     if str(path).endswith(".gz"):
         payload = gzip.compress(payload, mtime=0)
-    _atomic_write(Path(path), payload)
+    atomic_write(Path(path), payload)
 
 
-def _atomic_write(path: Path, payload: bytes, *, create_parent: bool = False) -> None:
+def atomic_write(path: Path, payload: bytes, *, create_parent: bool = False) -> None:
     """Write ``payload`` to ``path`` via a temporary file, fsync and rename.
 
     A missing parent folder is an error (a typo in a path should not silently create
@@ -253,7 +253,7 @@ def download(url: str, dest: str | os.PathLike, expected_sha256: str, *,
         raise ValueError(f"Download of {url} has SHA-256 {digest}, expected "
                          f"{expected_sha256}; nothing was written. Try again later or "
                          "fetch the file by hand.")
-    _atomic_write(dest, payload, create_parent=True)
+    atomic_write(dest, payload, create_parent=True)
     return dest
 
 
