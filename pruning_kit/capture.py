@@ -1,11 +1,11 @@
 """Read any Flax NNX model's intermediate activations by layer path.
 
 A *layer path* names a submodule the way :func:`flax.nnx.iter_graph` paths do, joined with
-``"."``: ``"conv2"`` for ``model.conv2``, ``"layers.1"`` for ``model.layers[1]``,
-``"blocks.0.conv2"`` for ``model.blocks[0].conv2``. :func:`capture` runs ``model(x)`` and
-returns, besides its output, what each named submodule returned during that forward pass
--- no ``features()`` method needed, so feature (hint) distillation and activation plots
-work on a learner's own model.
+``"/"`` (:mod:`pruning_kit.tree`): ``"conv2"`` for ``model.conv2``, ``"layers/1"`` for
+``model.layers[1]``, ``"blocks/0/conv2"`` for ``model.blocks[0].conv2``. :func:`capture`
+runs ``model(x)`` and returns, besides its output, what each named submodule returned
+during that forward pass -- no ``features()`` method needed, so feature (hint)
+distillation and activation plots work on a learner's own model.
 
 How it works. ``nnx.merge(*nnx.split(model))`` builds a second set of module objects that
 share the model's variables. On that copy each target submodule is replaced by a small
@@ -32,9 +32,9 @@ Examples:
     >>> model = nnx.Sequential(nnx.Linear(4, 8, rngs=nnx.Rngs(0)), nnx.relu,
     ...                        nnx.Linear(8, 2, rngs=nnx.Rngs(1)))
     >>> layer_paths(model)
-    ['layers.0', 'layers.2']
-    >>> out, acts = capture(model, jnp.ones((3, 4)), ["layers.0"])
-    >>> out.shape, acts["layers.0"].shape
+    ['layers/0', 'layers/2']
+    >>> out, acts = capture(model, jnp.ones((3, 4)), ["layers/0"])
+    >>> out.shape, acts["layers/0"].shape
     ((3, 2), (3, 8))
 """
 
@@ -46,6 +46,9 @@ from typing import Any
 
 import jax
 from flax import nnx
+
+from pruning_kit.program import module_path
+from pruning_kit.tree import SEP
 
 __all__ = ["capture", "layer_paths", "shapes"]
 
@@ -84,20 +87,20 @@ def _definition_order(model: nnx.Module) -> dict[tuple, int]:
 
 
 def _module_paths(model: nnx.Module) -> dict[str, tuple[tuple, nnx.Module]]:
-    """``{"layers.1": (("layers", 1), module)}`` for every submodule, definition order."""
+    """``{"layers/1": (("layers", 1), module)}`` for every submodule, definition order."""
     if not isinstance(model, nnx.Module):
         raise ValueError(f"model must be a Flax NNX module, got {type(model).__name__}.")
     found = [(path, m) for path, m in nnx.iter_modules(model) if path]
     rank = _definition_order(model)
     found.sort(key=lambda pm: rank.get(pm[0], len(rank)))
-    return {".".join(str(p) for p in path): (path, m) for path, m in found}
+    return {module_path(path): (path, m) for path, m in found}
 
 
 def layer_paths(model: nnx.Module) -> list[str]:
     """The paths :func:`capture` accepts: every submodule, in definition order.
 
     Containers (``nnx.List``, ``nnx.Dict``) are left out -- they are not called; their
-    items are listed (``"layers.0"``). A submodule reachable by two paths (a shared layer)
+    items are listed (``"layers/0"``). A submodule reachable by two paths (a shared layer)
     is listed once. Definition order is the order the attributes were assigned; a model
     rebuilt by ``nnx.merge``, ``nnx.clone`` or ``nnx.jit`` has them in nnx's (alphabetical)
     order. :func:`shapes` lists the layers in forward order.
@@ -106,7 +109,7 @@ def layer_paths(model: nnx.Module) -> list[str]:
         model: any Flax NNX module.
 
     Returns:
-        Dotted paths, e.g. ``["conv1", "bn1", "blocks.0.conv", "head"]``.
+        Paths, e.g. ``["conv1", "bn1", "blocks/0/conv", "head"]``.
 
     Raises:
         ValueError: ``model`` is not a Flax NNX module.
@@ -119,7 +122,7 @@ def layer_paths(model: nnx.Module) -> list[str]:
         ...         self.blocks = nnx.List([nnx.Linear(4, 4, rngs=rngs)])
         ...         self.head = nnx.Linear(4, 2, rngs=rngs)
         >>> layer_paths(Net(nnx.Rngs(0)))
-        ['conv', 'blocks.0', 'head']
+        ['conv', 'blocks/0', 'head']
     """
     return [p for p, (_, m) in _module_paths(model).items() if not isinstance(m, _CONTAINERS)]
 
@@ -131,7 +134,7 @@ def _check_paths(model: nnx.Module, paths: Any) -> tuple[list[str], dict]:
         paths = list(paths)
     if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
         raise ValueError(f"paths must be a layer path string or a list of them (e.g. "
-                         f"['conv2', 'layers.1']), got {paths!r}.")
+                         f"['conv2', 'layers/1']), got {paths!r}.")
     paths = list(dict.fromkeys(paths))          # drop repeats, keep the order
     table = _module_paths(model)
     available = [p for p, (_, m) in table.items() if not isinstance(m, _CONTAINERS)]
@@ -143,7 +146,7 @@ def _check_paths(model: nnx.Module, paths: Any) -> tuple[list[str], dict]:
                              "computed inline; capture.shapes(model, x) shows each "
                              "layer's output shape.")
         if isinstance(table[p][1], _CONTAINERS):
-            items = [q for q in available if q.startswith(p + ".")]
+            items = [q for q in available if q.startswith(p + SEP)]
             raise ValueError(f"{p!r} is a container ({type(table[p][1]).__name__}) that is "
                              f"never called; capture one of its items: {items}.")
     return paths, table
@@ -231,7 +234,7 @@ def capture(model: nnx.Module, x: Any, paths: str | Sequence[str]
     Args:
         model: any Flax NNX module.
         x: the model's input.
-        paths: one dotted layer path (``"blocks.0.conv2"``) or a list of them; see
+        paths: one layer path (``"blocks/0/conv2"``) or a list of them; see
             :func:`layer_paths`. Submodules only -- not methods or inline values.
 
     Returns:
@@ -248,18 +251,22 @@ def capture(model: nnx.Module, x: Any, paths: str | Sequence[str]
         >>> from flax import nnx
         >>> class Net(nnx.Module):
         ...     def __init__(self, rngs):
-        ...         self.fc = nnx.Linear(4, 8, rngs=rngs)
-        ...         self.out = nnx.Linear(8, 2, rngs=rngs)
+        ...         self.blocks = nnx.List([nnx.Linear(4, 4, rngs=rngs) for _ in range(2)])
+        ...         self.head = nnx.Linear(4, 2, rngs=rngs)
         ...     def __call__(self, x):
-        ...         return self.out(nnx.relu(self.fc(x)))
+        ...         for block in self.blocks:
+        ...             x = nnx.relu(block(x))
+        ...         return self.head(x)
         >>> net, x = Net(nnx.Rngs(0)), jnp.ones((3, 4))
-        >>> logits, acts = capture(net, x, "fc")
-        >>> bool(jnp.allclose(acts["fc"], net.fc(x))), bool(jnp.allclose(logits, net(x)))
-        (True, True)
-        >>> capture(net, x, "fc2")
+        >>> logits, acts = capture(net, x, "blocks/0")
+        >>> bool(jnp.allclose(acts["blocks/0"], net.blocks[0](x)))
+        True
+        >>> bool(jnp.allclose(logits, net(x)))
+        True
+        >>> capture(net, x, "blocks/2")
         Traceback (most recent call last):
         ...
-        ValueError: Net has no submodule at path 'fc2'. Capturable paths (capture.layer_paths(model)): ['fc', 'out']. Only submodules can be captured, not methods or values computed inline; capture.shapes(model, x) shows each layer's output shape.
+        ValueError: Net has no submodule at path 'blocks/2'. Capturable paths (capture.layer_paths(model)): ['blocks/0', 'blocks/1', 'head']. Only submodules can be captured, not methods or values computed inline; capture.shapes(model, x) shows each layer's output shape.
     """  # noqa: E501
     paths, table = _check_paths(model, paths)
     out, records = _run(model, x, paths, table)
@@ -300,7 +307,7 @@ def shapes(model: nnx.Module, x: Any) -> dict[str, Any]:
         >>> model = nnx.Sequential(nnx.Conv(1, 4, (3, 3), rngs=nnx.Rngs(0)),
         ...                        nnx.BatchNorm(4, rngs=nnx.Rngs(0)), nnx.relu)
         >>> shapes(model, jnp.zeros((2, 8, 8, 1)))
-        {'layers.0': (2, 8, 8, 4), 'layers.1': (2, 8, 8, 4)}
+        {'layers/0': (2, 8, 8, 4), 'layers/1': (2, 8, 8, 4)}
     """
     paths, table = _check_paths(model, layer_paths(model))
     graphdef, state = nnx.split(model)

@@ -106,8 +106,10 @@ def _short(value) -> str:
         return repr(value)
 
 
-def _layer_sizes(in_features: int, hidden: Sequence[int], num_classes: int) -> list[int]:
-    return [in_features, *hidden, num_classes]
+def _mlp_counts(in_features: int, hidden: Sequence[int], num_classes: int) -> tuple[int, int]:
+    """``(weights, biases)`` of a ReLU MLP with these widths."""
+    sizes = [in_features, *hidden, num_classes]
+    return sum(a * b for a, b in zip(sizes[:-1], sizes[1:], strict=True)), sum(sizes[1:])
 
 
 def _number(answer, what: str) -> float:
@@ -122,10 +124,8 @@ def check_param_count(answer, in_features: int = 784, hidden: Sequence[int] = (3
     """Parameters of a ReLU MLP with the given widths (weights and biases)."""
     if _blank(answer):
         return
-    sizes = _layer_sizes(in_features, hidden, num_classes)
-    weights = sum(a * b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
-    total = weights + sum(sizes[1:])
-    got = _number(answer, "the parameter count")
+    weights, biases = _mlp_counts(in_features, hidden, num_classes)
+    got, total = _number(answer, "the parameter count"), weights + biases
     if got == weights:
         raise CheckFailed("Close: that is the weights only. Each output unit also has a bias.")
     if got != total:
@@ -139,8 +139,7 @@ def check_macs(answer, in_features: int = 784, hidden: Sequence[int] = (300, 100
     """Multiply-accumulates per example of the MLP's dense layers."""
     if _blank(answer):
         return
-    sizes = _layer_sizes(in_features, hidden, num_classes)
-    macs = sum(a * b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+    macs, _ = _mlp_counts(in_features, hidden, num_classes)      # one MAC per weight
     got = _number(answer, "the MAC count")
     if got == 2 * macs:
         raise CheckFailed("That is FLOPs (a multiply and an add each). One MAC is one "

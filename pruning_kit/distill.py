@@ -21,11 +21,13 @@ Everything here is a pure function or a loss factory for :func:`pruning_kit.trai
 * :func:`distillation_loss` + :func:`teacher_logits` -- teacher logits computed once and
   passed as ``y = (labels, teacher_logits)``: the cheap, recommended way.
 * :func:`online_distillation_loss` -- the teacher runs inside each step (for ``augment``).
-* :class:`Adapter`, :class:`StudentWithAdapter`, :func:`hint_loss`,
-  :func:`feature_distillation_loss` -- a student layer regresses a teacher layer (FitNets).
-  A layer is a key of the model's ``features(x)`` (the course's
-  :class:`~pruning_kit.models.SmallCNN`: ``"stage2"``) or, for any model, a submodule path
-  such as ``"blocks.0.conv2"``, read by :func:`pruning_kit.capture.capture`.
+* :func:`feature_distillation_loss` -- logit KD plus a FitNets hint: a student layer
+  regresses a teacher layer through an :class:`Adapter` (:mod:`pruning_kit.hints`, whose
+  :class:`Adapter`, :class:`StudentWithAdapter`, :func:`hint_loss` and
+  :func:`teacher_features` are re-exported here). A layer is a key of the model's
+  ``features(x)`` (the course's :class:`~pruning_kit.models.SmallCNN`: ``"stage2"``) or,
+  for any model, a submodule path such as ``"blocks/0/conv2"``, read by
+  :func:`pruning_kit.capture.capture`.
 * :func:`recovery_loss` -- the dense model supervises its own pruned or quantized copy.
 * :func:`kd_wrap` -- the same for a technique's own loss (e.g. a QAT loss whose logits
   come from the fake-quantized forward pass).
@@ -46,7 +48,6 @@ Examples:
 from __future__ import annotations
 
 import functools
-import math
 from typing import Any
 
 import jax
@@ -55,8 +56,16 @@ import numpy as np
 import optax
 from flax import nnx
 
-from pruning_kit import capture as capture_lib
+from pruning_kit import program, validate
 from pruning_kit import train as train_lib
+from pruning_kit.hints import (
+    Adapter,
+    StudentWithAdapter,
+    hint_loss,
+    layer_forward,
+    resolve_layer,
+    teacher_features,
+)
 
 __all__ = [
     "Adapter", "StudentWithAdapter", "distillation_loss", "feature_distillation_loss",
@@ -66,28 +75,13 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------- validation
-def _check_number(name: str, value: Any, low: float, high: float = math.inf, *,
-                  low_open: bool = False, hint: str = "") -> Any:
-    """``value`` as a float when concrete (checked against its range); traced: unchanged."""
-    if isinstance(value, jax.core.Tracer):  # inside jit the value is unknown: nothing to check
-        return value
-    try:
-        v = float(np.asarray(value))
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{name} must be a number, got {value!r}. {hint}") from err
-    below = v <= low if low_open else v < low
-    if not math.isfinite(v) or below or v > high:
-        interval = f"{'(' if low_open else '['}{low}, {high}{']' if high < math.inf else ')'}"
-        raise ValueError(f"{name} must be in {interval}, got {value!r}. {hint}")
-    return v
-
-
 def _check_temperature_alpha(temperature: Any, alpha: Any) -> tuple[Any, Any]:
-    t = _check_number("temperature", temperature, 0.0, low_open=True,
-                      hint="Use T > 0; T = 1 is the plain softmax, T = 2..8 is typical for KD.")
-    a = _check_number("alpha", alpha, 0.0, 1.0,
-                      hint="alpha is the weight of the soft (teacher) term: 0 = plain "
-                           "cross-entropy, 1 = teacher only, 0.5..0.9 is typical.")
+    """Both as floats when concrete (traced values pass unchanged: nothing to check)."""
+    t = validate.number("temperature", temperature, 0.0, low_open=True,
+                        hint="Use T > 0; T = 1 is the plain softmax, T = 2..8 is typical for KD.")
+    a = validate.number("alpha", alpha, 0.0, 1.0,
+                        hint="alpha is the weight of the soft (teacher) term: 0 = plain "
+                             "cross-entropy, 1 = teacher only, 0.5..0.9 is typical.")
     return t, a
 
 
@@ -164,61 +158,7 @@ def kd_loss(student_logits: jax.typing.ArrayLike, teacher_logits: jax.typing.Arr
     return (1.0 - alpha) * hard + alpha * temperature**2 * soft
 
 
-# --------------------------------------------------------------------------- layers
-def _eval_copy(model: nnx.Module) -> nnx.Module:
-    """New module objects over ``model``'s variables, in eval mode; ``model`` keeps its mode."""
-    copy = nnx.merge(*nnx.split(model))
-    copy.eval()
-    return copy
-
-
-def _layer_kind(model: nnx.Module, x: Any, layer: Any, who: str) -> str:
-    """``"features"`` if ``layer`` is a key of ``model.features(x)``, ``"path"`` if it is a
-    submodule path (:mod:`pruning_kit.capture`); otherwise a ``ValueError`` listing both."""
-    if not isinstance(layer, str):
-        raise ValueError(f"{who}_layer must be a string (a features(x) key or a submodule "
-                         f"path like 'conv2' or 'layers.1'), got {layer!r}.")
-    keys: list[str] = []
-    if callable(getattr(model, "features", None)):
-        graphdef, state = nnx.split(model)
-
-        def features(state: Any, x: Any) -> Any:
-            feats = nnx.merge(graphdef, state).features(x)
-            keys.extend(feats if isinstance(feats, dict) else [])  # in the model's order
-            return feats
-
-        jax.eval_shape(features, state, x)   # abstract, on fresh variables: no side effects
-        if layer in keys:
-            if "logits" not in keys:
-                raise ValueError(f"{type(model).__name__}.features(x) has {keys} but no "
-                                 "'logits'; hints need the logits from the same forward pass. "
-                                 f"Name the {who} layer by its submodule path instead "
-                                 f"(capture.layer_paths: {capture_lib.layer_paths(model)}).")
-            return "features"
-    paths = capture_lib.layer_paths(model)
-    if layer not in paths:
-        named = f"neither a key of features(x) {keys} nor" if keys else "not"
-        raise ValueError(f"Unknown {who} layer {layer!r}: it is {named} a submodule path of "
-                         f"{type(model).__name__}. Submodule paths: {paths}; "
-                         "capture.shapes(model, x) prints each one's output shape.")
-    return "path"
-
-
-def _layer_forward(model: nnx.Module, x: jax.Array, layer: str, kind: str
-                   ) -> tuple[jax.Array, jax.Array]:
-    """One forward pass of ``model``: ``(logits, activation of layer)``."""
-    if kind == "features":
-        feats = model.features(x)
-        return feats["logits"], feats[layer]
-    out, acts = capture_lib.capture(model, x, [layer])
-    return out, acts[layer]
-
-
-@functools.partial(jax.jit, static_argnums=(0, 3, 4))
-def _teacher_forward(graphdef, state, x, layer, kind):
-    return _layer_forward(nnx.merge(graphdef, state), x, layer, kind)[1]
-
-
+# --------------------------------------------------------------------------- teachers
 def teacher_logits(teacher: nnx.Module, x: np.ndarray, *, batch_size: int = 1000
                    ) -> np.ndarray:
     """The teacher's logits on ``x``, once, in eval mode: ``y = (labels, these)`` for fit.
@@ -228,48 +168,7 @@ def teacher_logits(teacher: nnx.Module, x: np.ndarray, *, batch_size: int = 1000
     """
     if not isinstance(teacher, nnx.Module):
         raise ValueError(f"teacher must be a Flax NNX module, got {type(teacher).__name__}.")
-    return train_lib.predict(_eval_copy(teacher), x, batch_size=batch_size)
-
-
-def teacher_features(teacher: nnx.Module, x: np.ndarray, layer: str, *,
-                     batch_size: int = 1000) -> np.ndarray:
-    """The teacher's activations at ``layer`` on ``x``, in eval mode (targets for hints).
-
-    ``layer`` is a key of ``teacher.features(x)`` when the teacher has such a method (as
-    :class:`~pruning_kit.models.SmallCNN`: ``"stage2"``), or else the dotted path of any
-    submodule (``"conv2"``, ``"blocks.0.conv2"``, ``"layers.1"``; see
-    :func:`pruning_kit.capture.layer_paths`): its output is captured from the forward pass.
-    The teacher runs in eval mode on a copy; its own mode and arrays are left as they came.
-    Returns a numpy array aligned with ``x`` (e.g. ``(N, 7, 7, 32)``: 376 MB for 60k
-    Fashion-MNIST images, where the online loss is leaner).
-
-    Raises:
-        ValueError: ``teacher`` not an NNX module, an unknown ``layer`` (the message lists
-            the feature keys and submodule paths), a submodule the forward pass does not
-            call once, empty ``x`` or a bad ``batch_size``.
-
-    Examples:
-        >>> class Net(nnx.Module):          # no features() method: layers by path
-        ...     def __init__(self, rngs):
-        ...         self.conv = nnx.Conv(1, 4, (3, 3), rngs=rngs)
-        ...         self.bn = nnx.BatchNorm(4, rngs=rngs)
-        ...         self.head = nnx.Linear(4, 10, rngs=rngs)
-        ...     def __call__(self, x):
-        ...         return self.head(nnx.relu(self.bn(self.conv(x))).mean((1, 2)))
-        >>> teacher_features(Net(nnx.Rngs(0)), np.zeros((5, 8, 8, 1)), "bn").shape
-        (5, 8, 8, 4)
-    """
-    if not isinstance(teacher, nnx.Module):
-        raise ValueError(f"teacher must be a Flax NNX module, got {type(teacher).__name__}.")
-    if len(x) == 0:
-        raise ValueError("x is empty; pass at least one example.")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
-    kind = _layer_kind(teacher, jnp.asarray(x[:1]), layer, "teacher")  # abstract: no effect
-    graphdef, state = nnx.split(_eval_copy(teacher))
-    outs = [np.asarray(_teacher_forward(graphdef, state, jnp.asarray(x[i:i + batch_size]),
-                                        layer, kind)) for i in range(0, len(x), batch_size)]
-    return np.concatenate(outs)
+    return train_lib.predict(program.eval_copy(teacher), x, batch_size=batch_size)
 
 
 @functools.lru_cache(maxsize=64)
@@ -299,18 +198,18 @@ def distillation_loss(*, temperature: float = 4.0, alpha: float = 0.9) -> train_
         ``loss_fn(model, x, (labels, teacher_logits)) -> (loss, student_logits)``.
 
     Examples:
-        >>> from pruning_kit import data, models
-        >>> ds = data.load_digits()
-        >>> teacher = models.MLP(64, (64,), rngs=nnx.Rngs(0))
-        >>> _ = train_lib.fit(teacher, ds.x_train, ds.y_train, epochs=8, batch_size=32,
-        ...                   learning_rate=3e-3, progress=False)
-        >>> y_kd = (ds.y_train, teacher_logits(teacher, ds.x_train))
-        >>> student = models.MLP(64, (16,), rngs=nnx.Rngs(1))
-        >>> _ = train_lib.fit(student, ds.x_train, y_kd, epochs=15, batch_size=32,
-        ...                   learning_rate=3e-3, progress=False,
-        ...                   loss_fn=distillation_loss(temperature=4.0, alpha=0.7))
-        >>> train_lib.evaluate(student, ds.x_test, ds.y_test) > 0.85
-        True
+        The teacher runs once, before training; ``fit`` then calls the loss on each batch
+        (``fit(student, x_train, y_kd, loss_fn=loss_fn)``; notebook 02 trains with it):
+
+        >>> from pruning_kit import models
+        >>> teacher = models.MLP(64, (32,), rngs=nnx.Rngs(0))
+        >>> student = models.MLP(64, (8,), rngs=nnx.Rngs(1))
+        >>> x, labels = np.ones((4, 64), np.float32), np.zeros(4, np.int32)
+        >>> y_kd = (labels, teacher_logits(teacher, x))
+        >>> loss_fn = distillation_loss(temperature=4.0, alpha=0.7)
+        >>> loss, logits = loss_fn(student, x, y_kd)
+        >>> logits.shape, loss_fn is distillation_loss(temperature=4.0, alpha=0.7)
+        ((4, 10), True)
     """
     t, a = _check_temperature_alpha(temperature, alpha)
     return _precomputed_kd(t, a)
@@ -321,7 +220,7 @@ def _frozen(teacher: nnx.Module):
     if not isinstance(teacher, nnx.Module):
         raise ValueError(f"teacher must be a Flax NNX module, got {type(teacher).__name__}; "
                          "for precomputed logits use distillation_loss() instead.")
-    graphdef, state = nnx.split(_eval_copy(teacher))   # the caller's teacher keeps its mode
+    graphdef, state = nnx.split(program.eval_copy(teacher))   # the caller's keeps its mode
     # Copy the arrays: later training of ``teacher`` (or buffer donation) cannot reach them.
     state = jax.tree.map(lambda a: jnp.array(a, copy=True), state)
 
@@ -438,117 +337,6 @@ def kd_wrap(loss_fn: train_lib.LossFn, teacher: nnx.Module | None = None, *,
 
 
 # --------------------------------------------------------------------------- hints
-class Adapter(nnx.Module):
-    """A learned 1x1 convolution (a linear map over the last, channel axis).
-
-    Maps ``in_features`` student channels to ``out_features`` teacher channels, for NHWC
-    feature maps or ``(N, features)`` vectors alike (``nnx.Linear`` acts on the last axis).
-
-    Args:
-        in_features: channels of the student layer.
-        out_features: channels of the teacher layer.
-        use_bias: learn a per-channel offset too.
-        rngs: ``nnx.Rngs`` for the initial weights.
-    """
-
-    def __init__(self, in_features: int, out_features: int, *, use_bias: bool = True,
-                 rngs: nnx.Rngs):
-        for name, v in (("in_features", in_features), ("out_features", out_features)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"Adapter {name} must be a positive integer (a channel "
-                                 f"count), got {v!r}.")
-        self.in_features = in_features
-        self.proj = nnx.Linear(in_features, out_features, use_bias=use_bias, rngs=rngs)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        if x.shape[-1] != self.in_features:
-            raise ValueError(f"Adapter expects {self.in_features} channels on the last axis, "
-                             f"got shape {x.shape}; build Adapter({x.shape[-1]}, ...).")
-        return self.proj(x)
-
-
-class StudentWithAdapter(nnx.Module):
-    """The student plus its hint adapter, trained together by one ``fit``.
-
-    ``student`` is any Flax NNX model: :func:`feature_distillation_loss` reads its hint
-    layer by ``features(x)`` key or by submodule path (relative to the student, e.g.
-    ``"conv2"``, not ``"student.conv2"``). ``__call__`` returns the student's logits (so
-    ``fit``, ``evaluate`` and ``predict`` work unchanged); ``fit``'s optimizer
-    (``wrt=nnx.Param``) covers both sub-modules. After training, keep (and save)
-    ``wrapper.student``; the adapter is discarded.
-
-    Raises:
-        ValueError: ``student`` or ``adapter`` is not a Flax NNX module.
-    """
-
-    def __init__(self, student: nnx.Module, adapter: Adapter):
-        for name, v in (("student", student), ("adapter", adapter)):
-            if not isinstance(v, nnx.Module):
-                raise ValueError(f"StudentWithAdapter {name} must be a Flax NNX module, got "
-                                 f"{type(v).__name__}; e.g. StudentWithAdapter(student, "
-                                 "Adapter(student_channels, teacher_channels, rngs=...)).")
-        self.student = student
-        self.adapter = adapter
-
-    def features(self, x: jax.Array) -> dict[str, jax.Array]:
-        """The student's named activations, for a student with a ``features(x)`` method.
-
-        For any other student, read a layer by path:
-        ``capture.capture(wrapper.student, x, ["conv2"])``.
-        """
-        if not callable(getattr(self.student, "features", None)):
-            raise ValueError(f"{type(self.student).__name__} has no .features(x); read its "
-                             "layers by submodule path with pruning_kit.capture.capture("
-                             f"wrapper.student, x, paths) (paths: "
-                             f"{capture_lib.layer_paths(self.student)}).")
-        return self.student.features(x)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return self.student(x)
-
-
-def _avg_pool_to(x: jax.Array, hw: tuple[int, int]) -> jax.Array:
-    n, h, w, c = x.shape
-    return x.reshape(n, hw[0], h // hw[0], hw[1], w // hw[1], c).mean(axis=(2, 4))
-
-
-def hint_loss(student_feat: jax.Array, teacher_feat: jax.Array, adapter: Adapter
-              ) -> jax.Array:
-    """FitNets hint: ``mean((adapter(student_feat) - teacher_feat)^2)``.
-
-    NHWC maps of different spatial size are average-pooled, the larger to the smaller,
-    when one size divides the other (a 14x14 student map against a 7x7 teacher map);
-    otherwise a ``ValueError`` asks for layers of compatible size. Pooling after the 1x1
-    adapter equals pooling before it (both are linear). The teacher side is under
-    ``stop_gradient``.
-
-    Raises:
-        ValueError: batch or spatial sizes that cannot be matched, or the adapter's output
-            channels differ from the teacher's.
-    """
-    s = adapter(jnp.asarray(student_feat))
-    t = jax.lax.stop_gradient(jnp.asarray(teacher_feat))
-    if s.ndim != t.ndim or s.shape[0] != t.shape[0]:
-        raise ValueError(f"student feature {tuple(student_feat.shape)} and teacher feature "
-                         f"{t.shape} differ in rank or batch size; pick layers of the same "
-                         "kind (both NHWC maps or both vectors) on the same x.")
-    if s.ndim == 4 and s.shape[1:3] != t.shape[1:3]:
-        (hs, ws), (ht, wt) = s.shape[1:3], t.shape[1:3]
-        if hs % ht == 0 and ws % wt == 0:
-            s = _avg_pool_to(s, (ht, wt))
-        elif ht % hs == 0 and wt % ws == 0:
-            t = _avg_pool_to(t, (hs, ws))
-        else:
-            raise ValueError(f"Spatial sizes {hs}x{ws} (student) and {ht}x{wt} (teacher) "
-                             "cannot be average-pooled to each other; pick layers whose "
-                             "sizes divide one another (e.g. both 'stage2').")
-    if s.shape != t.shape:
-        raise ValueError(f"adapted student feature {s.shape} does not match the teacher's "
-                         f"{t.shape}; build Adapter({student_feat.shape[-1]}, "
-                         f"{t.shape[-1]}) for these layers.")
-    return jnp.mean((s - t) ** 2)
-
-
 def feature_distillation_loss(teacher: nnx.Module | None = None, *,
                               student_layer: str = "stage2", teacher_layer: str = "stage2",
                               beta: float = 1.0, temperature: float = 4.0,
@@ -559,9 +347,9 @@ def feature_distillation_loss(teacher: nnx.Module | None = None, *,
     teacher[teacher_layer], model.adapter)``.
 
     Picking layers: a layer is a key of the model's ``features(x)`` if it has that method
-    (the course's :class:`~pruning_kit.models.SmallCNN`: ``"stage2"``), or else the dotted
-    path of any submodule, for any model (``"conv2"``, ``"blocks.0.conv2"``,
-    ``"layers.1"``), whose output is captured from the ordinary forward pass
+    (the course's :class:`~pruning_kit.models.SmallCNN`: ``"stage2"``), or else the
+    path of any submodule, for any model (``"conv2"``, ``"blocks/0/conv2"``,
+    ``"layers/1"``), whose output is captured from the ordinary forward pass
     (:func:`pruning_kit.capture.capture`; ``capture.shapes(model, x)`` lists the paths with
     their output shapes). A natural pair is the same stage of both networks (same spatial
     size), the adapter mapping the student's channel count to the teacher's. FitNets hints
@@ -589,20 +377,18 @@ def feature_distillation_loss(teacher: nnx.Module | None = None, *,
         ``ValueError`` (listing the keys and paths) when the loss first runs.
 
     Examples:
-        >>> from pruning_kit import data, models
+        >>> from pruning_kit import models
         >>> teacher = models.SmallCNN(widths=(8, 16), image_size=8, rngs=nnx.Rngs(0))
         >>> teacher.eval()
         >>> {k: v.shape[1:] for k, v in teacher.features(jnp.zeros((1, 8, 8, 1))).items()}
         {'stage1': (4, 4, 8), 'stage2': (2, 2, 16), 'residual': (2, 2, 16), 'logits': (10,)}
         >>> student = models.SmallCNN(widths=(4, 8), image_size=8, rngs=nnx.Rngs(1))
         >>> model = StudentWithAdapter(student, Adapter(8, 16, rngs=nnx.Rngs(2)))  # 8 -> 16
-        >>> ds = data.load_digits()
-        >>> y = (ds.y_train, teacher_logits(teacher, ds.x_train),
-        ...      teacher_features(teacher, ds.x_train, "stage2"))
-        >>> hist = train_lib.fit(model, ds.x_train, y, epochs=1, batch_size=64, progress=False,
-        ...                      loss_fn=feature_distillation_loss(beta=0.5))
-        >>> len(hist["loss"])
-        1
+        >>> x, labels = np.zeros((2, 8, 8, 1), np.float32), np.zeros(2, np.int32)
+        >>> y = (labels, teacher_logits(teacher, x), teacher_features(teacher, x, "stage2"))
+        >>> loss, logits = feature_distillation_loss(beta=0.5)(model, x, y)   # one fit step's
+        >>> logits.shape
+        (2, 10)
 
         Any model, layers by submodule path (here the student's second Linear against the
         teacher's second, ``16 -> 32`` features, the teacher run inside each step):
@@ -610,15 +396,14 @@ def feature_distillation_loss(teacher: nnx.Module | None = None, *,
         >>> t_mlp = models.MLP(64, (64, 32), rngs=nnx.Rngs(0))
         >>> s_mlp = StudentWithAdapter(models.MLP(64, (16, 16), rngs=nnx.Rngs(1)),
         ...                            Adapter(16, 32, rngs=nnx.Rngs(2)))
-        >>> loss_fn = feature_distillation_loss(t_mlp, student_layer="layers.1",
-        ...                                     teacher_layer="layers.1")
-        >>> hist = train_lib.fit(s_mlp, ds.x_train, ds.y_train, epochs=1, batch_size=64,
-        ...                      progress=False, loss_fn=loss_fn)
-        >>> bool(np.isfinite(hist["loss"][0]))
+        >>> loss_fn = feature_distillation_loss(t_mlp, student_layer="layers/1",
+        ...                                     teacher_layer="layers/1")
+        >>> loss, _ = loss_fn(s_mlp, np.ones((2, 64), np.float32), np.zeros(2, np.int32))
+        >>> bool(jnp.isfinite(loss))
         True
     """
     t, a = _check_temperature_alpha(temperature, alpha)
-    b = _check_number("beta", beta, 0.0, hint="beta weighs the hint term; try 0.1..10.")
+    b = validate.number("beta", beta, 0.0, hint="beta weighs the hint term; try 0.1..10.")
     rebuild = _frozen(teacher) if teacher is not None else None
 
     def loss_fn(model: nnx.Module, x: jax.Array, y: Any) -> tuple[jax.Array, jax.Array]:
@@ -628,15 +413,15 @@ def feature_distillation_loss(teacher: nnx.Module | None = None, *,
                              "Adapter(student_channels, teacher_channels, rngs=...)).")
         student = model.student if isinstance(getattr(model, "student", None), nnx.Module) \
             else model
-        logits, s_feat = _layer_forward(
-            student, x, student_layer, _layer_kind(student, x, student_layer, "student"))
+        logits, s_feat = layer_forward(
+            student, x, student_layer, resolve_layer(student, x, student_layer, "student"))
         if rebuild is None:
             labels, t_logits, t_feat = _split_targets(y, 3, "feature_distillation_loss")
         else:
             labels = y[0] if isinstance(y, (tuple, list)) else y
             frozen = rebuild()
-            t_logits, t_feat = _layer_forward(
-                frozen, x, teacher_layer, _layer_kind(frozen, x, teacher_layer, "teacher"))
+            t_logits, t_feat = layer_forward(
+                frozen, x, teacher_layer, resolve_layer(frozen, x, teacher_layer, "teacher"))
         loss = kd_loss(logits, t_logits, labels, temperature=t, alpha=a)
         return loss + b * hint_loss(s_feat, t_feat, model.adapter), logits
     return loss_fn

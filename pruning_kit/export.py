@@ -65,8 +65,7 @@ from flax import nnx
 
 from pruning_kit import data as data_lib
 from pruning_kit import fold as fold_lib
-from pruning_kit import graph as graph_lib
-from pruning_kit import jaxpr_onnx
+from pruning_kit import jaxpr_onnx, program
 from pruning_kit import models as models_lib
 
 #: What a process with nothing but JAX runs to use an exported file.
@@ -78,7 +77,7 @@ logits = exported.call(x)            # x: an array of the recorded shape (any ba
 
 def _forward(model: Any) -> Callable[[jax.Array], jax.Array]:
     if isinstance(model, nnx.Module):
-        copy = graph_lib.eval_copy(model)          # inference mode; the caller's is kept
+        copy = program.eval_copy(model)          # inference mode; the caller's is kept
         graphdef, state = nnx.split(copy)
 
         def forward(x):
@@ -128,7 +127,7 @@ def to_stablehlo(model: Any, example: Any, path: str | os.PathLike, *,
         raise ValueError(f"{type(model).__name__} could not be exported to StableHLO: "
                          f"{type(err).__name__}: {err}") from err
     path = Path(path)
-    data_lib._atomic_write(path, bytes(exported.serialize()))
+    data_lib.atomic_write(path, bytes(exported.serialize()))
     return path
 
 
@@ -199,16 +198,20 @@ def to_onnx(model: Any, example: Any, path: str | os.PathLike, *, fold: bool = T
             source line); :func:`to_stablehlo` takes any model.
 
     Examples:
+        A convolution and its BatchNorm become one ``Conv`` (the norm folded into it); the
+        two ``Transpose`` turn JAX's NHWC input into ONNX's NCHW and back:
+
         >>> import tempfile, numpy as np
         >>> from pathlib import Path
         >>> from flax import nnx
-        >>> net = nnx.Sequential(nnx.Linear(4, 8, rngs=nnx.Rngs(0)), nnx.relu,
-        ...                      nnx.Linear(8, 3, rngs=nnx.Rngs(1)))
-        >>> path = to_onnx(net, np.zeros((2, 4), np.float32),
-        ...                Path(tempfile.mkdtemp()) / "net.onnx")
-        >>> describe_onnx(path)["ops"]            # a fresh layer's zero biases are dropped
-        {'MatMul': 2, 'Relu': 1, 'Identity': 1}
-        >>> x = np.ones((5, 4), np.float32)
+        >>> rngs = nnx.Rngs(0)
+        >>> net = nnx.Sequential(nnx.Conv(1, 4, (3, 3), rngs=rngs),
+        ...                      nnx.BatchNorm(4, rngs=rngs), nnx.relu)
+        >>> x = np.ones((5, 8, 8, 1), np.float32)
+        >>> path = to_onnx(net, x[:2], Path(tempfile.mkdtemp()) / "net.onnx")
+        >>> describe_onnx(path)["ops"]
+        {'Transpose': 2, 'Conv': 1, 'Relu': 1, 'Identity': 1}
+        >>> net.eval()
         >>> bool(np.abs(load_onnx(path)(x) - np.asarray(net(x))).max() < 1e-5)
         True
     """
@@ -232,14 +235,14 @@ def to_onnx(model: Any, example: Any, path: str | os.PathLike, *, fold: bool = T
         kind = f"int8 (W8A8, QDQ) of {type(base).__name__}"
     elif isinstance(model, nnx.Module):
         base = (fold_lib.fold_batchnorm_model(model, example[:2])[0] if fold
-                else graph_lib.eval_copy(model))
+                else program.eval_copy(model))
         kind = f"float32 {type(model).__name__}" + (" (BatchNorm folded)" if fold else "")
     else:
         raise ValueError(f"to_onnx exports an NNX model or a w8a8.IntegerModel, got "
                          f"{type(model).__name__}.")
-    copy = graph_lib.eval_copy(base)
+    copy = program.eval_copy(base)
     graphdef, state = nnx.split(copy)
-    paths, leaves, treedef = graph_lib.leaf_paths(state)
+    paths, leaves, treedef = program.leaf_paths(state)
     with models_lib.standard_forms():
         outs, t, x = jaxpr_onnx.translate(graphdef, treedef, paths, leaves, example,
                                           quant=quant, dynamic_batch=dynamic_batch,
@@ -248,7 +251,7 @@ def to_onnx(model: Any, example: Any, path: str | os.PathLike, *, fold: bool = T
                                    producer=type(base).__name__, doc=kind)
     onnx.checker.check_model(proto, full_check=True)
     path = Path(path)
-    data_lib._atomic_write(path, proto.SerializeToString())
+    data_lib.atomic_write(path, proto.SerializeToString())
     return path
 
 

@@ -25,7 +25,7 @@ Examples:
     ...         return self.bn(self.conv(x)).mean(axis=(1, 2))
     >>> folded, pairs = fold_batchnorm_model(Net(nnx.Rngs(0)), jnp.ones((2, 5, 5, 1)))
     >>> pairs
-    {'bn': 'conv.kernel'}
+    {'bn': 'conv/kernel'}
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ import numpy as np
 from flax import nnx
 from jax.extend import core as jcore
 
-from pruning_kit import graph as graph_lib
-from pruning_kit import interpret
+from pruning_kit import interpret, program
+from pruning_kit.tree import SEP
 
 _SHAPE_OPS = frozenset("reshape broadcast_in_dim convert_element_type squeeze copy "
                        "copy_p slice".split())
@@ -53,11 +53,11 @@ def kernel_biases(fwd: interpret.Forward) -> dict[str, str]:
 
 def find_pairs(fwd: interpret.Forward, model: nnx.Module) -> dict[str, tuple[str, str | None]]:
     """``{batchnorm path: (kernel path, kernel's bias path or None)}`` foldable pairs."""
-    return _dataflow(fwd, graph_lib.modules(model))[1]
+    return _dataflow(fwd, program.modules(model))[1]
 
 
 def _dataflow(fwd: interpret.Forward, modules: dict[str, nnx.Module]) -> tuple[dict, dict]:
-    jaxpr = fwd._closed.jaxpr
+    jaxpr = fwd.program.jaxpr
     uses: dict[Any, int] = {}
     for eqn in jaxpr.eqns:
         for v in eqn.invars:
@@ -72,7 +72,7 @@ def _dataflow(fwd: interpret.Forward, modules: dict[str, nnx.Module]) -> tuple[d
     for eqn in jaxpr.eqns:
         name = eqn.primitive.name
         ins = [None if isinstance(v, jcore.Literal) else v for v in eqn.invars]
-        op = fwd._ops_by_eqn.get(id(eqn))
+        op = fwd.kernel_op_of(eqn)
         if op is not None:
             kout[eqn.outvars[0]] = (op.path, None)
         elif name in _SHAPE_OPS and ins[0] in leafish:
@@ -82,7 +82,7 @@ def _dataflow(fwd: interpret.Forward, modules: dict[str, nnx.Module]) -> tuple[d
             # the product is linear in that kernel, channel by channel
             for a, b in (ins, ins[::-1]):
                 if b in leafish and a not in leafish and a not in kout \
-                        and leafish[b].endswith((".kernel", ".weight")):
+                        and leafish[b].endswith((f"{SEP}kernel", f"{SEP}weight")):
                     kout[eqn.outvars[0]] = (leafish[b], None)
         elif name == "add" and len(ins) == 2:
             a, b = ins
@@ -91,11 +91,11 @@ def _dataflow(fwd: interpret.Forward, modules: dict[str, nnx.Module]) -> tuple[d
                 kout[eqn.outvars[0]] = kout[a]        # sum of terms linear in one kernel
             for a, b in (ins, ins[::-1]):
                 if a in kout and kout[a][1] is None and uses.get(a) == 1 and b in leafish \
-                        and leafish[b].endswith(".bias"):
+                        and leafish[b].endswith(f"{SEP}bias"):
                     kout[eqn.outvars[0]] = (kout[a][0], leafish[b])
         elif name == "sub" and len(ins) == 2 and ins[0] in kout and ins[1] in leafish:
             mean = leafish[ins[1]]
-            bn_path = mean.rsplit(".", 1)[0] if mean.endswith(".mean") else None
+            bn_path = mean.rsplit(SEP, 1)[0] if mean.endswith(f"{SEP}mean") else None
             bn = modules.get(bn_path)
             if isinstance(bn, nnx.BatchNorm) and uses.get(ins[0]) == 1 \
                     and bn_path not in pairs:
@@ -133,9 +133,9 @@ def fold_batchnorm_model(model: nnx.Module, example: Any, *, check: bool = True
         ValueError: the folded model does not compute what the original does.
     """
     fwd = interpret.Forward(model, example)
-    copy = graph_lib.eval_copy(model)
+    copy = program.eval_copy(model)
     pairs = find_pairs(fwd, copy)
-    modules = graph_lib.modules(copy)
+    modules = program.modules(copy)
     leaves = dict(zip(fwd.paths, fwd.leaves, strict=True))
     new: dict[str, jax.Array] = {}
     for bn_path, (k_path, b_path) in pairs.items():
@@ -151,22 +151,22 @@ def fold_batchnorm_model(model: nnx.Module, example: Any, *, check: bool = True
         new[k_path] = kernel * factor
         if b_path:
             new[b_path] = jnp.zeros_like(leaves[b_path])
-        new[f"{bn_path}.mean"] = jnp.zeros(c)
-        new[f"{bn_path}.var"] = jnp.full(c, _identity_var(bn.epsilon))
+        new[f"{bn_path}{SEP}mean"] = jnp.zeros(c)
+        new[f"{bn_path}{SEP}var"] = jnp.full(c, _identity_var(bn.epsilon))
         if bn.scale is not None:
-            new[f"{bn_path}.scale"] = jnp.ones(c)
+            new[f"{bn_path}{SEP}scale"] = jnp.ones(c)
         shift = (bias - bn.mean[...]) * factor + beta
         if bn.bias is not None:
-            new[f"{bn_path}.bias"] = shift
+            new[f"{bn_path}{SEP}bias"] = shift
         elif b_path:
             new[b_path] = shift
         else:
             pairs[bn_path] = None                 # nowhere to put the shift: leave it
-            for key in [k for k in new if k.startswith((bn_path + ".", k_path))]:
+            for key in [k for k in new if k.startswith((bn_path + SEP, k_path))]:
                 new.pop(key)
     pairs = {k: v for k, v in pairs.items() if v is not None}
     graphdef, state = nnx.split(copy)
-    names, arrays, treedef = graph_lib.leaf_paths(state)
+    names, arrays, treedef = program.leaf_paths(state)
     arrays = [jnp.array(new.get(n, a), copy=True) if isinstance(a, jax.Array) else a
               for n, a in zip(names, arrays, strict=True)]
     folded = nnx.merge(graphdef, jax.tree_util.tree_unflatten(treedef, arrays))

@@ -28,56 +28,57 @@ partially, or passed through an op the tracer does not follow (reported with the
 primitive and the source line, never guessed).
 
 Examples:
+    A residual add ties ``fc``'s outputs to ``res``'s: one group holds both layers'
+    output axes, ``res``'s input rows and ``out``'s.
+
     >>> from flax import nnx
     >>> import jax.numpy as jnp
     >>> class Net(nnx.Module):
     ...     def __init__(self, rngs):
     ...         self.fc = nnx.Linear(4, 8, rngs=rngs)
+    ...         self.res = nnx.Linear(8, 8, rngs=rngs)
     ...         self.out = nnx.Linear(8, 2, rngs=rngs)
     ...     def __call__(self, x):
-    ...         return self.out(nnx.relu(self.fc(x)))
+    ...         h = nnx.relu(self.fc(x))
+    ...         return self.out(h + self.res(h))
     >>> g = trace(Net(nnx.Rngs(0)), jnp.zeros((2, 4)))
-    >>> list(g.groups), g.groups["fc"].size
-    (['fc'], 8)
-    >>> [m.leaf for m in g.groups["fc"].members]
-    ['fc.bias', 'fc.kernel', 'out.kernel']
+    >>> print(g.report())
+    1 channel group(s):
+      fc (8): fc/bias[0], fc/kernel[1], out/kernel[0], res/bias[0], res/kernel[0], res/kernel[1]
+    kept whole:
+      out: the model's output
 
-Used by :mod:`pruning_kit.structure` (channel removal), :mod:`pruning_kit.fold` (BatchNorm
-folding) and notebook 04's "your own model" section.
+The program itself, and the names of the model's arrays and modules, come from
+:mod:`pruning_kit.program`; the axis-by-axis walk is :mod:`pruning_kit.axis_trace`.
+Used by :mod:`pruning_kit.structure` (channel removal) and notebook 04's "your own
+model" section.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 from flax import nnx
-from jax.extend import core as jcore
 
-ELEMENTWISE = frozenset("""
-add sub mul div max min pow atan2 rem and or xor not ne eq gt ge lt le select_n clamp
-neg exp exp2 log log1p expm1 tanh logistic sin cos tan abs sign floor ceil round sqrt rsqrt
-cbrt integer_pow erf erfc erf_inv is_finite convert_element_type reduce_precision copy
-copy_p stop_gradient square lgamma digamma nextafter asinh acosh atanh sinh cosh asin acos
-atan real imag conj population_count shift_left shift_right_logical shift_right_arithmetic
-""".split())
-REDUCTIONS = frozenset("reduce_sum reduce_max reduce_min reduce_prod reduce_and reduce_or "
-                       "reduce_xor argmax argmin".split())
-CUMULATIVE = frozenset("cumsum cumprod cummax cummin cumlogsumexp".split())
-_SUBJAXPR_KEYS = ("jaxpr", "call_jaxpr", "fun_jaxpr")
-_CALLS = frozenset("pjit jit closed_call core_call custom_jvp_call custom_vjp_call "
-                   "custom_vjp_call_jaxpr remat checkpoint custom_lin".split())
+from pruning_kit import tree
+from pruning_kit.axis_trace import AxisTracer, Value
+from pruning_kit.program import UnsupportedModelError, eval_copy, leaf_paths, modules, program
+
+# eval_copy, leaf_paths, modules, program and UnsupportedModelError live in pruning_kit.program
+__all__ = [
+    "ChannelGraph", "Group", "Member", "UnsupportedModelError", "eval_copy", "leaf_paths",
+    "modules", "program", "sync_widths", "trace",
+]
 
 
 class Member(NamedTuple):
     """One array axis that a group's channels index.
 
-    ``leaf`` is the dotted state path (``"conv2.kernel"``), ``axis`` the array axis and
-    ``role`` how the forward uses it: ``"out"`` (a kernel's output features), ``"in"``
+    ``leaf`` is the state path (``"conv2/kernel"``), ``axis`` the array axis and ``role``
+    how the forward uses it: ``"out"`` (a kernel's output features), ``"in"``
     (a kernel's input features, contracted), ``"affine"`` (a bias, a BatchNorm vector, a
     kernel applied elementwise). ``view`` is set when the axis holds more than this group
     (a flattened ``(H, W, C)``, or ``(heads, head_dim)``): the shape that axis unfolds
@@ -109,371 +110,6 @@ class Group(NamedTuple):
         return tuple(m for m in self.members if m.role == "in")
 
 
-class UnsupportedModelError(ValueError):
-    """The model cannot be traced (it fails on the example input, or has no arrays)."""
-
-
-def source_line(eqn: Any) -> str:
-    """The user source line that produced a traced equation (for error messages)."""
-    try:
-        from jax._src import source_info_util
-        return source_info_util.summarize(eqn.source_info)
-    except Exception:  # pragma: no cover - private helper moved
-        return "?"
-
-
-def leaf_paths(state: Any) -> tuple[list[str], list[Any], Any]:
-    """``(dotted paths, leaves, treedef)`` of an ``nnx.State``, in flatten order."""
-    flat, treedef = jax.tree_util.tree_flatten_with_path(state)
-    names = []
-    for path, _ in flat:
-        keys = [k for k in path if not (isinstance(k, jax.tree_util.GetAttrKey)
-                                        and k.name == "value")]
-        names.append(".".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))))
-                              for k in keys))
-    return names, [leaf for _, leaf in flat], treedef
-
-
-@dataclass
-class _UF:
-    """Union-find over axis nodes, with sizes, structure, reasons and flags."""
-
-    parent: list[int] = field(default_factory=list)
-    size: list[int] = field(default_factory=list)
-    struct: dict[int, tuple[str, list[int]]] = field(default_factory=dict)
-    fixed: dict[int, list[str]] = field(default_factory=dict)
-    active: set[int] = field(default_factory=set)
-
-    def new(self, size: int, fixed: str | None = None) -> int:
-        self.parent.append(len(self.parent))
-        self.size.append(int(size))
-        if fixed:
-            self.fixed[len(self.parent) - 1] = [fixed]
-        return len(self.parent) - 1
-
-    def find(self, a: int) -> int:
-        while self.parent[a] != a:
-            self.parent[a] = self.parent[self.parent[a]]
-            a = self.parent[a]
-        return a
-
-    def fix(self, a: int, why: str) -> None:
-        r = self.find(a)
-        reasons = self.fixed.setdefault(r, [])
-        if why not in reasons:
-            reasons.append(why)
-
-    def union(self, a: int, b: int, where: str = "") -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra == rb:
-            return
-        if self.size[ra] != self.size[rb]:      # cannot happen for a model that runs
-            self.fix(ra, f"joined with an axis of another size {where}")
-            self.fix(rb, f"joined with an axis of another size {where}")
-            return
-        sa, sb = self.struct.pop(ra, None), self.struct.pop(rb, None)
-        self.parent[rb] = ra
-        for why in self.fixed.pop(rb, []):
-            self.fix(ra, why)
-        if rb in self.active:
-            self.active.add(ra)
-        if sa is None or sb is None:
-            if sa or sb:
-                self.struct[ra] = sa or sb
-        elif sa[0] == sb[0] and [self.size[c] for c in sa[1]] == [self.size[c] for c in sb[1]]:
-            self.struct[ra] = sa
-            for ca, cb in zip(sa[1], sb[1], strict=True):
-                self.union(ca, cb, where)
-        else:
-            self.struct[ra] = sa
-            self.fix(ra, f"reshaped in two incompatible ways {where}")
-
-    def product(self, children: Sequence[int]) -> int:
-        children = [c for c in children if self.size[c] != 1]
-        if len(children) == 1:
-            return children[0]
-        node = self.new(math.prod(self.size[c] for c in children))
-        if children:
-            self.struct[node] = ("prod", list(children))
-        return node
-
-    def split(self, node: int, sizes: Sequence[int], where: str) -> list[int]:
-        """Children of ``node`` with these sizes (size-1 entries get fresh nodes)."""
-        big = [s for s in sizes if s != 1]
-        r = self.find(node)
-        if len(big) <= 1:
-            return [node if s != 1 else self.new(1) for s in sizes]
-        st = self.struct.get(r)
-        if st is None:
-            kids = [self.new(s) for s in big]
-            if r in self.active:
-                self.active.update(kids)
-            self.struct[r] = ("prod", kids)
-        elif st[0] == "prod" and [self.size[self.find(c)] for c in st[1]] == big:
-            kids = st[1]
-        else:
-            self.fix(r, f"reshaped in two incompatible ways {where}")
-            kids = [self.new(s, f"reshaped in two incompatible ways {where}") for s in big]
-        it = iter(kids)
-        return [next(it) if s != 1 else self.new(1) for s in sizes]
-
-
-def _reshape_runs(src: Sequence[int], dst: Sequence[int]) -> list[tuple[list[int], list[int]]]:
-    """Match runs of source axes to runs of destination axes with equal products.
-
-    Size-1 axes are left out (a destination size-1 axis gets a fresh node).
-    """
-    si = [i for i, s in enumerate(src) if s != 1]
-    di = [j for j, s in enumerate(dst) if s != 1]
-    runs, a, b = [], 0, 0
-    while a < len(si) and b < len(di):
-        ins, outs = [si[a]], [di[b]]
-        pi, pj = src[si[a]], dst[di[b]]
-        a, b = a + 1, b + 1
-        while pi != pj:
-            if pi < pj:
-                ins.append(si[a])
-                pi *= src[si[a]]
-                a += 1
-            else:
-                outs.append(di[b])
-                pj *= dst[di[b]]
-                b += 1
-        runs.append((ins, outs))
-    return runs
-
-
-class _Val(NamedTuple):
-    nodes: tuple[int, ...]
-    act: bool
-
-
-class _Tracer:
-    def __init__(self) -> None:
-        self.uf = _UF()
-        self.roles: dict[int, str] = {}
-        self.unfollowed: list[str] = []
-        self.seq: dict[int, int] = {}
-
-    def fresh(self, shape: Sequence[int], act: bool) -> _Val:
-        nodes = tuple(self.uf.new(s) for s in shape)
-        if act:
-            self.uf.active.update(nodes)
-        return _Val(nodes, act)
-
-    def mark(self, val: _Val) -> _Val:
-        if val.act:
-            for n in val.nodes:
-                self.uf.active.add(self.uf.find(n))
-                self.seq.setdefault(n, len(self.seq))
-        return val
-
-    def role(self, val: _Val, axes: Sequence[int], role: str) -> None:
-        if not val.act:
-            for a in axes:
-                self.roles.setdefault(val.nodes[a], role)
-
-    # -- the interpreter --------------------------------------------------------------
-    def run(self, jaxpr: Any, inputs: Sequence[_Val]) -> list[_Val]:
-        env: dict[Any, _Val] = {}
-        for v, val in zip(jaxpr.invars, inputs, strict=True):
-            env[v] = val
-
-        def read(v: Any) -> _Val:
-            if isinstance(v, jcore.Literal):
-                return _Val(tuple(self.uf.new(s) for s in np.shape(v.val)), False)
-            return env[v]
-
-        for v in getattr(jaxpr, "constvars", ()):
-            env[v] = self.fresh(v.aval.shape, False)
-        for eqn in jaxpr.eqns:
-            ins = [read(v) for v in eqn.invars]
-            outs = self.eqn(eqn, ins)
-            for v, val in zip(eqn.outvars, outs, strict=True):
-                env[v] = self.mark(val)
-        return [read(v) for v in jaxpr.outvars]
-
-    def eqn(self, eqn: Any, ins: list[_Val]) -> list[_Val]:
-        name = eqn.primitive.name
-        where = f"({name} at {source_line(eqn)})"
-        shapes = [tuple(getattr(v.aval, "shape", ())) for v in eqn.invars]
-        out_shape = tuple(getattr(eqn.outvars[0].aval, "shape", ())) if eqn.outvars else ()
-        act = any(v.act for v in ins)
-        uf = self.uf
-        sub = next((eqn.params[k] for k in _SUBJAXPR_KEYS if k in eqn.params), None)
-        if sub is not None and name in _CALLS:
-            inner = getattr(sub, "jaxpr", sub)
-            if len(inner.invars) == len(ins):
-                return self.run(inner, ins)
-        if name in ELEMENTWISE:
-            nodes = []
-            for ax, size in enumerate(out_shape):
-                same = [v.nodes[ax] for v, s in zip(ins, shapes, strict=True)
-                        if len(s) == len(out_shape) and s[ax] == size]
-                if not same:
-                    nodes.append(uf.new(size))
-                    continue
-                for other in same[1:]:
-                    uf.union(same[0], other, where)
-                if size != 1:
-                    for v, s in zip(ins, shapes, strict=True):
-                        if len(s) == len(out_shape) and s[ax] == size and not v.act and act:
-                            self.role(v, [ax], "affine")
-                nodes.append(same[0])
-            return [_Val(tuple(nodes), act) for _ in eqn.outvars]
-        if name == "broadcast_in_dim":
-            (x,), dims = ins, eqn.params["broadcast_dimensions"]
-            nodes = [uf.new(s) for s in out_shape]
-            for j, d in enumerate(dims):
-                if shapes[0][j] == out_shape[d]:
-                    nodes[d] = x.nodes[j]
-            return [_Val(tuple(nodes), act)]
-        if name == "reshape":
-            src = shapes[0]
-            nodes = [uf.new(s) for s in out_shape]
-            for i_axes, o_axes in _reshape_runs(src, out_shape):
-                merged = uf.product([ins[0].nodes[i] for i in i_axes])
-                parts = uf.split(merged, [out_shape[o] for o in o_axes], where) \
-                    if len(o_axes) > 1 else [merged]
-                for o, p in zip(o_axes, parts, strict=True):
-                    nodes[o] = p
-            return [_Val(tuple(nodes), act)]
-        if name == "squeeze":
-            drop = {d % len(shapes[0]) for d in eqn.params["dimensions"]}
-            return [_Val(tuple(n for a, n in enumerate(ins[0].nodes) if a not in drop), act)]
-        if name == "transpose":
-            perm = eqn.params["permutation"]
-            return [_Val(tuple(ins[0].nodes[p] for p in perm), act)]
-        if name in ("slice", "dynamic_slice", "pad", "rev") or name.startswith("reduce_window") \
-                or name in CUMULATIVE:
-            return [self._axiswise(name, eqn, ins[0], shapes[0], out_shape, act, where)]
-        if name in REDUCTIONS:
-            axes = set(eqn.params["axes"])
-            for a in axes:
-                uf.fix(ins[0].nodes[a], f"reduced over {where}")
-            return [_Val(tuple(n for a, n in enumerate(ins[0].nodes) if a not in axes), act)
-                    for _ in eqn.outvars]
-        if name == "concatenate":
-            d = eqn.params["dimension"]
-            nodes = list(ins[0].nodes)
-            for v in ins[1:]:
-                for a in range(len(out_shape)):
-                    if a != d:
-                        uf.union(nodes[a], v.nodes[a], where)
-            cat = uf.new(out_shape[d])
-            uf.struct[cat] = ("cat", [v.nodes[d] for v in ins])
-            nodes[d] = cat
-            return [_Val(tuple(nodes), act)]
-        if name == "split":
-            d, sizes = eqn.params["axis"], list(eqn.params["sizes"])
-            r = uf.find(ins[0].nodes[d])
-            st = uf.struct.get(r)
-            if st and st[0] == "cat" and [uf.size[uf.find(c)] for c in st[1]] == sizes:
-                kids = st[1]
-            else:
-                uf.fix(r, f"split into parts {where}")
-                kids = [uf.new(s) for s in sizes]
-            return [_Val(tuple(k if a == d else n for a, n in enumerate(ins[0].nodes)), act)
-                    for k in kids]
-        if name == "dot_general":
-            return [self._dot(eqn, ins, out_shape, act, where)]
-        if name == "conv_general_dilated":
-            return [self._conv(eqn, ins, shapes, out_shape, act, where)]
-        if name == "iota":
-            return [self.fresh(out_shape, False)]
-        return self._unknown(eqn, ins, where)
-
-    def _unknown(self, eqn: Any, ins: list[_Val], where: str) -> list[_Val]:
-        touched = False
-        for v in ins:
-            if v.act:
-                touched = True
-                for n in v.nodes:
-                    self.uf.fix(n, f"passes through an op the tracer does not follow {where}")
-        if touched:
-            self.unfollowed.append(where.strip("()"))
-        act = any(v.act for v in ins)
-        return [self.fresh(tuple(getattr(o.aval, "shape", ())), act) for o in eqn.outvars]
-
-    def _axiswise(self, name, eqn, x: _Val, src, out_shape, act, where) -> _Val:
-        p = eqn.params
-        nodes = []
-        for a, (si, so) in enumerate(zip(src, out_shape, strict=True)):
-            whole = si == so
-            if name == "slice":
-                stride = (p["strides"] or (1,) * len(src))[a]
-                whole = whole and p["start_indices"][a] == 0 and stride == 1
-            elif name == "pad":
-                whole = whole and tuple(p["padding_config"][a]) == (0, 0, 0)
-            elif name == "rev":
-                whole = whole and a not in p["dimensions"]
-            elif name.startswith("reduce_window"):
-                whole = whole and p["window_dimensions"][a] == 1 and p["window_strides"][a] == 1
-            elif name in CUMULATIVE:
-                whole = a != p["axis"]
-            if whole:
-                nodes.append(x.nodes[a])
-            else:
-                if si != 1:
-                    self.uf.fix(x.nodes[a], f"sliced, padded or pooled {where}")
-                nodes.append(self.uf.new(so))
-        return _Val(tuple(nodes), act)
-
-    def _dot(self, eqn, ins, out_shape, act, where) -> _Val:
-        (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
-        lhs, rhs = ins
-        for a, b in zip((*lc, *lb), (*rc, *rb), strict=True):
-            self.uf.union(lhs.nodes[a], rhs.nodes[b], where)
-        for v, c in ((lhs, lc), (rhs, rc)):
-            self.role(v, c, "in")
-        lfree = [a for a in range(len(lhs.nodes)) if a not in (*lc, *lb)]
-        rfree = [a for a in range(len(rhs.nodes)) if a not in (*rc, *rb)]
-        self.role(lhs, lfree, "out")
-        self.role(rhs, rfree, "out")
-        nodes = [lhs.nodes[a] for a in lb] + [lhs.nodes[a] for a in lfree] \
-            + [rhs.nodes[a] for a in rfree]
-        return _Val(tuple(nodes), act)
-
-    def _conv(self, eqn, ins, shapes, out_shape, act, where) -> _Val:
-        p = eqn.params
-        dn = p["dimension_numbers"]
-        lhs, rhs = ins
-        lb, lf, *lsp = dn.lhs_spec
-        ro, ri, *rsp = dn.rhs_spec
-        ob, of, *osp = dn.out_spec
-        uf = self.uf
-        if p.get("batch_group_count", 1) != 1 or not act or rhs.act:
-            return self._unknown(eqn, ins, where)
-        groups = p["feature_group_count"]
-        c_in, per_group, c_out = shapes[0][lf], shapes[1][ri], shapes[1][ro]
-        self.role(rhs, [ri], "in")
-        self.role(rhs, [ro], "out")
-        for a in rsp:
-            uf.fix(rhs.nodes[a], "a convolution window")
-        out_feat = rhs.nodes[ro]
-        if groups == 1:
-            uf.union(lhs.nodes[lf], rhs.nodes[ri], where)
-        elif per_group == 1:                          # depthwise, multiplier c_out / c_in
-            if c_out == c_in:
-                uf.union(lhs.nodes[lf], out_feat, where)
-            else:
-                chan, mult = uf.split(out_feat, (groups, c_out // groups), where)
-                uf.union(chan, lhs.nodes[lf], where)
-                uf.fix(mult, f"the channel multiplier of a depthwise convolution {where}")
-        else:                                          # grouped: same slots in every group
-            g_in, k_in = uf.split(lhs.nodes[lf], (groups, c_in // groups), where)
-            g_out, _ = uf.split(out_feat, (groups, c_out // groups), where)
-            uf.union(k_in, rhs.nodes[ri], where)
-            for g in (g_in, g_out):
-                uf.fix(g, f"the groups of a grouped convolution are kept whole {where}")
-        nodes: list[int] = [0] * len(out_shape)
-        nodes[ob], nodes[of] = lhs.nodes[lb], out_feat
-        for a in osp:
-            nodes[a] = uf.new(out_shape[a])
-        for a in lsp:
-            uf.fix(lhs.nodes[a], "spatial")
-        return _Val(tuple(nodes), act)
-
 
 class ChannelGraph:
     """What :func:`trace` found: the groups, the fixed axes and why, and the slicing.
@@ -485,7 +121,7 @@ class ChannelGraph:
         unfollowed: ``"primitive at file:line"`` for each op the tracer could not follow.
     """
 
-    def __init__(self, tracer: _Tracer, leaf_nodes: dict[tuple[str, int], int],
+    def __init__(self, tracer: AxisTracer, leaf_nodes: dict[tuple[str, int], int],
                  names: Mapping[str, str] | None, module_of: Mapping[str, str]):
         uf = tracer.uf
         self._uf = uf
@@ -529,7 +165,7 @@ class ChannelGraph:
             first = min(producers, key=lambda k: (
                 self._role[k] != "out", tracer.seq.get(leaf_nodes[k], 1 << 30), k))
             base = module_of.get(first[0], first[0]) \
-                if first[0].endswith((".kernel", ".weight")) else first[0]
+                if first[0].endswith((f"{tree.SEP}kernel", f"{tree.SEP}weight")) else first[0]
             kids = self._atoms(self._leaf_class[first])
             if len(kids) > 1:
                 base = f"{base}#{kids.index(atom)}"
@@ -706,38 +342,6 @@ def sync_widths(model: nnx.Module) -> None:
 
 
 
-def program(graphdef: Any, treedef: Any, leaves: Sequence[Any], args: Sequence[Any],
-            name: str = "model") -> Any:
-    """The closed jaxpr of ``merge(graphdef, leaves)(*args)``, the arrays as its first inputs.
-
-    Raises:
-        UnsupportedModelError: the model fails on ``args`` (the JAX error is attached).
-    """
-    def forward(leaves, *args):
-        return nnx.merge(graphdef, jax.tree_util.tree_unflatten(treedef, leaves))(*args)
-
-    try:
-        return jax.make_jaxpr(forward)(list(leaves), *args)
-    except Exception as err:
-        raise UnsupportedModelError(
-            f"{name} could not run on inputs of shape "
-            f"{[np.shape(a) for a in jax.tree.leaves(args)]}: {type(err).__name__}: {err}. "
-            "Pass example= a batch the model accepts, e.g. x[:2].") from err
-
-
-def modules(model: nnx.Module) -> dict[str, nnx.Module]:
-    """``{dotted path: submodule}`` of ``model`` (the model itself at ``""``)."""
-    return {".".join(str(k) for k in path): node for path, node in nnx.iter_graph(model)
-            if isinstance(node, nnx.Module)}
-
-
-def eval_copy(model: nnx.Module) -> nnx.Module:
-    """A copy of ``model`` in eval mode (the caller's model and mode are untouched)."""
-    copy = nnx.merge(*nnx.split(model))          # new module objects, same arrays
-    copy.eval()
-    return copy
-
-
 def trace(model: nnx.Module, example: Any, *, names: Mapping[str, str] | None = None
           ) -> ChannelGraph:
     """Trace ``model`` on ``example`` and return its :class:`ChannelGraph`.
@@ -752,7 +356,7 @@ def trace(model: nnx.Module, example: Any, *, names: Mapping[str, str] | None = 
 
     Returns:
         The :class:`ChannelGraph`; groups are named after the module whose kernel
-        computes them (``"conv1"``, ``"blocks.0.conv2"``), with ``#k`` for the k-th axis
+        computes them (``"conv1"``, ``"blocks/0/conv2"``), with ``#k`` for the k-th axis
         of a kernel that has several (``"attn.q#0"``: heads, ``#1``: head dimension).
 
     Raises:
@@ -765,23 +369,23 @@ def trace(model: nnx.Module, example: Any, *, names: Mapping[str, str] | None = 
         raise UnsupportedModelError(f"{type(model).__name__} has no arrays to trace.")
     args = example if isinstance(example, tuple) else (example,)
     closed = program(graphdef, treedef, leaves, args, type(model).__name__)
-    tracer = _Tracer()
+    tracer = AxisTracer()
     inputs, leaf_nodes = [], {}
     for path, leaf in zip(paths, leaves, strict=True):
         nodes = tuple(tracer.uf.new(s) for s in np.shape(leaf))
         for axis, n in enumerate(nodes):
             if np.shape(leaf)[axis] > 1:
                 leaf_nodes[(path, axis)] = n
-        inputs.append(_Val(nodes, False))
+        inputs.append(Value(nodes, False))
     for a in args:
         for leaf in jax.tree.leaves(a):
-            inputs.append(_Val(tuple(tracer.uf.new(s, "the model's input")
+            inputs.append(Value(tuple(tracer.uf.new(s, "the model's input")
                                      for s in np.shape(leaf)), True))
     outs = tracer.run(closed.jaxpr, inputs)
     for v in outs:
         for n in v.nodes:
             tracer.uf.fix(n, "the model's output")
-    module_of = {p: p.rsplit(".", 1)[0] if "." in p else p for p in paths}
+    module_of = {p: p.rsplit(tree.SEP, 1)[0] for p in paths}
     hook = getattr(model, "channel_group_names", None)
     if names is None and callable(hook):
         names = hook()

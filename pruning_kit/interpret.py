@@ -35,7 +35,11 @@ import numpy as np
 from flax import nnx
 from jax.extend import core as jcore
 
-from pruning_kit import graph as graph_lib
+from pruning_kit import program
+from pruning_kit.program import sub_jaxpr
+
+__all__ = ["KERNEL_PRIMITIVES", "Forward", "Hook", "KernelOp", "per_channel_absmax", "runner",
+           "scales_shape", "sub_jaxpr"]
 
 KERNEL_PRIMITIVES = ("dot_general", "conv_general_dilated")
 
@@ -43,7 +47,7 @@ KERNEL_PRIMITIVES = ("dot_general", "conv_general_dilated")
 class KernelOp(NamedTuple):
     """One dense/convolution op of the forward, found in the traced program.
 
-    ``path`` is the kernel's state path (``"blocks.0.conv1.kernel"``), ``index`` its
+    ``path`` is the kernel's state path (``"blocks/0/conv1/kernel"``), ``index`` its
     position in the forward, ``out_axes`` the kernel axes that are output features (one
     scale per output channel quantizes along them), ``out_dims`` where those features sit
     in the op's result, and ``where`` the source line that called it.
@@ -61,19 +65,6 @@ class KernelOp(NamedTuple):
 Hook = Callable[[KernelOp, jax.Array, jax.Array, Callable[..., jax.Array]], jax.Array]
 
 
-def sub_jaxpr(eqn: Any) -> tuple[Any, list] | None:
-    """``(jaxpr, consts)`` of a call-like equation (jit, custom_jvp, remat...), else None."""
-    if eqn.primitive.name not in graph_lib._CALLS:
-        return None
-    for key in graph_lib._SUBJAXPR_KEYS:
-        sub = eqn.params.get(key)
-        if sub is not None:
-            if hasattr(sub, "jaxpr"):
-                return sub.jaxpr, list(sub.consts)
-            return sub, []
-    return None
-
-
 def _kernel_op(eqn: Any, kernel_path: str, index: int) -> KernelOp:
     p = eqn.params
     if eqn.primitive.name == "dot_general":
@@ -86,7 +77,7 @@ def _kernel_op(eqn: Any, kernel_path: str, index: int) -> KernelOp:
         dn = p["dimension_numbers"]
         free, dims = (dn.rhs_spec[0],), (dn.out_spec[1],)
     return KernelOp(kernel_path, index, eqn.primitive.name, p, free, dims,
-                    graph_lib.source_line(eqn))
+                    program.source_line(eqn))
 
 
 class Forward:
@@ -105,9 +96,9 @@ class Forward:
     """
 
     def __init__(self, model: nnx.Module, example: Any):
-        copy = graph_lib.eval_copy(model)
+        copy = program.eval_copy(model)
         graphdef, state = nnx.split(copy)
-        self.paths, self.leaves, self._treedef = graph_lib.leaf_paths(state)
+        self.paths, self.leaves, self._treedef = program.leaf_paths(state)
         self._graphdef = graphdef
         args = example if isinstance(example, tuple) else (example,)
         self._name = type(model).__name__
@@ -120,7 +111,7 @@ class Forward:
                     for a in jax.tree.leaves(args))
         if key in self._cache:
             return self._cache[key]
-        closed = graph_lib.program(self._graphdef, self._treedef, self.leaves, args, self._name)
+        closed = program.program(self._graphdef, self._treedef, self.leaves, args, self._name)
         self.kernel_ops, self.uses, self._ops_by_eqn = [], {}, {}
         jaxpr = closed.jaxpr
         self._scan(jaxpr, {v: p for v, p in zip(jaxpr.invars, self.paths, strict=False)})
@@ -147,6 +138,15 @@ class Forward:
                     op = _kernel_op(eqn, leafvars[rhs], len(self.kernel_ops))
                     self.kernel_ops.append(op)
                     self._ops_by_eqn[id(eqn)] = op
+
+    @property
+    def program(self) -> Any:
+        """The closed jaxpr traced for the example's shapes (arrays first, then inputs)."""
+        return self._closed
+
+    def kernel_op_of(self, eqn: Any) -> KernelOp | None:
+        """The :class:`KernelOp` of a traced equation, or None if it is not one."""
+        return self._ops_by_eqn.get(id(eqn))
 
     def module(self) -> nnx.Module:
         """The traced (eval-mode) copy of the model, as a module (e.g. to export it)."""

@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from pruning_kit import validate
+
 _XLA_CPU_FORMS = contextvars.ContextVar("pruning_kit_xla_cpu_forms", default=True)
 
 
@@ -80,12 +82,6 @@ def _check_widths(name: str, widths: Sequence[int], *, allow_empty: bool = False
     return widths
 
 
-def _check_positive(name: str, value: Any) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-    return value
-
-
 class LowRankLinear(nnx.Module):
     """A dense layer whose ``(in, out)`` kernel is the product ``u @ v`` of rank ``rank``.
 
@@ -136,8 +132,8 @@ class MLP(_Configured):
     def __init__(self, in_features: int = 784, hidden: Sequence[int] = (300, 100),
                  num_classes: int = 10, ranks: Sequence[int | None] | None = None, *,
                  rngs: nnx.Rngs):
-        in_features = _check_positive("in_features", in_features)
-        num_classes = _check_positive("num_classes", num_classes)
+        in_features = validate.integer("in_features", in_features)
+        num_classes = validate.integer("num_classes", num_classes)
         hidden = _check_widths("hidden", hidden, allow_empty=True)
         self._config = (("in_features", in_features), ("hidden", hidden),
                         ("num_classes", num_classes))
@@ -160,12 +156,12 @@ class MLP(_Configured):
         return jnp.zeros((2, self.config["in_features"]))
 
     def channel_group_names(self) -> dict[str, str]:
-        """Traced group names -> the course's: ``layers.i`` -> ``hidden.i`` (for a low-rank
-        layer, ``layers.i.v`` -> ``hidden.i`` and its rank ``layers.i.u`` -> ``rank.i``)."""
+        """Traced group names -> the course's: ``layers/i`` -> ``hidden/i`` (for a low-rank
+        layer, ``layers/i/v`` -> ``hidden/i`` and its rank ``layers/i/u`` -> ``rank/i``)."""
         names = {}
         for i in range(len(self.layers)):
-            names.update({f"layers.{i}": f"hidden.{i}", f"layers.{i}.v": f"hidden.{i}",
-                          f"layers.{i}.u": f"rank.{i}"})
+            names.update({f"layers/{i}": f"hidden/{i}", f"layers/{i}/v": f"hidden/{i}",
+                          f"layers/{i}/u": f"rank/{i}"})
         return names
 
     def after_resize(self) -> None:
@@ -286,9 +282,9 @@ class SmallCNN(_Configured):
 
     def __init__(self, in_channels: int = 1, widths: Sequence[int] = (16, 32),
                  image_size: int = 28, num_classes: int = 10, *, rngs: nnx.Rngs):
-        in_channels = _check_positive("in_channels", in_channels)
-        num_classes = _check_positive("num_classes", num_classes)
-        image_size = _check_positive("image_size", image_size)
+        in_channels = validate.integer("in_channels", in_channels)
+        num_classes = validate.integer("num_classes", num_classes)
+        image_size = validate.integer("image_size", image_size)
         widths = _check_widths("widths", widths)
         if len(widths) not in (2, 3):
             raise ValueError(f"SmallCNN takes two widths (stage 1, stage 2) or three (and the "
@@ -364,7 +360,7 @@ class FoldedCNN(_Configured):
     The same layers without BatchNorm: each conv has a bias, and the forward pass uses the
     forms XLA:CPU runs fastest (shifted-add first conv for 1-channel input, strided
     pooling). Build one from a trained SmallCNN with
-    :func:`pruning_kit.pipeline.fold_cnn_model`; it is registered in :data:`MODEL_CLASSES`,
+    :func:`pruning_kit.deep_compression.fold_cnn_model`; it is registered in :data:`MODEL_CLASSES`,
     so ``codec.save``/``codec.load`` handle it (notebook 05).
     """
 

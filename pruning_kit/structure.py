@@ -13,8 +13,9 @@ dense hardware does the same work. Here whole units go:
 * **Importance criteria** (:func:`channel_importance`): L1/L2 norm of the weights that
   produce a channel, the BatchNorm scale |gamma|, and the first-order Taylor estimate of
   the loss change when the channel is removed (Molchanov et al., 2019).
-* **Low rank** (:func:`low_rank`): a dense ``(in, out)`` kernel becomes ``u @ v`` from its
-  truncated SVD -- ``r (in + out)`` weights instead of ``in * out``.
+* **Low rank** (:func:`low_rank`, from :mod:`pruning_kit.low_rank`): a dense ``(in, out)``
+  kernel becomes ``u @ v`` from its truncated SVD -- ``r (in + out)`` weights instead of
+  ``in * out``.
 
 Removing a channel computes exactly what zeroing it does: :func:`mask_channels` gives
 that same-size reference, and the tests check both agree to float tolerance.
@@ -32,7 +33,6 @@ Examples:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -44,9 +44,23 @@ from flax import nnx
 
 from pruning_kit import data as data_lib
 from pruning_kit import graph as graph_lib
-from pruning_kit import measure
+from pruning_kit import measure, program, tree, validate
 from pruning_kit import models as models_lib
-from pruning_kit import train as train_lib
+from pruning_kit.low_rank import (
+    break_even_rank,
+    dense_layers,
+    layer_path,
+    low_rank,
+    low_rank_params,
+    svd_factors,
+)
+
+__all__ = [
+    "CRITERIA", "ChannelGroup", "Member", "break_even_rank", "channel_graph", "channel_groups",
+    "channel_importance", "dense_layers", "layer_path", "low_rank", "low_rank_params",
+    "mask_channels", "prune_channels", "remove_channels", "search_widths", "select_channels",
+    "svd_factors",
+]
 
 CRITERIA = ("l1", "l2", "bn_scale", "taylor")
 
@@ -83,7 +97,7 @@ def channel_groups(model: nnx.Module, example: Any = None) -> dict[str, ChannelG
     biases and BatchNorm vectors, ``"in"`` for the next layers' input rows). Nothing is
     declared by hand: :func:`pruning_kit.graph.trace` follows the model's jaxpr.
 
-    * MLP: ``hidden.0``, ``hidden.1``, ... -- a hidden layer's neurons.
+    * MLP: ``hidden/0``, ``hidden/1``, ... -- a hidden layer's neurons.
     * SmallCNN: ``stage1``; ``stage2`` -- coupled by the residual add: conv2/bn2 *and*
       res_conv2/res_bn2 outputs, res_conv1's inputs and the head's rows (viewed as
       ``(7, 7, C)``); ``res_inner`` inside the block. (The course's models name their
@@ -98,7 +112,7 @@ def channel_groups(model: nnx.Module, example: Any = None) -> dict[str, ChannelG
         >>> from pruning_kit import models
         >>> g = channel_groups(models.small_cnn())["stage2"]
         >>> g.size, [m.leaf for m in g.consumers]
-        (32, ['head.kernel', 'res_conv1.kernel'])
+        (32, ['head/kernel', 'res_conv1/kernel'])
     """
     return channel_graph(model, example).groups
 
@@ -217,8 +231,8 @@ def channel_importance(model: nnx.Module, criterion: str = "l1", *,
     Examples:
         >>> from pruning_kit import models
         >>> scores = channel_importance(models.MLP(64, (8,), rngs=nnx.Rngs(0)), "l2")
-        >>> list(scores), scores["hidden.0"].shape
-        (['hidden.0'], (8,))
+        >>> list(scores), scores["hidden/0"].shape
+        (['hidden/0'], (8,))
     """
     if criterion not in CRITERIA:
         raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}.")
@@ -230,7 +244,7 @@ def channel_importance(model: nnx.Module, criterion: str = "l1", *,
             raise ValueError("criterion='taylor' needs data: pass x=..., y=... (e.g. 2,000 "
                              "training images).")
         grads = _loss_grads(model, np.asarray(x), np.asarray(y), batch_size)
-    types = {path: type(m) for path, m in graph_lib.modules(model).items()}
+    types = {path: type(m) for path, m in program.modules(model).items()}
     scores: dict[str, np.ndarray] = {}
     for name, traced in mapping.items():
         grp = g.groups[traced]
@@ -242,8 +256,8 @@ def channel_importance(model: nnx.Module, criterion: str = "l1", *,
                 per = _per_channel(g, traced, m, leaves[m.leaf], criterion)
                 total += np.sqrt(per) if criterion == "l2" else per
         elif criterion == "bn_scale":
-            scales = [m for m in producers if m.leaf.endswith(".scale") and issubclass(
-                types.get(m.leaf.rsplit(".", 1)[0], object), nnx.BatchNorm)]
+            scales = [m for m in producers if m.leaf.endswith(f"{tree.SEP}scale") and issubclass(
+                types.get(m.leaf.rsplit(tree.SEP, 1)[0], object), nnx.BatchNorm)]
             if not scales:
                 raise ValueError(f"Group {name!r} has no BatchNorm; use 'l1', 'l2' or "
                                  "'taylor' for this model.")
@@ -296,11 +310,10 @@ def select_channels(importance: Mapping[str, np.ndarray], keep: float | Mapping[
             than the group has.
 
     Examples:
-        >>> select_channels({"hidden.0": np.array([0.1, 3.0, 2.0, 0.5])}, 0.5)
-        {'hidden.0': array([1, 2])}
+        >>> select_channels({"hidden/0": np.array([0.1, 3.0, 2.0, 0.5])}, 0.5)
+        {'hidden/0': array([1, 2])}
     """
-    if not isinstance(round_to, int) or round_to < 1:
-        raise ValueError(f"round_to must be a positive integer, got {round_to!r}.")
+    round_to = validate.integer("round_to", round_to)
     if isinstance(keep, Mapping):
         unknown = sorted(set(keep) - set(importance))
         if unknown:
@@ -402,7 +415,7 @@ def remove_channels(model: nnx.Module, keep: Mapping[str, Any], *,
     Examples:
         >>> from pruning_kit import models
         >>> mlp = models.MLP(64, (32, 16), rngs=nnx.Rngs(0))
-        >>> remove_channels(mlp, {"hidden.0": np.arange(10)}).config["hidden"]
+        >>> remove_channels(mlp, {"hidden/0": np.arange(10)}).config["hidden"]
         [10, 16]
     """
     example = _example(model, example)
@@ -525,153 +538,3 @@ def search_widths(model: nnx.Module, candidates: list[Mapping[str, Any]], x: np.
         row["latency_ms"] = timed(row.pop("model"))
         row["speedup"] = base_ms / row["latency_ms"]
     return sorted(rows, key=lambda r: r["latency_ms"])
-
-
-# --------------------------------------------------------------------------- low rank
-
-def svd_factors(kernel: jax.typing.ArrayLike, rank: int) -> tuple[jax.Array, jax.Array]:
-    """``(u, v)`` with ``u @ v`` the best rank-``rank`` approximation of ``kernel``.
-
-    Truncated SVD (Eckart-Young: no rank-r matrix is closer in Frobenius norm), with the
-    singular values split evenly: ``u = U_r sqrt(S_r)``, ``v = sqrt(S_r) V_r^T``.
-
-    Examples:
-        >>> w = jnp.outer(jnp.arange(1.0, 4.0), jnp.ones(5))      # rank one
-        >>> u, v = svd_factors(w, 1)
-        >>> u.shape, v.shape, bool(jnp.allclose(u @ v, w, atol=1e-5))
-        ((3, 1), (1, 5), True)
-    """
-    kernel = jnp.asarray(kernel, jnp.float32)
-    if kernel.ndim != 2:
-        raise ValueError(f"svd_factors needs a 2-D kernel, got shape {kernel.shape}.")
-    if not isinstance(rank, (int, np.integer)) or not 1 <= rank <= min(kernel.shape):
-        raise ValueError(f"rank must be an integer in [1, {min(kernel.shape)}] for a kernel "
-                         f"of shape {kernel.shape}, got {rank!r}.")
-    u, s, vt = jnp.linalg.svd(kernel, full_matrices=False)
-    root = jnp.sqrt(s[:rank])
-    return u[:, :rank] * root, root[:, None] * vt[:rank]
-
-
-def low_rank_params(in_features: int, out_features: int, rank: int | None) -> int:
-    """Weights of a layer (bias included): dense if ``rank`` is None, else factorized."""
-    if rank is None:
-        return in_features * out_features + out_features
-    return rank * (in_features + out_features) + out_features
-
-
-def break_even_rank(in_features: int, out_features: int) -> int:
-    """The largest rank that still stores fewer weights than the dense layer.
-
-    Examples:
-        >>> break_even_rank(784, 300)         # 784 * 300 / 1084 = 216.97
-        216
-    """
-    return math.ceil(in_features * out_features / (in_features + out_features)) - 1
-
-
-def _is_pointwise_conv(node: Any) -> bool:
-    """A 1x1 convolution with stride 1 and one group: a dense layer on the channel axis."""
-    return isinstance(node, nnx.Conv) and tuple(node.kernel_size) == (1, 1) \
-        and node.feature_group_count == 1 and all(
-            s == 1 for s in np.atleast_1d(node.strides if node.strides is not None else 1)) \
-        and all(d == 1 for d in np.atleast_1d(node.kernel_dilation or 1)) \
-        and all(d == 1 for d in np.atleast_1d(node.input_dilation or 1))
-
-
-def dense_layers(model: nnx.Module) -> dict[str, nnx.Module]:
-    """``{path: layer}`` of the model's dense layers -- ``nnx.Linear``, 1x1 convolutions
-    (a dense layer applied at every pixel) and low-rank layers -- in the order the model
-    defines them; an integer layer index elsewhere counts in this order.
-
-    Examples:
-        >>> from pruning_kit import models
-        >>> list(dense_layers(models.MLP(64, (32,), rngs=nnx.Rngs(0))))
-        ['layers.0', 'layers.1']
-    """
-    found = {".".join(str(k) for k in path): node for path, node in nnx.iter_graph(model)
-             if isinstance(node, (nnx.Linear, models_lib.LowRankLinear))
-             or _is_pointwise_conv(node)}
-    return dict(sorted(found.items(), key=lambda kv: [int(p) if p.isdigit() else p
-                                                      for p in kv[0].split(".")]))
-
-
-def layer_path(model: nnx.Module, layer: int | str) -> str:
-    """The path of dense layer ``layer`` (an index into :func:`dense_layers`, or a path)."""
-    layers = list(dense_layers(model))
-    if isinstance(layer, (int, np.integer)) and not isinstance(layer, bool):
-        if not 0 <= layer < len(layers):
-            raise ValueError(f"Layer index {layer} does not exist; the model's dense layers "
-                             f"are 0..{len(layers) - 1}: {layers}.")
-        return layers[int(layer)]
-    if layer not in layers:
-        raise ValueError(f"{layer!r} is not a dense layer of this model; its nnx.Linear "
-                         f"layers are {layers}.")
-    return str(layer)
-
-
-def low_rank(model: nnx.Module, ranks: Mapping[Any, int] | list[int | None]) -> nnx.Module:
-    """A copy of ``model`` with the chosen dense layers replaced by SVD factors.
-
-    Each chosen layer -- an ``nnx.Linear`` or a 1x1 ``nnx.Conv`` (:func:`dense_layers`) --
-    becomes a :class:`~pruning_kit.models.LowRankLinear` holding ``u @ v``, the truncated
-    SVD of its kernel (bias kept), which acts on the last axis as the layer did. Works on
-    any NNX model; the original is not changed.
-
-    Args:
-        model: any Flax NNX model.
-        ranks: ``{layer: rank}`` with a layer path (``"encoder.fc1"``) or an index into
-            :func:`dense_layers` (``{0: 32}``: the first), or one entry per dense layer
-            (``None`` = keep dense).
-
-    Returns:
-        A copy in eval mode that owns its arrays (an MLP's ``config["ranks"]`` records
-        the ranks, so save/load rebuild it).
-
-    Raises:
-        ValueError: a path that is not an ``nnx.Linear``, a wrong number of entries, a rank
-            outside ``[1, min(in, out)]``.
-
-    Examples:
-        >>> from pruning_kit import models
-        >>> mlp = models.lenet_300_100()
-        >>> small = low_rank(mlp, {0: 32})
-        >>> small.config["ranks"], models.num_params(small)
-        ([32, None, None], 66098)
-    """
-    linears = dense_layers(model)
-    if not isinstance(ranks, Mapping):
-        ranks = list(ranks)
-        if len(ranks) != len(linears):
-            raise ValueError(f"ranks needs one entry per dense layer ({len(linears)}), got "
-                             f"{len(ranks)}.")
-        ranks = {i: r for i, r in enumerate(ranks) if r is not None}
-    chosen = {}
-    for key, r in ranks.items():
-        path = layer_path(model, key)
-        if isinstance(linears[path], models_lib.LowRankLinear):
-            raise ValueError(f"Layer {path} is already low rank; factorize the dense model.")
-        if r is not None:
-            chosen[path] = r
-    new = train_lib.own_arrays(model)
-    for path, r in chosen.items():
-        old = dense_layers(new)[path]
-        kernel = old.kernel[...]
-        kernel = kernel.reshape(kernel.shape[-2:])      # a 1x1 conv's (1, 1, in, out) too
-        u, v = svd_factors(kernel, r)
-        # x @ u @ v acts on the last axis: a 1x1 convolution on NHWC maps exactly to it
-        layer = models_lib.LowRankLinear(old.in_features, old.out_features, r,
-                                         rngs=nnx.Rngs(0))
-        layer.u, layer.v = nnx.Param(u), nnx.Param(v)
-        layer.bias = nnx.Param(jnp.array(old.bias[...], copy=True) if old.bias is not None
-                               else jnp.zeros(old.out_features))
-        *parent_path, last = path.split(".")
-        parent = new
-        for k in parent_path:
-            parent = parent[int(k)] if k.isdigit() else getattr(parent, k)
-        if last.isdigit():
-            parent[int(last)] = layer
-        else:
-            setattr(parent, last, layer)
-    graph_lib.sync_widths(new)
-    new.eval()
-    return new
