@@ -8,7 +8,7 @@ Run from the repository root::
     python -m benchmarks.baselines --markdown   # also print the README table
 
 * **Accuracy**: test accuracy (reported) and validation accuracy, each the mean of seeds
-  0, 1, 2 of every baseline in ``train.RECIPES``.
+  0, 1, 2 of every baseline in ``zoo.BASELINES``.
 * **Latency**: the seed-0 baselines timed interleaved (``measure.compare_latency``) at
   batch 1 and 256, median and IQR over the rounds. The models take different inputs, so
   no speed-up between them is quoted; interleaving keeps a slow moment of the machine
@@ -21,20 +21,20 @@ Run from the repository root::
   that fail. A checkpoint without a recorded split fails: it may have seen the validation
   images.
 
-Prints a readable table, then one JSON line per figure:
-``{"metric": NAME, "value": NUMBER, "unit": ..., "target": ...}``.
+Prints a readable table, then the figures (metric, value, unit, target) as a table;
+``--out results.jsonl`` appends them as JSON lines (``benchmarks._common``).
 """
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from benchmarks import _common
-from pruning_kit import data, measure, models, train
+from benchmarks._common import emit
+from pruning_kit import data, measure, models, train, zoo
 
 SEEDS = (0, 1, 2)
 BATCH_SIZES = (1, 256)
@@ -47,10 +47,6 @@ METRIC = {"mlp_fashion": "mlp_fashion_acc", "cnn_fashion": "cnn_fashion_acc",
 LABEL = {"mlp_fashion": "LeNet-300-100 (Fashion-MNIST)",
          "cnn_fashion": "SmallCNN 16/32 (Fashion-MNIST)",
          "mlp_digits": "MLP 64-128-64-10 (digits)"}
-
-
-def emit(metric: str, value: float, unit: str) -> None:
-    _common.emit(metric, value, unit, TARGETS)
 
 
 def tiled(x: np.ndarray, n: int) -> np.ndarray:
@@ -85,9 +81,9 @@ def checkpoint_dataset(stem: str, metadata: dict[str, Any]) -> str | None:
     if metadata.get("dataset"):
         return str(metadata["dataset"])
     source = str(metadata.get("from") or stem).split()[0]   # "cnn_fashion seed 0"
-    for key in sorted(train.RECIPES, key=len, reverse=True):
+    for key in sorted(zoo.BASELINES, key=len, reverse=True):
         if source == key or source.startswith(key + "_"):
-            return train.RECIPES[key]["dataset"]
+            return zoo.BASELINES[key]["dataset"]
     return None
 
 
@@ -99,7 +95,7 @@ def val_split_disjoint(datasets: dict[str, data.Dataset]) -> int:
         if not disjoint:
             ok = False
             print(f"{name}: train/validation split is not a partition: {why}")
-    folder = train.checkpoint_path("x").parent
+    folder = zoo.checkpoint_path("x").parent
     paths = sorted(Path(folder).glob("*.npz"))
     failures = []
     for path in paths:
@@ -129,7 +125,7 @@ def val_split_disjoint(datasets: dict[str, data.Dataset]) -> int:
 
 # --------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = _common.argument_parser(__doc__)
     parser.add_argument("--retrain", action="store_true",
                         help="retrain every baseline seed from its recipe before measuring")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table too")
@@ -138,62 +134,64 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=int, default=5,
                         help="timed calls per model per round (their median is the round's)")
     args = parser.parse_args(argv)
+    with _common.reporting(args.out, TARGETS):
 
-    print(measure.machine_summary())
-    datasets = {name: data.load(name) for name in ("fashion_mnist", "digits")}
-    accs: dict[str, list[float]] = {}
-    vals: dict[str, list[float]] = {}
-    rows, seed0 = [], {}
-    for name in train.RECIPES:
-        ds = datasets[train.RECIPES[name]["dataset"]]
-        accs[name], vals[name] = [], []
-        for seed in SEEDS:
-            model = train.baseline(name, seed, retrain=args.retrain, dataset=ds, progress=False)
-            accs[name].append(100 * train.evaluate(model, ds.x_test, ds.y_test))
-            vals[name].append(100 * train.evaluate(model, ds.x_val, ds.y_val))
-            if seed == 0:
-                seed0[name] = model
-                rows.append(measure.measure(model, ds.x_test, ds.y_test, name=LABEL[name],
-                                            batch_sizes=()))
-        print(f"{LABEL[name]}: test accuracy {np.mean(accs[name]):.2f} +- "
-              f"{np.std(accs[name]):.2f}% (validation {np.mean(vals[name]):.2f} +- "
-              f"{np.std(vals[name]):.2f}%) over seeds {SEEDS}; per seed test "
-              + ", ".join(f"{a:.2f}" for a in accs[name]))
+        print(measure.machine_summary())
+        datasets = {name: data.load(name) for name in ("fashion_mnist", "digits")}
+        accs: dict[str, list[float]] = {}
+        vals: dict[str, list[float]] = {}
+        rows, seed0 = [], {}
+        for name in zoo.BASELINES:
+            ds = datasets[zoo.BASELINES[name]["dataset"]]
+            accs[name], vals[name] = [], []
+            for seed in SEEDS:
+                model = zoo.baseline(name, seed, retrain=args.retrain, dataset=ds, progress=False)
+                accs[name].append(100 * train.evaluate(model, ds.x_test, ds.y_test))
+                vals[name].append(100 * train.evaluate(model, ds.x_val, ds.y_val))
+                if seed == 0:
+                    seed0[name] = model
+                    rows.append(measure.measure(model, ds.x_test, ds.y_test, name=LABEL[name],
+                                                batch_sizes=()))
+            print(f"{LABEL[name]}: test accuracy {np.mean(accs[name]):.2f} +- "
+                  f"{np.std(accs[name]):.2f}% (validation {np.mean(vals[name]):.2f} +- "
+                  f"{np.std(vals[name]):.2f}%) over seeds {SEEDS}; per seed test "
+                  + ", ".join(f"{a:.2f}" for a in accs[name]))
 
-    for b in BATCH_SIZES:
-        timing = measure.compare_latency(
-            {LABEL[n]: m for n, m in seed0.items()},
-            {LABEL[n]: tiled(datasets[train.RECIPES[n]["dataset"]].x_val, b) for n in seed0},
-            rounds=args.rounds, runs=args.runs)
-        for row in rows:
-            s = timing[row["name"]]
-            row[f"latency_b{b}_ms"] = s.median_ms
-            row[f"latency_b{b}_iqr"] = (f"{s.iqr_ms[0]:#.3g}-{s.iqr_ms[1]:#.3g}"
-                                        if s.iqr_ms[1] < 100 else
-                                        f"{s.iqr_ms[0]:,.0f}-{s.iqr_ms[1]:,.0f}")
+        for b in BATCH_SIZES:
+            timing = measure.compare_latency(
+                {LABEL[n]: m for n, m in seed0.items()},
+                {LABEL[n]: tiled(datasets[zoo.BASELINES[n]["dataset"]].x_val, b) for n in seed0},
+                rounds=args.rounds, runs=args.runs)
+            for row in rows:
+                s = timing[row["name"]]
+                row[f"latency_b{b}_ms"] = s.median_ms
+                row[f"latency_b{b}_iqr"] = (f"{s.iqr_ms[0]:#.3g}-{s.iqr_ms[1]:#.3g}"
+                                            if s.iqr_ms[1] < 100 else
+                                            f"{s.iqr_ms[0]:,.0f}-{s.iqr_ms[1]:,.0f}")
 
-    for row, name in zip(rows, train.RECIPES, strict=True):
-        row["accuracy"] = float(np.mean(accs[name]))  # mean of the seeds, not seed 0 alone
-        row["val_accuracy_pct"] = float(np.mean(vals[name]))
-    columns = ["name", "accuracy", "val_accuracy_pct", "params", "serialized_bytes", "macs"]
-    columns += [f"latency_b{b}_{k}" for b in BATCH_SIZES for k in ("ms", "iqr")]
-    table = measure.Table(rows, columns, title=(
-        f"accuracy: test (reported) and validation, mean of seeds {SEEDS}; latency: seed 0, "
-        f"median and IQR (ms) of {args.rounds} interleaved rounds of {args.runs} calls"))
-    print()
-    print(table)
-    if args.markdown:
+        for row, name in zip(rows, zoo.BASELINES, strict=True):
+            # mean of the seeds, not seed 0 alone; a Table shows the fraction as a percent
+            row["accuracy"] = float(np.mean(accs[name])) / 100
+            row["val_accuracy_pct"] = float(np.mean(vals[name]))
+        columns = ["name", "accuracy", "val_accuracy_pct", "params", "serialized_bytes", "macs"]
+        columns += [f"latency_b{b}_{k}" for b in BATCH_SIZES for k in ("ms", "iqr")]
+        table = measure.Table(rows, columns, title=(
+            f"accuracy: test (reported) and validation, mean of seeds {SEEDS}; latency: seed 0, "
+            f"median and IQR (ms) of {args.rounds} interleaved rounds of {args.runs} calls"))
         print()
-        print(table.to_markdown())
-    print()
-    disjoint = val_split_disjoint(dict(datasets))
-    print()
-    for name, metric in METRIC.items():
-        emit(metric, np.mean(accs[name]), "percent")
-    for name, metric in METRIC.items():
-        emit(metric.replace("_acc", "_val_acc"), np.mean(vals[name]), "percent")
-    emit("cnn_params", models.num_params(models.small_cnn()), "parameters")
-    emit("val_split_disjoint", disjoint, "1 = every checkpoint's split is current and disjoint")
+        print(table)
+        if args.markdown:
+            print()
+            print(table.to_markdown())
+        print()
+        disjoint = val_split_disjoint(dict(datasets))
+        print()
+        for name, metric in METRIC.items():
+            emit(metric, np.mean(accs[name]), "percent")
+        for name, metric in METRIC.items():
+            emit(metric.replace("_acc", "_val_acc"), np.mean(vals[name]), "percent")
+        emit("cnn_params", models.num_params(models.small_cnn()), "parameters")
+        emit("val_split_disjoint", disjoint, "1 = every checkpoint's split is current and disjoint")
 
 
 if __name__ == "__main__":

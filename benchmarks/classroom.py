@@ -7,7 +7,8 @@ Run from the repository root::
     python -m benchmarks.classroom --skip-teacher           # solutions_pass read from the
                                                             # committed outputs (nbval runs them)
 
-Prints one JSON line per figure (``benchmarks._common.emit``):
+Prints the figures (metric, value, unit, target) as a table; ``--out results.jsonl``
+appends them as JSON lines (``benchmarks._common``):
 
 * ``graded_exercises``: graded exercises in all notebooks (``per_notebook`` counts).
 * ``student_fail_as_expected``: graded test cells that fail with their exercise's
@@ -27,7 +28,6 @@ bytes ``make classroom`` writes).
 
 from __future__ import annotations
 
-import argparse
 import copy
 import importlib.util
 import sys
@@ -36,6 +36,7 @@ from pathlib import Path
 
 import nbformat
 
+from benchmarks import _common
 from benchmarks._common import emit
 from pruning_kit import classroom
 
@@ -113,55 +114,56 @@ def autograde_ok(name: str, teacher_path: Path) -> tuple[bool, dict]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = _common.argument_parser(__doc__)
     parser.add_argument("--notebooks", nargs="*", default=[],
                         help="notebook numbers to execute, e.g. 00 02 (default all)")
     parser.add_argument("--skip-teacher", action="store_true",
                         help="check the teacher solutions on the committed outputs instead "
                              "of executing the teacher notebooks")
     args = parser.parse_args(argv)
-    paths = sorted(NOTEBOOKS.glob(classroom.PATTERN))
-    teacher = {p.stem: nbformat.read(p, as_version=4) for p in paths}
-    chosen = [n for n in teacher if not args.notebooks or n[:2] in args.notebooks]
-    helpers = _test_helpers()
+    with _common.reporting(args.out, TARGETS):
+        paths = sorted(NOTEBOOKS.glob(classroom.PATTERN))
+        teacher = {p.stem: nbformat.read(p, as_version=4) for p in paths}
+        chosen = [n for n in teacher if not args.notebooks or n[:2] in args.notebooks]
+        helpers = _test_helpers()
 
-    counts = {n: len(classroom.graded_cells(nb, n)) for n, nb in teacher.items()}
-    emit("graded_exercises", sum(counts.values()), "count", TARGETS, per_notebook=counts,
-         at_least_2_everywhere=all(c >= 2 for c in counts.values()))
+        counts = {n: len(classroom.graded_cells(nb, n)) for n, nb in teacher.items()}
+        emit("graded_exercises", sum(counts.values()), "count", per_notebook=counts,
+             at_least_2_everywhere=all(c >= 2 for c in counts.values()))
 
-    blank = {n: helpers.blank_self_checks(nb, classroom.student_notebook(nb, n))
-             for n, nb in teacher.items()}
-    emit("self_checks_blank_in_student", int(not any(blank.values())), "bool", TARGETS,
-         self_checks=sum(len(helpers.tagged(nb, classroom.SELF_CHECK))
-                         for nb in teacher.values()),
-         not_blank={n: ids for n, ids in blank.items() if ids})
+        blank = {n: helpers.blank_self_checks(nb, classroom.student_notebook(nb, n))
+                 for n, nb in teacher.items()}
+        emit("self_checks_blank_in_student", int(not any(blank.values())), "bool",
+             self_checks=sum(len(helpers.tagged(nb, classroom.SELF_CHECK))
+                             for nb in teacher.values()),
+             not_blank={n: ids for n, ids in blank.items() if ids})
 
-    expected = total = 0
-    other: list[str] = []
-    example = None
-    for name in chosen:
-        e, t, o, ex = student_run(name, teacher[name])
-        expected, total, other, example = expected + e, total + t, other + o, example or ex
-        print(f"{name}: {e}/{t} graded tests fail with their hint, {len(o)} other errors",
-              file=sys.stderr)
-    emit("student_fail_as_expected", expected, "count", TARGETS, graded_exercises_run=total,
-         other_errors=other, notebooks=[n[:2] for n in chosen])
+        expected = total = 0
+        other: list[str] = []
+        example = None
+        for name in chosen:
+            e, t, o, ex = student_run(name, teacher[name])
+            expected, total, other, example = expected + e, total + t, other + o, example or ex
+            print(f"{name}: {e}/{t} graded tests fail with their hint, {len(o)} other errors",
+                  file=sys.stderr)
+        emit("student_fail_as_expected", expected, "count", graded_exercises_run=total,
+             other_errors=other, notebooks=[n[:2] for n in chosen])
 
-    bad = [b for name in chosen for b in solutions_pass(name, teacher[name], args.skip_teacher)]
-    emit("solutions_pass", int(not bad), "bool", TARGETS, failing=bad,
-         source="committed outputs" if args.skip_teacher else "executed")
+        bad = [b for name in chosen for b in solutions_pass(name, teacher[name], args.skip_teacher)]
+        emit("solutions_pass", int(not bad), "bool", failing=bad,
+             source="committed outputs" if args.skip_teacher else "executed")
 
-    with tempfile.TemporaryDirectory(prefix="classroom-fixture-") as tmp:
-        (Path(tmp) / "99_mini.ipynb").write_bytes(FIXTURE.read_bytes())
-        results = {"fixture": autograde_ok("99_mini", Path(tmp) / "99_mini.ipynb")}
-    if "00" in [n[:2] for n in chosen]:
-        results["00"] = autograde_ok(paths[0].stem, paths[0])
-    emit("autograde_scores_ok", int(all(ok for ok, _ in results.values())), "bool", TARGETS,
-         **{f"scores_{k}": v for k, (_, v) in results.items()})
+        with tempfile.TemporaryDirectory(prefix="classroom-fixture-") as tmp:
+            (Path(tmp) / "99_mini.ipynb").write_bytes(FIXTURE.read_bytes())
+            results = {"fixture": autograde_ok("99_mini", Path(tmp) / "99_mini.ipynb")}
+        if "00" in [n[:2] for n in chosen]:
+            results["00"] = autograde_ok(paths[0].stem, paths[0])
+        emit("autograde_scores_ok", int(all(ok for ok, _ in results.values())), "bool",
+             **{f"scores_{k}": v for k, (_, v) in results.items()})
 
-    if example:
-        print(f"\nA graded cell of a student notebook:\n\n{example[0]}\n\nIts test cell "
-              f"fails with:\n\n{example[1]}", file=sys.stderr)
+        if example:
+            print(f"\nA graded cell of a student notebook:\n\n{example[0]}\n\nIts test cell "
+                  f"fails with:\n\n{example[1]}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
     python -m benchmarks.deploy            # about 2 minutes on 2 cores
 
 Models: the cached LeNet-300-100 (``mlp_fashion``), SmallCNN (``cnn_fashion``) and its
-channel-removed copy (``recipes.half_mac_cnn``), seed 0, and their W8A8 integer versions
+channel-removed copy (``zoo.half_mac_cnn``), seed 0, and their W8A8 integer versions
 (``w8a8.quantize_model``, calibrated on 2,000 validation images). Each is exported to ONNX
 (``export.to_onnx``: float with BatchNorm folded, and int8 QDQ), reloaded in ONNX Runtime
 and compared with JAX on the whole Fashion-MNIST test set. ONNX Runtime's own
@@ -17,12 +17,12 @@ speed-up is taken per round with its spread. ONNX Runtime runs with 2 intra-op t
 (this machine's cores), sequential execution; XLA:CPU uses its own pool on the same cores.
 StableHLO: the channel-removed int8 model is exported with ``export.to_stablehlo`` and run
 in a fresh Python process that imports only JAX and NumPy; its logits must be identical.
-Prints tables, then one JSON line per figure.
+Prints tables, then the figures (metric, value, unit, target) as a table;
+``--out results.jsonl`` appends them as JSON lines (``benchmarks._common``).
 """
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 import tempfile
@@ -34,8 +34,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from benchmarks._common import emit as _emit
-from pruning_kit import data, export, graph, measure, recipes, train, w8a8
+from benchmarks import _common
+from benchmarks._common import emit
+from pruning_kit import data, export, graph, measure, w8a8, zoo
 from pruning_kit.table import Table
 
 TARGETS = {
@@ -52,10 +53,6 @@ TARGETS = {
 }
 THREADS = 2
 CALIB = 2000
-
-
-def emit(metric: str, value: float, unit: str, **extra) -> None:
-    _emit(metric, value, unit, TARGETS, **extra)
 
 
 def jax_forward(model):
@@ -107,139 +104,141 @@ print("pruning_kit imported:", "pruning_kit" in sys.modules)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = _common.argument_parser(__doc__)
     parser.add_argument("--rounds", type=int, default=15)
     args = parser.parse_args(argv)
-    t_start = time.time()
-    print(measure.machine_summary())
-    ds = data.load_fashion_mnist()
-    xt, yt = ds.x_test, ds.y_test
-    calib = ds.x_val[:CALIB]
-    folder = Path(tempfile.mkdtemp(prefix="deploy_"))
+    with _common.reporting(args.out, TARGETS):
+        t_start = time.time()
+        print(measure.machine_summary())
+        ds = data.load_fashion_mnist()
+        xt, yt = ds.x_test, ds.y_test
+        calib = ds.x_val[:CALIB]
+        folder = Path(tempfile.mkdtemp(prefix="deploy_"))
 
-    floats = {"mlp": train.baseline("mlp_fashion", 0, progress=False),
-              "cnn": train.baseline("cnn_fashion", 0, progress=False),
-              "cnn_removed": recipes.half_mac_cnn(0, progress=False)}
-    ints = {k: w8a8.quantize_model(m, calib) for k, m in floats.items()}
+        floats = {"mlp": zoo.baseline("mlp_fashion", 0, progress=False),
+                  "cnn": zoo.baseline("cnn_fashion", 0, progress=False),
+                  "cnn_removed": zoo.half_mac_cnn(0, progress=False)}
+        ints = {k: w8a8.quantize_model(m, calib) for k, m in floats.items()}
 
-    rows, ort, files = [], {}, {}
-    for name, model in floats.items():
-        fpath = export.to_onnx(model, calib[:2], folder / f"{name}.onnx")
-        ipath = export.to_onnx(ints[name], calib[:2], folder / f"{name}_int8.onnx")
-        qpath = ort_quantize_static(fpath, folder / f"{name}_ortquant.onnx", calib)
-        rpath = ort_quantize_static(fpath, folder / f"{name}_ortquant7.onnx", calib,
-                                    reduce_range=True)
-        files[name] = (fpath, ipath, qpath)
-        ort[name + "_ortquant7"] = export.load_onnx(rpath, threads=THREADS, spinning=False)
-        ort[name] = export.load_onnx(fpath, threads=THREADS, spinning=False)
-        ort[name + "_int8"] = export.load_onnx(ipath, threads=THREADS, spinning=False)
-        ort[name + "_ortquant"] = export.load_onnx(qpath, threads=THREADS, spinning=False)
-        ref = logits_of(jax_forward(model), jnp.asarray(xt))
-        got = logits_of(ort[name], xt)
-        int_ref = logits_of(ints[name], jnp.asarray(xt))
-        int_got = logits_of(ort[name + "_int8"], xt)
-        peer = logits_of(ort[name + "_ortquant"], xt)
-        peer7 = logits_of(ort[name + "_ortquant7"], xt)
-        acc = lambda z: 100 * float(np.mean(z.argmax(-1) == yt))  # noqa: E731
-        rows.append({
-            "model": name, "jax_float_acc": acc(ref), "onnx_float_acc": acc(got),
-            "float_maxdiff": float(np.abs(ref - got).max()),
-            "w8a8_jax_acc": acc(int_ref), "onnx_int8_acc": acc(int_got),
-            "int8_agree_pct": 100 * float(np.mean(int_ref.argmax(-1) == int_got.argmax(-1))),
-            "ortquant_acc": acc(peer), "ortquant_7bit_acc": acc(peer7),
-            "onnx_float_bytes": fpath.stat().st_size, "onnx_int8_bytes": ipath.stat().st_size,
-            "ortquant_bytes": qpath.stat().st_size})
-    print(Table(rows, title="ONNX exports vs JAX, whole Fashion-MNIST test set (10,000)"))
-    for name, (fpath, ipath, _) in files.items():
-        print(f"{name}: float ops {export.describe_onnx(fpath)['ops']}")
-        print(f"{' ' * len(name)}  int8 ops  {export.describe_onnx(ipath)['ops']}")
+        rows, ort, files = [], {}, {}
+        for name, model in floats.items():
+            fpath = export.to_onnx(model, calib[:2], folder / f"{name}.onnx")
+            ipath = export.to_onnx(ints[name], calib[:2], folder / f"{name}_int8.onnx")
+            qpath = ort_quantize_static(fpath, folder / f"{name}_ortquant.onnx", calib)
+            rpath = ort_quantize_static(fpath, folder / f"{name}_ortquant7.onnx", calib,
+                                        reduce_range=True)
+            files[name] = (fpath, ipath, qpath)
+            ort[name + "_ortquant7"] = export.load_onnx(rpath, threads=THREADS, spinning=False)
+            ort[name] = export.load_onnx(fpath, threads=THREADS, spinning=False)
+            ort[name + "_int8"] = export.load_onnx(ipath, threads=THREADS, spinning=False)
+            ort[name + "_ortquant"] = export.load_onnx(qpath, threads=THREADS, spinning=False)
+            ref = logits_of(jax_forward(model), jnp.asarray(xt))
+            got = logits_of(ort[name], xt)
+            int_ref = logits_of(ints[name], jnp.asarray(xt))
+            int_got = logits_of(ort[name + "_int8"], xt)
+            peer = logits_of(ort[name + "_ortquant"], xt)
+            peer7 = logits_of(ort[name + "_ortquant7"], xt)
+            acc = lambda z: 100 * float(np.mean(z.argmax(-1) == yt))  # noqa: E731
+            rows.append({
+                "model": name, "jax_float_acc": acc(ref), "onnx_float_acc": acc(got),
+                "float_maxdiff": float(np.abs(ref - got).max()),
+                "w8a8_jax_acc": acc(int_ref), "onnx_int8_acc": acc(int_got),
+                "int8_agree_pct": 100 * float(np.mean(int_ref.argmax(-1) == int_got.argmax(-1))),
+                "ortquant_acc": acc(peer), "ortquant_7bit_acc": acc(peer7),
+                "onnx_float_bytes": fpath.stat().st_size, "onnx_int8_bytes": ipath.stat().st_size,
+                "ortquant_bytes": qpath.stat().st_size})
+        print(Table(rows, title="ONNX exports vs JAX, whole Fashion-MNIST test set (10,000)"))
+        for name, (fpath, ipath, _) in files.items():
+            print(f"{name}: float ops {export.describe_onnx(fpath)['ops']}")
+            print(f"{' ' * len(name)}  int8 ops  {export.describe_onnx(ipath)['ops']}")
 
-    # ------------------------------------------------------------------ latency
-    jax_c = {"jax mlp": jax_forward(floats["mlp"]), "jax mlp w8a8": ints["mlp"],
-             "jax cnn": jax_forward(floats["cnn"]),
-             "jax cnn removed": jax_forward(floats["cnn_removed"]),
-             "jax cnn w8a8": ints["cnn"], "jax cnn removed w8a8": ints["cnn_removed"]}
-    ort_c = {"ort mlp": ort["mlp"], "ort mlp int8": ort["mlp_int8"],
-             "ort mlp ortquant": ort["mlp_ortquant"],
-             "ort cnn": ort["cnn"], "ort cnn int8": ort["cnn_int8"],
-             "ort cnn removed": ort["cnn_removed"],
-             "ort cnn removed int8": ort["cnn_removed_int8"],
-             "ort cnn ortquant": ort["cnn_ortquant"],
-             "ort cnn ortquant 7-bit": ort["cnn_ortquant7"]}
-    timings = {}
-    for b in (256, 1):
-        xb = np.asarray(ds.x_val[:b])
-        cands = {**jax_c, **ort_c}
-        batches = {k: (jnp.asarray(xb) if k.startswith("jax") else xb) for k in cands}
-        r = measure.compare_latency(cands, batches, rounds=args.rounds,
-                                    runs=5 if b > 1 else 20, warmup=3, jit=False,
-                                    baseline="jax cnn")
-        timings[b] = r
-        print(r.table(title=f"batch {b}: median of {r.rounds} interleaved rounds "
-                            f"({r.runs} calls each); speed-up vs JAX dense CNN, per round"))
+        # ------------------------------------------------------------------ latency
+        jax_c = {"jax mlp": jax_forward(floats["mlp"]), "jax mlp w8a8": ints["mlp"],
+                 "jax cnn": jax_forward(floats["cnn"]),
+                 "jax cnn removed": jax_forward(floats["cnn_removed"]),
+                 "jax cnn w8a8": ints["cnn"], "jax cnn removed w8a8": ints["cnn_removed"]}
+        ort_c = {"ort mlp": ort["mlp"], "ort mlp int8": ort["mlp_int8"],
+                 "ort mlp ortquant": ort["mlp_ortquant"],
+                 "ort cnn": ort["cnn"], "ort cnn int8": ort["cnn_int8"],
+                 "ort cnn removed": ort["cnn_removed"],
+                 "ort cnn removed int8": ort["cnn_removed_int8"],
+                 "ort cnn ortquant": ort["cnn_ortquant"],
+                 "ort cnn ortquant 7-bit": ort["cnn_ortquant7"]}
+        timings = {}
+        for b in (256, 1):
+            xb = np.asarray(ds.x_val[:b])
+            cands = {**jax_c, **ort_c}
+            batches = {k: (jnp.asarray(xb) if k.startswith("jax") else xb) for k in cands}
+            r = measure.compare_latency(cands, batches, rounds=args.rounds,
+                                        runs=5 if b > 1 else 20, warmup=3, jit=False,
+                                        baseline="jax cnn")
+            timings[b] = r
+            print(r.table(title=f"batch {b}: median of {r.rounds} interleaved rounds "
+                                f"({r.runs} calls each); speed-up vs JAX dense CNN, per round"))
 
-    def ratio(b: int, slow: str, fast: str):
-        r = timings[b]
-        sub = measure.LatencyComparison({slow: r.times_ms[slow], fast: r.times_ms[fast]},
-                                        slow, r.runs)
-        return sub[fast]
+        def ratio(b: int, slow: str, fast: str):
+            r = timings[b]
+            sub = measure.LatencyComparison({slow: r.times_ms[slow], fast: r.times_ms[fast]},
+                                            slow, r.runs)
+            return sub[fast]
 
-    # ------------------------------------------------------------------ StableHLO
-    spath = export.to_stablehlo(ints["cnn_removed"], calib[:2], folder / "cnn_removed.stablehlo")
-    np.save(folder / "x.npy", xt)
-    proc = subprocess.run([sys.executable, "-c", STABLEHLO_CHECK, str(spath),
-                           str(folder / "x.npy"), str(folder / "out.npy")],
-                          capture_output=True, text=True, check=True)
-    shlo = np.load(folder / "out.npy")
-    here = logits_of(export.load_stablehlo(spath), xt)
-    identical = bool(np.array_equal(shlo, here))
-    live = float(np.abs(shlo - logits_of(ints["cnn_removed"], jnp.asarray(xt))).max())
-    print(f"StableHLO: {spath.stat().st_size:,} B, reloaded in a fresh process "
-          f"({proc.stdout.strip()}); its logits on 10,000 test images identical to this "
-          f"process's: {identical}; max |diff| vs the live IntegerModel: {live:.2g} (XLA "
-          f"compiles embedded weights with different fusions, so float rounding differs)")
+        # ------------------------------------------------------------------ StableHLO
+        spath = export.to_stablehlo(ints["cnn_removed"], calib[:2],
+                                    folder / "cnn_removed.stablehlo")
+        np.save(folder / "x.npy", xt)
+        proc = subprocess.run([sys.executable, "-c", STABLEHLO_CHECK, str(spath),
+                               str(folder / "x.npy"), str(folder / "out.npy")],
+                              capture_output=True, text=True, check=True)
+        shlo = np.load(folder / "out.npy")
+        here = logits_of(export.load_stablehlo(spath), xt)
+        identical = bool(np.array_equal(shlo, here))
+        live = float(np.abs(shlo - logits_of(ints["cnn_removed"], jnp.asarray(xt))).max())
+        print(f"StableHLO: {spath.stat().st_size:,} B, reloaded in a fresh process "
+              f"({proc.stdout.strip()}); its logits on 10,000 test images identical to this "
+              f"process's: {identical}; max |diff| vs the live IntegerModel: {live:.2g} (XLA "
+              f"compiles embedded weights with different fusions, so float rounding differs)")
 
-    # ------------------------------------------------------------------ figures
-    best_cnn = min(("ort cnn", "ort cnn int8", "ort cnn removed", "ort cnn removed int8"),
-                   key=lambda k: timings[256][k].median_ms)
-    emit("onnx_float_maxdiff", max(r["float_maxdiff"] for r in rows), "logit",
-         per_model={r["model"]: r["float_maxdiff"] for r in rows})
-    emit("onnx_int8_agree_pct", min(r["int8_agree_pct"] for r in rows), "%",
-         per_model={r["model"]: r["int8_agree_pct"] for r in rows})
-    emit("onnx_int8_delta", min(r["onnx_int8_acc"] - r["onnx_float_acc"] for r in rows), "pt",
-         per_model={r["model"]: r["onnx_int8_acc"] - r["onnx_float_acc"] for r in rows})
-    emit("onnx_int8_vs_w8a8_pt", max(abs(r["onnx_int8_acc"] - r["w8a8_jax_acc"])
-                                     for r in rows), "pt")
-    for key, model in (("mlp", "mlp"), ("cnn", "cnn")):
-        s = ratio(256, f"ort {model}", f"ort {model} int8")
-        emit(f"ort_int8_speedup_{key}_b256", s.speedup, "x", iqr=s.speedup_iqr,
+        # ------------------------------------------------------------------ figures
+        best_cnn = min(("ort cnn", "ort cnn int8", "ort cnn removed", "ort cnn removed int8"),
+                       key=lambda k: timings[256][k].median_ms)
+        emit("onnx_float_maxdiff", max(r["float_maxdiff"] for r in rows), "logit",
+             per_model={r["model"]: r["float_maxdiff"] for r in rows})
+        emit("onnx_int8_agree_pct", min(r["int8_agree_pct"] for r in rows), "%",
+             per_model={r["model"]: r["int8_agree_pct"] for r in rows})
+        emit("onnx_int8_delta", min(r["onnx_int8_acc"] - r["onnx_float_acc"] for r in rows), "pt",
+             per_model={r["model"]: r["onnx_int8_acc"] - r["onnx_float_acc"] for r in rows})
+        emit("onnx_int8_vs_w8a8_pt", max(abs(r["onnx_int8_acc"] - r["w8a8_jax_acc"])
+                                         for r in rows), "pt")
+        for key, model in (("mlp", "mlp"), ("cnn", "cnn")):
+            s = ratio(256, f"ort {model}", f"ort {model} int8")
+            emit(f"ort_int8_speedup_{key}_b256", s.speedup, "x", iqr=s.speedup_iqr,
+                 min_max=s.speedup_min_max)
+        s = ratio(256, "jax cnn", best_cnn)
+        emit("ort_vs_jax_cnn_b256", s.speedup, "x", iqr=s.speedup_iqr, min_max=s.speedup_min_max,
+             best=best_cnn)
+        s = ratio(1, "ort cnn", "ort cnn removed")
+        emit("ort_removal_speedup_b1", s.speedup, "x", iqr=s.speedup_iqr,
              min_max=s.speedup_min_max)
-    s = ratio(256, "jax cnn", best_cnn)
-    emit("ort_vs_jax_cnn_b256", s.speedup, "x", iqr=s.speedup_iqr, min_max=s.speedup_min_max,
-         best=best_cnn)
-    s = ratio(1, "ort cnn", "ort cnn removed")
-    emit("ort_removal_speedup_b1", s.speedup, "x", iqr=s.speedup_iqr,
-         min_max=s.speedup_min_max)
-    for b in (1, 256):
-        s = ratio(b, "ort mlp", "ort mlp ortquant")
-        emit(f"ort_quantize_static_speedup_mlp_b{b}", s.speedup, "x", iqr=s.speedup_iqr)
-        s = ratio(b, "ort cnn", "ort cnn ortquant")
-        emit(f"ort_quantize_static_speedup_cnn_b{b}", s.speedup, "x", iqr=s.speedup_iqr)
-        s = ratio(b, "jax cnn", "ort cnn")
-        emit(f"ort_float_vs_jax_cnn_b{b}", s.speedup, "x", iqr=s.speedup_iqr)
-        s = ratio(b, "jax mlp", "ort mlp")
-        emit(f"ort_float_vs_jax_mlp_b{b}", s.speedup, "x", iqr=s.speedup_iqr)
-    s = ratio(1, "ort mlp", "ort mlp int8")
-    emit("ort_int8_speedup_mlp_b1", s.speedup, "x", iqr=s.speedup_iqr)
-    emit("ort_vs_ortquant_delta", min(r["onnx_int8_acc"] - r["ortquant_acc"] for r in rows),
-         "pt", per_model={r["model"]: r["onnx_int8_acc"] - r["ortquant_acc"] for r in rows})
-    emit("stablehlo_identical", int(identical), "bool", maxdiff_vs_live_model=live)
-    emit("ort_vs_ortquant7_delta", min(r["onnx_int8_acc"] - r["ortquant_7bit_acc"]
-                                       for r in rows), "pt",
-         per_model={r["model"]: r["onnx_int8_acc"] - r["ortquant_7bit_acc"] for r in rows})
-    s = ratio(256, "ort cnn", "ort cnn ortquant 7-bit")
-    emit("ort_quantize_static_7bit_speedup_cnn_b256", s.speedup, "x", iqr=s.speedup_iqr)
-    emit("deploy_benchmark_seconds", time.time() - t_start, "s")
+        for b in (1, 256):
+            s = ratio(b, "ort mlp", "ort mlp ortquant")
+            emit(f"ort_quantize_static_speedup_mlp_b{b}", s.speedup, "x", iqr=s.speedup_iqr)
+            s = ratio(b, "ort cnn", "ort cnn ortquant")
+            emit(f"ort_quantize_static_speedup_cnn_b{b}", s.speedup, "x", iqr=s.speedup_iqr)
+            s = ratio(b, "jax cnn", "ort cnn")
+            emit(f"ort_float_vs_jax_cnn_b{b}", s.speedup, "x", iqr=s.speedup_iqr)
+            s = ratio(b, "jax mlp", "ort mlp")
+            emit(f"ort_float_vs_jax_mlp_b{b}", s.speedup, "x", iqr=s.speedup_iqr)
+        s = ratio(1, "ort mlp", "ort mlp int8")
+        emit("ort_int8_speedup_mlp_b1", s.speedup, "x", iqr=s.speedup_iqr)
+        emit("ort_vs_ortquant_delta", min(r["onnx_int8_acc"] - r["ortquant_acc"] for r in rows),
+             "pt", per_model={r["model"]: r["onnx_int8_acc"] - r["ortquant_acc"] for r in rows})
+        emit("stablehlo_identical", int(identical), "bool", maxdiff_vs_live_model=live)
+        emit("ort_vs_ortquant7_delta", min(r["onnx_int8_acc"] - r["ortquant_7bit_acc"]
+                                           for r in rows), "pt",
+             per_model={r["model"]: r["onnx_int8_acc"] - r["ortquant_7bit_acc"] for r in rows})
+        s = ratio(256, "ort cnn", "ort cnn ortquant 7-bit")
+        emit("ort_quantize_static_7bit_speedup_cnn_b256", s.speedup, "x", iqr=s.speedup_iqr)
+        emit("deploy_benchmark_seconds", time.time() - t_start, "s")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ Run from the repository root::
     python -m benchmarks.distillation --retrain     # remakes every cached student first
     python -m benchmarks.distillation --speed-only  # section 2 only (size, latency)
 
-The students are cached models (:mod:`pruning_kit.recipes`, ``data/checkpoints/
+The students are cached models (:mod:`pruning_kit.zoo`, ``data/checkpoints/
 student_cnn_*_seed<S>.npz`` and ``mlp_fashion_w2_*_seed<S>.npz``); a missing one is trained,
 nothing else is trained here. The one command that reproduces all of them is
 ``python -m benchmarks.distillation --retrain`` (about 8 minutes on 2 CPU cores: ten
@@ -15,29 +15,28 @@ nothing else is trained here. The one command that reproduces all of them is
 * **Data**: students train on the 55,000 training images; every choice is made on the
   fixed 5,000-image validation split (``ds.x_val``); the 10,000 test images are only
   reported.
-* **Teacher**: each seed's cached SmallCNN baseline (``train.baseline("cnn_fashion",
+* **Teacher**: each seed's cached SmallCNN baseline (``zoo.baseline("cnn_fashion",
   seed)``, 39,098 parameters), never retrained here.
-* **Choosing (T, alpha)**: :func:`pruning_kit.recipes.kd_grid` scores the plain CNN student
-  and the distilled one at each cell of ``recipes.KD_GRID`` on validation (seed 0, the full
-  student budget); :func:`pruning_kit.recipes.kd_choice` takes the best cell.
-* **Student vs control**: ``recipes.plain_student`` and ``recipes.kd_student`` -- the same
+* **Choosing (T, alpha)**: :func:`pruning_kit.zoo.kd_grid` scores the plain CNN student
+  and the distilled one at each cell of ``students.KD_GRID`` on validation (seed 0, the full
+  student budget); :func:`pruning_kit.zoo.kd_choice` takes the best cell.
+* **Student vs control**: ``students.plain_student`` and ``students.kd_student`` -- the same
   student (``models.student_cnn``, 5,462 parameters) trained with cross-entropy and with
   logit KD (teacher logits precomputed on the un-augmented training images) under the
-  *same* budget (``recipes.STUDENT_BUDGET``: epochs, batch, Adam with cosine decay, seed,
+  *same* budget (``students.STUDENT_BUDGET``: epochs, batch, Adam with cosine decay, seed,
   no augmentation), at the ``(T, alpha)`` chosen on validation; the FitNets-hinted student
-  (``recipes.hint_student``, seed 0) is printed.
+  (``students.hint_student``, seed 0) is printed.
 * **Size and speed**: parameters, MACs, and the batch-256 latency of teacher and students
   timed interleaved (``measure.compare_latency``): median speed-up over the teacher with
   its IQR; an IQR that contains 1.0 is "no measurable difference".
 * **KD as a recovery tool**: see :func:`run_recovery`.
 
-Prints the machine, tables, then one JSON line per figure:
-``{"metric": NAME, "value": NUMBER, "unit": ..., "target": ...}``.
+Prints the machine, tables, then the figures (metric, value, unit, target) as a table;
+``--out results.jsonl`` appends them as JSON lines (``benchmarks._common``).
 """
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import jax
@@ -45,7 +44,8 @@ import numpy as np
 from flax import nnx
 
 from benchmarks import _common
-from pruning_kit import data, measure, models, qat, recipes, train
+from benchmarks._common import emit
+from pruning_kit import data, measure, models, qat, students, train, zoo
 
 SEEDS = (0, 1, 2)
 GRID_SEED = 0
@@ -63,28 +63,20 @@ TARGETS = {
 }
 
 
-def emit(metric: str, value: float, unit: str) -> None:
-    _common.emit(metric, value, unit, TARGETS)
-
-
 def std(values) -> float:
     """Sample standard deviation (ddof=1) over seeds; 0 for a single seed."""
     return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
-def pct(model: nnx.Module, x: np.ndarray, y: np.ndarray) -> float:
-    return 100.0 * train.evaluate(model, x, y)
-
-
 # --------------------------------------------------------------------------- 1. students
 def choose_t_alpha(ds: data.Dataset, retrain: bool) -> tuple[tuple[float, float], list]:
-    """The (T, alpha) of ``recipes.KD_GRID`` with the best validation accuracy (seed 0)."""
-    scores = recipes.kd_grid(GRID_SEED, dataset=ds, retrain=retrain, progress=False)
+    """The (T, alpha) of ``students.KD_GRID`` with the best validation accuracy (seed 0)."""
+    scores = students.kd_grid(GRID_SEED, dataset=ds, retrain=retrain, progress=False)
     rows = [{"T": "-" if c == "plain" else c[0], "alpha": "0 (plain)" if c == "plain"
              else c[1], "val_pct": 100 * v,
              "vs_plain_delta": None if c == "plain" else 100 * (v - scores["plain"])}
             for c, v in scores.items()]
-    return recipes.kd_choice(scores), rows
+    return students.kd_choice(scores), rows
 
 
 def run_students(seed: int, ds: data.Dataset, t_alpha: tuple[float, float],
@@ -97,11 +89,12 @@ def run_students(seed: int, ds: data.Dataset, t_alpha: tuple[float, float],
         again = retrain and not (arch == "cnn" and seed == GRID_SEED)
         accs = {}
         for how, model in (
-                ("plain", recipes.plain_student(seed, arch=arch, retrain=again, dataset=ds,
+                ("plain", students.plain_student(seed, arch=arch, retrain=again, dataset=ds,
                                                 progress=False)),
-                ("KD", recipes.kd_student(seed, temperature=t, alpha=a, arch=arch,
+                ("KD", students.kd_student(seed, temperature=t, alpha=a, arch=arch,
                                           retrain=again, dataset=ds, progress=False))):
-            accs[how] = (pct(model, ds.x_val, ds.y_val), pct(model, ds.x_test, ds.y_test))
+            accs[how] = (100 * train.evaluate(model, ds.x_val, ds.y_val),
+                         100 * train.evaluate(model, ds.x_test, ds.y_test))
             rows.append({"student": student, "seed": seed, "training": how,
                          "val_pct": accs[how][0], "test_pct": accs[how][1]})
         rows[-1]["gain_delta"] = accs["KD"][1] - accs["plain"][1]
@@ -172,8 +165,8 @@ def run_recovery(seed: int, ds: data.Dataset, t_alpha: tuple[float, float],
 
     The compressed model is the 2-bit-weight QAT setting of ``benchmarks.quantization``
     (``qat.qat_loss(2, None, weight_method="mse")`` from the seed's cached
-    LeNet-300-100), fine-tuned by ``recipes.recovered_mlp`` (cached) on
-    ``recipes.RECOVERY["images"]`` training images for ``recipes.RECOVERY["epochs"]``
+    LeNet-300-100), fine-tuned by ``students.recovered_mlp`` (cached) on
+    ``students.RECOVERY["images"]`` training images for ``students.RECOVERY["epochs"]``
     epochs, a setting where plain fine-tuning leaves a clear gap. Plain = QAT's cross-entropy; KD =
     the same fake-quantized forward with :func:`pruning_kit.distill.kd_wrap` against the
     float MLP's logits (same seed), at the ``(T, alpha)`` chosen for the students. Same
@@ -182,13 +175,13 @@ def run_recovery(seed: int, ds: data.Dataset, t_alpha: tuple[float, float],
     """
     t, a = t_alpha
     test = (ds.x_test, ds.y_test)
-    dense = train.baseline("mlp_fashion", seed, progress=False)
-    dense_acc, ptq_acc = pct(dense, *test), w2_accuracy(dense, *test)
+    dense = zoo.baseline("mlp_fashion", seed, progress=False)
+    dense_acc, ptq_acc = 100 * train.evaluate(dense, *test), w2_accuracy(dense, *test)
     rows = []
-    small = {"plain": recipes.recovered_mlp(seed, retrain=retrain, dataset=ds, progress=False),
-             "KD": recipes.recovered_mlp(seed, temperature=t, alpha=a, retrain=retrain,
+    small = {"plain": students.recovered_mlp(seed, retrain=retrain, dataset=ds, progress=False),
+             "KD": students.recovered_mlp(seed, temperature=t, alpha=a, retrain=retrain,
                                          dataset=ds, progress=False)}
-    for setting, pair in ((f"{recipes.RECOVERY['images']:,} images", small),):
+    for setting, pair in ((f"{students.RECOVERY['images']:,} images", small),):
         accs = {how: w2_accuracy(m, *test) for how, m in pair.items()}
         for how, acc in accs.items():
             rows.append({"setting": setting, "seed": seed, "fine-tuning": how,
@@ -202,90 +195,91 @@ def run_recovery(seed: int, ds: data.Dataset, t_alpha: tuple[float, float],
 
 # --------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = _common.argument_parser(__doc__)
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     parser.add_argument("--rounds", type=int, default=30, help="interleaved timing rounds")
     parser.add_argument("--runs", type=int, default=5, help="timed calls per round")
     parser.add_argument("--retrain", action="store_true",
-                        help="remake every cached student (recipes.*_student, "
-                             "recipes.recovered_mlp); the teachers are never retrained")
+                        help="remake every cached student (students.*_student, "
+                             "students.recovered_mlp); the teachers are never retrained")
     parser.add_argument("--speed-only", action="store_true",
                         help="only section 2 (size and speed, about a minute): no training")
     args = parser.parse_args(argv)
-    start = time.perf_counter()
+    with _common.reporting(args.out, TARGETS):
+        start = time.perf_counter()
 
-    print(measure.machine_summary())
-    ds = data.load_fashion_mnist()
-    if args.speed_only:
-        speed = report_speed(train.baseline("cnn_fashion", args.seeds[0], progress=False),
-                             ds.x_test, args.rounds, args.runs)
+        print(measure.machine_summary())
+        ds = data.load_fashion_mnist()
+        if args.speed_only:
+            speed = report_speed(zoo.baseline("cnn_fashion", args.seeds[0], progress=False),
+                                 ds.x_test, args.rounds, args.runs)
+            emit_speed(speed)
+            return
+        print(f"split: {ds.split.describe()}; students train on ds.x_train, every choice on "
+              f"ds.x_val, the test set is only reported; seeds {tuple(args.seeds)}; budgets "
+              f"{students.STUDENT_BUDGET} (Adam with cosine decay, no augmentation)\n")
+
+        teachers = {}
+        for seed in args.seeds:
+            teachers[seed] = zoo.baseline("cnn_fashion", seed, progress=False)
+            print(f"teacher seed {seed}: SmallCNN validation "
+                  f"{100 * train.evaluate(teachers[seed], ds.x_val, ds.y_val):.2f}%, test "
+                  f"{100 * train.evaluate(teachers[seed], ds.x_test, ds.y_test):.2f}%")
+
+        print(f"\n1. Choosing (T, alpha) on validation (CNN student, seed {GRID_SEED})")
+        t_alpha, grid = choose_t_alpha(ds, args.retrain)
+        print(measure.Table(grid, ["T", "alpha", "val_pct", "vs_plain_delta"]))
+        print(f"chosen: T = {t_alpha[0]:g}, alpha = {t_alpha[1]:g}\n")
+
+        rows = []
+        for seed in args.seeds:
+            rows += run_students(seed, ds, t_alpha, args.retrain)
+        print("Students, plain vs KD (same budget); gain = KD test - plain test")
+        print(measure.Table(rows, ["student", "seed", "training", "val_pct", "test_pct",
+                                   "gain_delta"]))
+        gains = {s: [r["gain_delta"] for r in rows if r["student"] == s and "gain_delta" in r]
+                 for s in STUDENTS}
+        for s, g in gains.items():
+            accs = {how: [r["test_pct"] for r in rows if r["student"] == s
+                          and r["training"] == how] for how in ("plain", "KD")}
+            print(f"{s}: plain {np.mean(accs['plain']):.2f} +- {std(accs['plain']):.2f}%, KD "
+                  f"{np.mean(accs['KD']):.2f} +- {std(accs['KD']):.2f}%, gain "
+                  f"{np.mean(g):+.2f} +- {std(g):.2f} pts (mean +- sample std; per seed "
+                  + ", ".join(f"{v:+.2f}" for v in g) + ")")
+        hint = students.hint_student(GRID_SEED, temperature=t_alpha[0], alpha=t_alpha[1],
+                                    retrain=args.retrain, dataset=ds, progress=False)
+        print(f"CNN 4/8 with logit KD + {students.HINT['layer']} hint (seed {GRID_SEED}): "
+              f"validation {100 * train.evaluate(hint, ds.x_val, ds.y_val):.2f}%, test "
+              f"{100 * train.evaluate(hint, ds.x_test, ds.y_test):.2f}%")
+
+        speed = report_speed(teachers[args.seeds[0]], ds.x_test, args.rounds, args.runs)
+
+        print("\n3. KD as a recovery tool (2-bit QAT of LeNet-300-100, teacher = its float "
+              f"model, T = {t_alpha[0]:g}, alpha = {t_alpha[1]:g}, "
+              f"Adam {students.RECOVERY['learning_rate']:g})")
+        rec = []
+        for seed in args.seeds:
+            rec += run_recovery(seed, ds, t_alpha, args.retrain)
+        print(measure.Table(rec, ["setting", "seed", "fine-tuning", "test_pct", "gap_delta",
+                                  "gap_closed"]))
+        fractions = {}
+        for setting in dict.fromkeys(r["setting"] for r in rec):
+            done = [r for r in rec if r["setting"] == setting and "closed" in r]
+            fractions[setting] = [r["closed"] for r in done]
+            plain = [r["test_pct"] for r in rec if r["setting"] == setting
+                     and r["fine-tuning"] == "plain"]
+            kd = [r["test_pct"] for r in done]
+            print(f"{setting}: float {np.mean([r['dense_pct'] for r in done]):.2f}%, PTQ "
+                  f"{np.mean([r['ptq_pct'] for r in done]):.2f}%, plain fine-tuning "
+                  f"{np.mean(plain):.2f}%, KD {np.mean(kd):.2f}%; fraction of the gap closed "
+                  f"{np.mean(fractions[setting]):.2f} +- {std(fractions[setting]):.2f}")
+        print(f"\ntotal {time.perf_counter() - start:.0f} s\n")
+
+        emit("kd_gain_pts", np.mean(gains["CNN 4/8"]), "points")
+        emit("kd_gain_std", std(gains["CNN 4/8"]), "points")
         emit_speed(speed)
-        return
-    print(f"split: {ds.split.describe()}; students train on ds.x_train, every choice on "
-          f"ds.x_val, the test set is only reported; seeds {tuple(args.seeds)}; budgets "
-          f"{recipes.STUDENT_BUDGET} (Adam with cosine decay, no augmentation)\n")
-
-    teachers = {}
-    for seed in args.seeds:
-        teachers[seed] = train.baseline("cnn_fashion", seed, progress=False)
-        print(f"teacher seed {seed}: SmallCNN validation "
-              f"{pct(teachers[seed], ds.x_val, ds.y_val):.2f}%, test "
-              f"{pct(teachers[seed], ds.x_test, ds.y_test):.2f}%")
-
-    print(f"\n1. Choosing (T, alpha) on validation (CNN student, seed {GRID_SEED})")
-    t_alpha, grid = choose_t_alpha(ds, args.retrain)
-    print(measure.Table(grid, ["T", "alpha", "val_pct", "vs_plain_delta"]))
-    print(f"chosen: T = {t_alpha[0]:g}, alpha = {t_alpha[1]:g}\n")
-
-    rows = []
-    for seed in args.seeds:
-        rows += run_students(seed, ds, t_alpha, args.retrain)
-    print("Students, plain vs KD (same budget); gain = KD test - plain test")
-    print(measure.Table(rows, ["student", "seed", "training", "val_pct", "test_pct",
-                               "gain_delta"]))
-    gains = {s: [r["gain_delta"] for r in rows if r["student"] == s and "gain_delta" in r]
-             for s in STUDENTS}
-    for s, g in gains.items():
-        accs = {how: [r["test_pct"] for r in rows if r["student"] == s
-                      and r["training"] == how] for how in ("plain", "KD")}
-        print(f"{s}: plain {np.mean(accs['plain']):.2f} +- {std(accs['plain']):.2f}%, KD "
-              f"{np.mean(accs['KD']):.2f} +- {std(accs['KD']):.2f}%, gain "
-              f"{np.mean(g):+.2f} +- {std(g):.2f} pts (mean +- sample std; per seed "
-              + ", ".join(f"{v:+.2f}" for v in g) + ")")
-    hint = recipes.hint_student(GRID_SEED, temperature=t_alpha[0], alpha=t_alpha[1],
-                                retrain=args.retrain, dataset=ds, progress=False)
-    print(f"CNN 4/8 with logit KD + {recipes.HINT['layer']} hint (seed {GRID_SEED}): "
-          f"validation {pct(hint, ds.x_val, ds.y_val):.2f}%, test "
-          f"{pct(hint, ds.x_test, ds.y_test):.2f}%")
-
-    speed = report_speed(teachers[args.seeds[0]], ds.x_test, args.rounds, args.runs)
-
-    print("\n3. KD as a recovery tool (2-bit QAT of LeNet-300-100, teacher = its float "
-          f"model, T = {t_alpha[0]:g}, alpha = {t_alpha[1]:g}, "
-          f"Adam {recipes.RECOVERY['learning_rate']:g})")
-    rec = []
-    for seed in args.seeds:
-        rec += run_recovery(seed, ds, t_alpha, args.retrain)
-    print(measure.Table(rec, ["setting", "seed", "fine-tuning", "test_pct", "gap_delta",
-                              "gap_closed"]))
-    fractions = {}
-    for setting in dict.fromkeys(r["setting"] for r in rec):
-        done = [r for r in rec if r["setting"] == setting and "closed" in r]
-        fractions[setting] = [r["closed"] for r in done]
-        plain = [r["test_pct"] for r in rec if r["setting"] == setting
-                 and r["fine-tuning"] == "plain"]
-        kd = [r["test_pct"] for r in done]
-        print(f"{setting}: float {np.mean([r['dense_pct'] for r in done]):.2f}%, PTQ "
-              f"{np.mean([r['ptq_pct'] for r in done]):.2f}%, plain fine-tuning "
-              f"{np.mean(plain):.2f}%, KD {np.mean(kd):.2f}%; fraction of the gap closed "
-              f"{np.mean(fractions[setting]):.2f} +- {std(fractions[setting]):.2f}")
-    print(f"\ntotal {time.perf_counter() - start:.0f} s\n")
-
-    emit("kd_gain_pts", np.mean(gains["CNN 4/8"]), "points")
-    emit("kd_gain_std", std(gains["CNN 4/8"]), "points")
-    emit_speed(speed)
-    (headline,) = list(fractions)
-    emit("kd_recovery_fraction", np.mean(fractions[headline]), "fraction")
+        (headline,) = list(fractions)
+        emit("kd_recovery_fraction", np.mean(fractions[headline]), "fraction")
 
 
 if __name__ == "__main__":

@@ -6,21 +6,21 @@ Run from the repository root::
     python -m benchmarks.notebooks 00 --cold       # notebook 00 with an empty checkpoint
                                                    # cache: every baseline it needs is trained
 
-Executes copies (the committed notebooks are not modified) and prints one JSON line per
-notebook: ``{"metric": "notebook_NN_seconds", "value": ..., "unit": "s", "target": ...}``,
-then two totals over the notebooks run: ``claims_asserted`` (claim assertions,
-``checks.claim``, that executed and held) and ``handtyped_figures`` (measured-looking
-figures typed by hand in markdown, found by ``tests/test_notebook_prose.py``; must be 0).
+Executes copies (the committed notebooks are not modified) and reports one figure per
+notebook (``notebook_NN_seconds_warm``/``_cold``, in s, with its target), then two totals
+over the notebooks run: ``claims_asserted`` (claim assertions, ``checks.claim``, that
+executed and held) and ``handtyped_figures`` (measured-looking figures typed by hand in
+markdown, found by ``tests/test_notebook_prose.py``; must be 0).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import tempfile
 from pathlib import Path
 
+from benchmarks import _common
+from benchmarks._common import emit
 from pruning_kit import checks, course, measure
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,7 +56,7 @@ def handtyped(paths: list[Path]) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = _common.argument_parser(__doc__)
     parser.add_argument("numbers", nargs="*", help="notebook numbers, e.g. 00 03 (default all)")
     parser.add_argument("--inplace", action="store_true",
                         help="write the executed notebooks back (maintainers) and record "
@@ -64,31 +64,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cold", action="store_true",
                         help="start from an empty checkpoint cache (trains every baseline)")
     args = parser.parse_args(argv)
-    print(measure.machine_summary())
-    paths = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-    if args.numbers:
-        paths = [p for p in paths if p.name[:2] in args.numbers]
-    mode = "cold" if args.cold else "warm"
-    with tempfile.TemporaryDirectory(prefix="pruning_kit_ckpt_") as empty:
-        if args.cold:
-            os.environ["PRUNING_KIT_CHECKPOINTS"] = empty
-        total_claims = 0
-        times: dict[str, float] = {}
-        for path in paths:
-            seconds, claims = run(path, inplace=args.inplace)
-            times[path.name] = seconds
-            total_claims += claims
-            print(f"{path.name}: {seconds:.1f} s ({mode} checkpoint cache), {claims} claims "
-                  "asserted")
-            print(json.dumps({"metric": f"notebook_{path.name[:2]}_seconds_{mode}",
-                              "value": round(seconds, 1), "unit": "s",
-                              "target": TARGETS.get(path.name[:2], {}).get(mode)}))
-    if args.inplace:
-        course.record_times(times)
-    print(json.dumps({"metric": "claims_asserted", "value": total_claims, "unit": "count",
-                      "target": ">= 1 per qualitative claim in every notebook"}))
-    print(json.dumps({"metric": "handtyped_figures", "value": handtyped(paths),
-                      "unit": "count", "target": "0"}))
+    with _common.reporting(args.out):
+        print(measure.machine_summary())
+        paths = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+        if args.numbers:
+            paths = [p for p in paths if p.name[:2] in args.numbers]
+        mode = "cold" if args.cold else "warm"
+        with tempfile.TemporaryDirectory(prefix="pruning_kit_ckpt_") as empty:
+            if args.cold:
+                os.environ["PRUNING_KIT_CHECKPOINTS"] = empty
+            total_claims = 0
+            times: dict[str, float] = {}
+            for path in paths:
+                seconds, claims = run(path, inplace=args.inplace)
+                times[path.name] = seconds
+                total_claims += claims
+                print(f"{path.name}: {seconds:.1f} s ({mode} checkpoint cache), {claims} claims "
+                      "asserted")
+                emit(f"notebook_{path.name[:2]}_seconds_{mode}", round(seconds, 1), "s",
+                     target=TARGETS.get(path.name[:2], {}).get(mode))
+        if args.inplace:
+            course.record_times(times)
+        emit("claims_asserted", total_claims, "count",
+             target=">= 1 per qualitative claim in every notebook")
+        emit("handtyped_figures", handtyped(paths), "count", target="0")
 
 
 if __name__ == "__main__":

@@ -7,11 +7,11 @@ Run from the repository root::
     python -m benchmarks.pruning --seeds 0    # one seed
 
 * **Gradual magnitude pruning** (GMP): each seed's cached LeNet-300-100 baseline, pruned
-  while fine-tuning by ``recipes.gmp_mlp`` (``recipes.GMP_MLP``: global magnitude, cubic
+  while fine-tuning by ``zoo.gmp_mlp`` (``zoo.GMP_MLP``: global magnitude, cubic
   schedule to 90.5% of the kernels over 70% of 20 epochs, Adam 1e-3 with cosine decay).
   The recipe was picked on a 5,000-image validation split; the test set is only measured.
 * **One-shot**: the same baseline pruned to the same sparsity at once, no fine-tuning.
-* **Large-sparse vs small-dense**: a dense 784-32-11-10 MLP (``recipes.small_dense_mlp``,
+* **Large-sparse vs small-dense**: a dense 784-32-11-10 MLP (``zoo.small_dense_mlp``,
   about as many weights as the GMP model has non-zeros) trained from scratch for 40 epochs
   -- the baseline's 20 plus GMP's 20, the same budget.
 * **Masked step**: seconds per epoch of ``fit`` with ``prune.gradual_pruning`` around Adam
@@ -19,7 +19,7 @@ Run from the repository root::
   after a compiling epoch each (``measure.compare_latency(..., jit=False)``); the ratio
   masked / plain is taken per round.
 * **Channel removal**: ``structure.search_widths`` times candidate widths with <= half the
-  MACs; ``recipes.half_mac_cnn`` removes channels to the recipe's widths (BatchNorm-scale
+  MACs; ``zoo.half_mac_cnn`` removes channels to the recipe's widths (BatchNorm-scale
   importance), fine-tunes with the dense CNN as online teacher; latency of the compiled
   forward pass at batch 256 and 1, dense and pruned timed interleaved
   (``measure.compare_latency``, ``LATENCY_ROUNDS`` rounds), speed-up per round.
@@ -27,12 +27,12 @@ Run from the repository root::
 Every ratio is printed as the median over rounds with its IQR and range; one whose IQR
 contains 1.0 is printed as "no measurable difference". Timing batches are validation
 images (their values do not change the time). Prints the machine (CPU, instruction set),
-tables, then one JSON line per figure (ratios with ``"iqr"`` and ``"min_max"``).
+tables, then the figures as a table (ratios with their IQR); ``--out results.jsonl``
+appends them as JSON lines (``benchmarks._common``; ratios with ``"iqr"`` and ``"min_max"``).
 """
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
@@ -40,7 +40,8 @@ import optax
 from flax import nnx
 
 from benchmarks import _common
-from pruning_kit import data, measure, models, prune, recipes, structure, train
+from benchmarks._common import emit
+from pruning_kit import data, measure, models, prune, structure, train, zoo
 from pruning_kit.table import Table
 
 SEEDS = (0, 1, 2)
@@ -62,18 +63,10 @@ CANDIDATES = [{"widths": list(w)} for w in
                (12, 20, 20), (16, 20, 12))]
 
 
-def emit(metric: str, value: float, unit: str) -> None:
-    _common.emit(metric, value, unit, TARGETS)
-
-
 def emit_ratio(metric: str, comparison: measure.LatencyComparison, name: str) -> None:
     """The speed-up of ``name`` over the comparison's baseline, with IQR, range, verdict."""
-    _common.emit_speedup(metric, comparison[name], TARGETS,
+    _common.emit_speedup(metric, comparison[name],
                          verdict=comparison.verdict(name))
-
-
-def pct(model, x, y) -> float:
-    return 100.0 * train.evaluate(model, x, y)
 
 
 def channel_latency(dense, pruned, x) -> measure.LatencyComparison:
@@ -86,20 +79,20 @@ def mlp_figures(ds: data.Dataset, seeds: tuple[int, ...]) -> None:
     rows = []
     for s in seeds:
         start = time.perf_counter()
-        base = train.baseline("mlp_fashion", s, progress=False)
-        gmp = recipes.gmp_mlp(s, dataset=ds, progress=False)
-        oneshot = train.baseline("mlp_fashion", s, progress=False)   # a fresh copy
+        base = zoo.baseline("mlp_fashion", s, progress=False)
+        gmp = zoo.gmp_mlp(s, dataset=ds, progress=False)
+        oneshot = zoo.baseline("mlp_fashion", s, progress=False)   # a fresh copy
         params = nnx.state(oneshot, nnx.Param)
-        masks = prune.magnitude_masks(params, recipes.GMP_MLP["final_sparsity"],
+        masks = prune.magnitude_masks(params, zoo.GMP_MLP["final_sparsity"],
                                       scope="global")
         nnx.update(oneshot, prune.apply_masks(params, masks))
-        small = recipes.small_dense_mlp(s, dataset=ds, progress=False)
-        rows.append({"seed": s, "dense": pct(base, ds.x_test, ds.y_test),
-                     "gmp": pct(gmp, ds.x_test, ds.y_test),
-                     "sparsity": 100 * prune.sparsity(gmp),
+        small = zoo.small_dense_mlp(s, dataset=ds, progress=False)
+        rows.append({"seed": s, "dense": 100 * train.evaluate(base, ds.x_test, ds.y_test),
+                     "gmp": 100 * train.evaluate(gmp, ds.x_test, ds.y_test),
+                     "sparsity": prune.sparsity(gmp),   # a fraction; the Table shows %
                      "nonzeros": measure.count_nonzero(gmp),
-                     "oneshot": pct(oneshot, ds.x_test, ds.y_test),
-                     "small_dense": pct(small, ds.x_test, ds.y_test),
+                     "oneshot": 100 * train.evaluate(oneshot, ds.x_test, ds.y_test),
+                     "small_dense": 100 * train.evaluate(small, ds.x_test, ds.y_test),
                      "small_params": measure.count_params(small),
                      "seconds": time.perf_counter() - start})
     print(Table(rows, title="LeNet-300-100: gradual pruning vs one-shot vs small dense "
@@ -109,7 +102,7 @@ def mlp_figures(ds: data.Dataset, seeds: tuple[int, ...]) -> None:
     spread = gmp_delta.std(ddof=1) if len(rows) > 1 else 0.0
     print(f"GMP change {gmp_delta.mean():+.2f} +- {spread:.2f} pt; large-sparse minus "
           f"small-dense {vs_small.mean():+.2f} pt")
-    emit("gmp_sparsity", np.mean([r["sparsity"] for r in rows]) / 100, "fraction of all weights")
+    emit("gmp_sparsity", np.mean([r["sparsity"] for r in rows]), "fraction of all weights")
     emit("gmp_delta", gmp_delta.mean(), "pt")
     emit("sparse_vs_small_dense_pts", vs_small.mean(), "pt")
     emit("oneshot90_acc", np.mean([r["oneshot"] for r in rows]), "%")
@@ -141,13 +134,13 @@ def masked_step(ds: data.Dataset) -> None:
     print(f"masked step ratio {s.speedup:.2f}x (IQR {s.speedup_iqr[0]:.2f}-"
           f"{s.speedup_iqr[1]:.2f}x, range {s.speedup_min_max[0]:.2f}-"
           f"{s.speedup_min_max[1]:.2f}x): plain Adam {r.verdict('plain Adam')}")
-    _common.emit_speedup("masked_step_ratio", s, TARGETS,
+    _common.emit_speedup("masked_step_ratio", s,
                          verdict=f"plain Adam vs gradual_pruning: {r.verdict('plain Adam')}")
 
 
 def cnn_figures(ds: data.Dataset, seeds: tuple[int, ...]) -> None:
     x256 = ds.x_val[:256]  # for timing and MAC counts only: the values do not matter
-    base0 = train.baseline("cnn_fashion", 0, progress=False)
+    base0 = zoo.baseline("cnn_fashion", 0, progress=False)
     rows = structure.search_widths(base0, CANDIDATES, x256)
     print(Table([{"widths": r["config"]["widths"], "mac_ratio": r["mac_ratio"],
                   "latency_ms": r["latency_ms"], "speedup": r["speedup"]} for r in rows],
@@ -155,17 +148,17 @@ def cnn_figures(ds: data.Dataset, seeds: tuple[int, ...]) -> None:
     out = []
     for s in seeds:
         start = time.perf_counter()
-        base = train.baseline("cnn_fashion", s, progress=False)
-        small = recipes.half_mac_cnn(s, dataset=ds, progress=False)
+        base = zoo.baseline("cnn_fashion", s, progress=False)
+        small = zoo.half_mac_cnn(s, dataset=ds, progress=False)
         base.eval()
-        out.append({"seed": s, "dense": pct(base, ds.x_test, ds.y_test),
-                    "pruned": pct(small, ds.x_test, ds.y_test),
+        out.append({"seed": s, "dense": 100 * train.evaluate(base, ds.x_test, ds.y_test),
+                    "pruned": 100 * train.evaluate(small, ds.x_test, ds.y_test),
                     "widths": str(small.config["widths"]),
                     "params": models.num_params(small),
                     "mac_ratio": measure.cost(base, x256)["macs"]
                     / measure.cost(small, x256)["macs"],
                     "seconds": time.perf_counter() - start})
-    small0 = recipes.half_mac_cnn(0, dataset=ds, progress=False)
+    small0 = zoo.half_mac_cnn(0, dataset=ds, progress=False)
     b256 = channel_latency(base0, small0, x256)
     b1 = channel_latency(base0, small0, x256[:1])
     print(Table(out, title="SmallCNN channel removal + fine-tuning (test accuracy %)"))
@@ -181,18 +174,19 @@ def cnn_figures(ds: data.Dataset, seeds: tuple[int, ...]) -> None:
     emit_ratio("channel_speedup_b1", b1, "pruned")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = _common.argument_parser(__doc__)
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
-    args = parser.parse_args()
-    seeds = tuple(args.seeds)
-    print(measure.machine_summary())
-    ds = data.load_fashion_mnist()
-    start = time.perf_counter()
-    mlp_figures(ds, seeds)
-    masked_step(ds)
-    cnn_figures(ds, seeds)
-    print(f"total {time.perf_counter() - start:.0f} s")
+    args = parser.parse_args(argv)
+    with _common.reporting(args.out, TARGETS):
+        seeds = tuple(args.seeds)
+        print(measure.machine_summary())
+        ds = data.load_fashion_mnist()
+        start = time.perf_counter()
+        mlp_figures(ds, seeds)
+        masked_step(ds)
+        cnn_figures(ds, seeds)
+        print(f"total {time.perf_counter() - start:.0f} s")
 
 
 if __name__ == "__main__":

@@ -17,16 +17,14 @@ every JSON figure is the test delta of the option chosen on validation.
 Speed is measured with :func:`pruning_kit.measure.compare_latency` (interleaved rounds,
 median and IQR of the per-round ratio); it depends on the machine, which is printed first.
 
-Prints the machine, a table, then one JSON line per figure:
-``{"metric": NAME, "value": NUMBER, "unit": ..., "target": ...}``.
+Prints the machine, a table, then the figures (metric, value, unit, target) as a table;
+``--out results.jsonl`` appends them as JSON lines (``benchmarks._common``).
 """
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -35,9 +33,11 @@ import numpy as np
 from flax import nnx
 
 from benchmarks import _common
-from pruning_kit import data, measure, qat, train, w8a8
+from benchmarks._common import emit
+from pruning_kit import data, measure, qat, train, w8a8, zoo
 from pruning_kit import mixed_precision as mp
 from pruning_kit import quant_infer as qi
+from pruning_kit import weight_sharing as ws
 from pruning_kit.codebook import codebook_nbytes
 from pruning_kit.quant_storage import QuantizedTensor, dequantized_model, quantize_tree
 
@@ -72,18 +72,6 @@ TARGETS = {
 }
 
 
-def emit(metric: str, value: float, unit: str) -> None:
-    _common.emit(metric, value, unit, TARGETS)
-
-
-def accuracy(logits_fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray,
-             y: np.ndarray) -> float:
-    """Percent accuracy of ``logits_fn`` over ``x`` in batches of 1,000."""
-    logits = np.concatenate([np.asarray(logits_fn(x[i:i + 1000]))
-                             for i in range(0, len(x), 1000)])
-    return 100.0 * float(np.mean(logits.argmax(-1) == y))
-
-
 class Seed:
     """Float accuracies of one baseline, and a recorder of (val, test) deltas against it."""
 
@@ -107,8 +95,8 @@ class Seed:
 
     def integer(self, qmodel) -> tuple[float, float]:
         fn = jax.jit(qi.int_forward)
-        return (accuracy(lambda x: fn(qmodel, x), *self.val) - self.float_val,
-                accuracy(lambda x: fn(qmodel, x), *self.test) - self.float_test)
+        return (100 * train.evaluate(lambda x: fn(qmodel, x), *self.val) - self.float_val,
+                100 * train.evaluate(lambda x: fn(qmodel, x), *self.test) - self.float_test)
 
     def generic(self, qmodel) -> tuple[float, float]:
         return (100 * qmodel.evaluate(*self.val) - self.float_val,
@@ -128,7 +116,7 @@ def run_mlp_ptq(seed: int, ds, calib, log) -> dict[str, dict[str, tuple[float, f
     """Post-training figures of one MLP seed: {figure: {option: (val_delta, test_delta)}}.
     Activation ranges come from ``calib`` (training images)."""
     val = (ds.x_val, ds.y_val)
-    model = train.baseline("mlp_fashion", seed, progress=False)
+    model = zoo.baseline("mlp_fashion", seed, progress=False)
     s = Seed(model, val, (ds.x_test, ds.y_test))
     log(f"mlp seed {seed}: float val {s.float_val:.2f}%, test {s.float_test:.2f}%")
     out: dict[str, dict[str, tuple[float, float]]] = {}
@@ -142,9 +130,9 @@ def run_mlp_ptq(seed: int, ds, calib, log) -> dict[str, dict[str, tuple[float, f
     out["ptq_w8a4_logits4"] = {m: s.integer(qi.quantize_mlp(model, calib, weight_bits=8,
                                                             act_bits=4, method=m))
                                for m in ("minmax", "mse")}
-    codebooks, indices = qat.kmeans_quantize_model(model, 2)
-    out["kmeans2_ptq"] = {"density": s.floats(qat.shared_weights_model(model, codebooks,
-                                                                       indices))}
+    codebooks, indices = ws.kmeans_codebooks(model, 2, keep_zeros=False, init="density",
+                                             iters=20)
+    out["kmeans2_ptq"] = {"density": s.floats(ws.shared_model(model, codebooks, indices))}
     # the same number of levels as k-means (4 per kernel): asymmetric per-tensor 2-bit grids
     out["uniform2_4level"] = {m: s.weight_only_asym(2, m) for m in WEIGHT_METHODS}
     return out
@@ -156,12 +144,12 @@ def run_mlp_trained(seed: int, ds, calib, act_method: str, w2_method: str,
     ``w2_method`` grid) and trained k-means 2-bit, each fine-tuned from the seed's float
     baseline on the training split."""
     val, rest = (ds.x_val, ds.y_val), (ds.x_train, ds.y_train)
-    model = train.baseline("mlp_fashion", seed, progress=False)
+    model = zoo.baseline("mlp_fashion", seed, progress=False)
     s = Seed(model, val, (ds.x_test, ds.y_test))
     out: dict[str, dict[str, tuple[float, float]]] = {}
     start = time.perf_counter()
     clips = qat.calibrate_inputs(model, calib, 4, method=act_method)
-    tuned = train.baseline("mlp_fashion", seed, progress=False)
+    tuned = zoo.baseline("mlp_fashion", seed, progress=False)
     train.fit(tuned, *rest, epochs=QAT_EPOCHS, batch_size=128, learning_rate=QAT_LR,
               loss_fn=qat.qat_loss(8, 4, act_clips=clips), seed=seed, progress=False)
     qm = qi.quantize_mlp(tuned, calib, weight_bits=8, act_bits=4, output_bits=8,
@@ -170,7 +158,7 @@ def run_mlp_trained(seed: int, ds, calib, act_method: str, w2_method: str,
     log(f"mlp seed {seed}: QAT W8A4 ({act_method} ranges, {QAT_EPOCHS} epochs) "
         f"{time.perf_counter() - start:.0f} s", end="; ")
     start = time.perf_counter()
-    w2 = train.baseline("mlp_fashion", seed, progress=False)
+    w2 = zoo.baseline("mlp_fashion", seed, progress=False)
     train.fit(w2, *rest, epochs=W2_QAT_EPOCHS, batch_size=128, learning_rate=W2_QAT_LR,
               loss_fn=qat.qat_loss(2, None, weight_method=w2_method), seed=seed,
               progress=False)
@@ -179,17 +167,18 @@ def run_mlp_trained(seed: int, ds, calib, act_method: str, w2_method: str,
         f"{time.perf_counter() - start:.0f} s",
         end="; ")
     start = time.perf_counter()
-    codebooks, indices = qat.kmeans_quantize_model(model, 2)
-    tuned_cb = qat.finetune_codebooks(model, codebooks, indices, *rest, epochs=KMEANS_EPOCHS,
-                                      lr=KMEANS_LR, seed=seed)
-    out["w2_best"]["kmeans"] = s.floats(qat.shared_weights_model(model, tuned_cb, indices))
+    codebooks, indices = ws.kmeans_codebooks(model, 2, keep_zeros=False, init="density",
+                                             iters=20)
+    _, tuned = ws.finetune_shared(model, codebooks, indices, *rest, epochs=KMEANS_EPOCHS,
+                                  lr=KMEANS_LR, seed=seed, train_others=False)
+    out["w2_best"]["kmeans"] = s.floats(tuned)
     log(f"trained k-means 2-bit ({KMEANS_EPOCHS} epochs) {time.perf_counter() - start:.0f} s")
     return out
 
 
 def run_cnn(seed: int, ds, calib, log) -> dict[str, dict[str, tuple[float, float]]]:
     val = (ds.x_val, ds.y_val)
-    model = train.baseline("cnn_fashion", seed, progress=False)
+    model = zoo.baseline("cnn_fashion", seed, progress=False)
     s = Seed(model, val, (ds.x_test, ds.y_test))
     log(f"cnn seed {seed}: float val {s.float_val:.2f}%, test {s.float_test:.2f}%")
     out = {"int8_pc_cnn": {m: s.weight_only(8, True, m) for m in WEIGHT_METHODS}}
@@ -268,121 +257,124 @@ def honest_speed(model, calib, rounds: int = 30, runs: int = 10
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = _common.argument_parser(__doc__)
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     parser.add_argument("--runs", type=int, default=10,
                         help="timed calls per candidate per interleaved round (30 rounds)")
     args = parser.parse_args(argv)
-    start = time.perf_counter()
+    with _common.reporting(args.out, TARGETS):
+        start = time.perf_counter()
 
-    print(measure.machine_summary())
-    ds = data.load_fashion_mnist()
-    calib = ds.x_train[np.random.default_rng(0).choice(len(ds.x_train), CALIB_SIZE,
-                                                       replace=False)]
-    val = (ds.x_val, ds.y_val)
-    print(f"split {ds.split.describe()}: choices on the {len(ds.x_val):,} validation images, "
-          f"test only measured; calibration: {CALIB_SIZE:,} training images (seed 0); QAT "
-          f"and codebooks train on all {len(ds.x_train):,} training images; seeds "
-          f"{tuple(args.seeds)}\n")
+        print(measure.machine_summary())
+        ds = data.load_fashion_mnist()
+        calib = ds.x_train[np.random.default_rng(0).choice(len(ds.x_train), CALIB_SIZE,
+                                                           replace=False)]
+        val = (ds.x_val, ds.y_val)
+        print(f"split {ds.split.describe()}: choices on the {len(ds.x_val):,} validation images, "
+              f"test only measured; calibration: {CALIB_SIZE:,} training images (seed 0); QAT "
+              f"and codebooks train on all {len(ds.x_train):,} training images; seeds "
+              f"{tuple(args.seeds)}\n")
 
-    results: dict[str, dict[str, list[tuple[float, float]]]] = {}
+        results: dict[str, dict[str, list[tuple[float, float]]]] = {}
 
-    def record(out: dict[str, dict[str, tuple[float, float]]]) -> None:
-        for figure, options in out.items():
+        def record(out: dict[str, dict[str, tuple[float, float]]]) -> None:
+            for figure, options in out.items():
+                for option, deltas in options.items():
+                    results.setdefault(figure, {}).setdefault(option, []).append(deltas)
+
+        for seed in args.seeds:
+            record(run_mlp_ptq(seed, ds, calib, print))
+            record(run_cnn(seed, ds, calib, print))
+        act_method = best_of(results["ptq_w8a4"])  # QAT trains with PTQ's best ranges
+        w2_method = best_of(results["ptq_w2"])     # and on PTQ's best 2-bit grid
+        for seed in args.seeds:
+            record(run_mlp_trained(seed, ds, calib, act_method, w2_method, print))
+
+        rows, chosen = [], {}
+        labels = {
+            "int8_pc": "MLP int8 weights, per-channel", "int8_pc_cnn": "CNN int8 weights, "
+            "per-channel", "w8a8_int": "MLP W8A8 integer pipeline", "w8a8_int_cnn":
+            "CNN W8A8 integer pipeline (BN folded)", "int4_pc": "MLP int4 weights, per-channel",
+            "int4_pt": "MLP int4 weights, per-tensor", "ptq_w8a4": "MLP W8A4 PTQ (integer)",
+            "ptq_w8a4_logits4": "MLP W8A4 PTQ, logits at 4 bits too",
+            "qat_w8a4": "MLP W8A4 QAT (integer)", "ptq_w2": "MLP 2-bit weights PTQ",
+            "kmeans2_ptq": "MLP k-means 2-bit (4 levels/kernel), untrained",
+            "uniform2_4level": "MLP uniform 2-bit asym. per-tensor (4 levels/kernel)",
+            "w2_best": "MLP 2-bit weights trained"}
+        for figure, options in results.items():
+            chosen[figure] = best_of(options)
             for option, deltas in options.items():
-                results.setdefault(figure, {}).setdefault(option, []).append(deltas)
+                vals, tests = zip(*deltas, strict=True)
+                rows.append({"configuration": labels[figure], "option": option,
+                             "chosen": "<-" if option == chosen[figure] and len(options) > 1
+                             else "", "val_delta": float(np.mean(vals)),
+                             "test_delta": float(np.mean(tests)),
+                             "test per seed": " ".join(f"{t:+.2f}" for t in tests)})
+        print()
+        print("Accuracy change vs each seed's float model, points (mean over seeds); '<-' marks "
+              "the option chosen on validation")
+        print(measure.Table(rows, ["configuration", "option", "chosen", "val_delta", "test_delta",
+                                   "test per seed"]))
 
-    for seed in args.seeds:
-        record(run_mlp_ptq(seed, ds, calib, print))
-        record(run_cnn(seed, ds, calib, print))
-    act_method = best_of(results["ptq_w8a4"])  # QAT trains with PTQ's best ranges
-    w2_method = best_of(results["ptq_w2"])     # and on PTQ's best 2-bit grid
-    for seed in args.seeds:
-        record(run_mlp_trained(seed, ds, calib, act_method, w2_method, print))
+        print()
+        model = zoo.baseline("mlp_fashion", args.seeds[0], progress=False)
+        sizes = {b: stored_bytes(model, b) for b in (8, 4)}
+        codebooks, _ = ws.kmeans_codebooks(model, 2, keep_zeros=False, init="density", iters=20)
+        kmeans_bytes = sum(codebook_nbytes(int(np.prod(s)), 2) for s in
+                           (p.shape for name, p in measure.named_params(model) if p.ndim >= 2))
+        for b, size in sizes.items():
+            print(f"int{b} MLP kernels: quant_storage counts {size['counted']:,} B (packed codes + "
+                  f"scales) = {size['counted'] / size['fp32']:.4f} of fp32 {size['fp32']:,} B; "
+                  f"arrays in the .npz {size['written']:,} B, file {size['file']:,} B (zip/npy "
+                  f"headers {size['file'] - size['written']:,} B); counted == written: "
+                  f"{size['counted'] == size['written']}")
+        print(f"k-means 2-bit MLP kernels: {kmeans_bytes:,} B = "
+              f"{kmeans_bytes / sizes[8]['fp32']:.4f} of fp32 (packed indices + codebooks)")
 
-    rows, chosen = [], {}
-    labels = {
-        "int8_pc": "MLP int8 weights, per-channel", "int8_pc_cnn": "CNN int8 weights, "
-        "per-channel", "w8a8_int": "MLP W8A8 integer pipeline", "w8a8_int_cnn":
-        "CNN W8A8 integer pipeline (BN folded)", "int4_pc": "MLP int4 weights, per-channel",
-        "int4_pt": "MLP int4 weights, per-tensor", "ptq_w8a4": "MLP W8A4 PTQ (integer)",
-        "ptq_w8a4_logits4": "MLP W8A4 PTQ, logits at 4 bits too",
-        "qat_w8a4": "MLP W8A4 QAT (integer)", "ptq_w2": "MLP 2-bit weights PTQ",
-        "kmeans2_ptq": "MLP k-means 2-bit (4 levels/kernel), untrained",
-        "uniform2_4level": "MLP uniform 2-bit asym. per-tensor (4 levels/kernel)",
-        "w2_best": "MLP 2-bit weights trained"}
-    for figure, options in results.items():
-        chosen[figure] = best_of(options)
-        for option, deltas in options.items():
-            vals, tests = zip(*deltas, strict=True)
-            rows.append({"configuration": labels[figure], "option": option,
-                         "chosen": "<-" if option == chosen[figure] and len(options) > 1
-                         else "", "val_delta": float(np.mean(vals)),
-                         "test_delta": float(np.mean(tests)),
-                         "test per seed": " ".join(f"{t:+.2f}" for t in tests)})
-    print()
-    print("Accuracy change vs each seed's float model, points (mean over seeds); '<-' marks "
-          "the option chosen on validation")
-    print(measure.Table(rows, ["configuration", "option", "chosen", "val_delta", "test_delta",
-                               "test per seed"]))
+        mixed = mixed_precision(model, val, (ds.x_test, ds.y_test))
+        print(f"\nMixed precision (seed {args.seeds[0]}, MSE clipping, scan on validation): budget "
+              f"= uniform 3-bit size {mixed['budget']:,} B -> bits {mixed['bits']} "
+              f"({mixed['bytes']:,} B): val {mixed['mixed'][0]:+.2f}, "
+              f"test {mixed['mixed'][1]:+.2f} "
+              f"pts; uniform 3-bit: val {mixed['uniform'][0]:+.2f}, test "
+              f"{mixed['uniform'][1]:+.2f} pts")
 
-    print()
-    model = train.baseline("mlp_fashion", args.seeds[0], progress=False)
-    sizes = {b: stored_bytes(model, b) for b in (8, 4)}
-    codebooks, _ = qat.kmeans_quantize_model(model, 2)
-    kmeans_bytes = sum(codebook_nbytes(int(np.prod(s)), 2) for s in
-                       (p.shape for name, p in measure.named_params(model) if p.ndim >= 2))
-    for b, size in sizes.items():
-        print(f"int{b} MLP kernels: quant_storage counts {size['counted']:,} B (packed codes + "
-              f"scales) = {size['counted'] / size['fp32']:.4f} of fp32 {size['fp32']:,} B; "
-              f"arrays in the .npz {size['written']:,} B, file {size['file']:,} B (zip/npy "
-              f"headers {size['file'] - size['written']:,} B); counted == written: "
-              f"{size['counted'] == size['written']}")
-    print(f"k-means 2-bit MLP kernels: {kmeans_bytes:,} B = "
-          f"{kmeans_bytes / sizes[8]['fp32']:.4f} of fp32 (packed indices + codebooks)")
+        matmul, whole = honest_speed(model, calib, runs=args.runs)
+        print()
+        print(matmul.table("Speed, 256x784 @ 784x300 on this CPU: float32 vs int8 x int8 -> int32 "
+                           "(interleaved rounds; speedup = float32 time / int8 time)"))
+        print(whole.table("Speed, LeNet-300-100 at batch 256: float32 vs the W8A8 integer "
+                          "pipeline (speedup = float32 time / W8A8 time)"))
+        print(f"int8 matmul: {matmul.verdict('int8')}; W8A8 model: {whole.verdict('W8A8')}")
+        print(f"\ntotal {time.perf_counter() - start:.0f} s\n")
 
-    mixed = mixed_precision(model, val, (ds.x_test, ds.y_test))
-    print(f"\nMixed precision (seed {args.seeds[0]}, MSE clipping, scan on validation): budget "
-          f"= uniform 3-bit size {mixed['budget']:,} B -> bits {mixed['bits']} "
-          f"({mixed['bytes']:,} B): val {mixed['mixed'][0]:+.2f}, test {mixed['mixed'][1]:+.2f} "
-          f"pts; uniform 3-bit: val {mixed['uniform'][0]:+.2f}, test "
-          f"{mixed['uniform'][1]:+.2f} pts")
+        def test_mean(figure: str) -> float:
+            return float(np.mean([t for _, t in results[figure][chosen[figure]]]))
 
-    matmul, whole = honest_speed(model, calib, runs=args.runs)
-    print()
-    print(matmul.table("Speed, 256x784 @ 784x300 on this CPU: float32 vs int8 x int8 -> int32 "
-                       "(interleaved rounds; speedup = float32 time / int8 time)"))
-    print(whole.table("Speed, LeNet-300-100 at batch 256: float32 vs the W8A8 integer "
-                      "pipeline (speedup = float32 time / W8A8 time)"))
-    print(f"int8 matmul: {matmul.verdict('int8')}; W8A8 model: {whole.verdict('W8A8')}")
-    print(f"\ntotal {time.perf_counter() - start:.0f} s\n")
-
-    def test_mean(figure: str) -> float:
-        return float(np.mean([t for _, t in results[figure][chosen[figure]]]))
-
-    for metric, figure in (("int8_pc_delta_mlp", "int8_pc"), ("int8_pc_delta_cnn", "int8_pc_cnn"),
-                           ("w8a8_int_delta", "w8a8_int"), ("w8a8_int_delta_cnn",
-                                                             "w8a8_int_cnn"),
-                           ("int4_pc_delta", "int4_pc"), ("int4_pt_delta", "int4_pt"),
-                           ("ptq_w8a4_delta", "ptq_w8a4"), ("qat_w8a4_delta", "qat_w8a4")):
-        # every figure is the option chosen on validation (see the table)
-        emit(metric, test_mean(figure), "points")
-    emit("ptq_w2_delta", test_mean("ptq_w2"), "points")
-    emit("w2_best_delta", test_mean("w2_best"), "points")
-    for metric, figure in (("int4_pc_delta_minmax", "int4_pc"),
-                           ("int4_pt_delta_minmax", "int4_pt"),
-                           ("ptq_w2_delta_minmax", "ptq_w2")):   # the textbook grid, extra
-        emit(metric, float(np.mean([t for _, t in results[figure]["minmax"]])), "points")
-    for b in (8, 4):
-        emit(f"stored_bytes_ratio_int{b}", sizes[b]["counted"] / sizes[b]["fp32"], "ratio")
-    emit("stored_bytes_ratio_kmeans2", kmeans_bytes / sizes[8]["fp32"], "ratio")
-    emit("mixed_3bit_budget_delta", mixed["mixed"][1], "points")
-    emit("uniform_3bit_delta", mixed["uniform"][1], "points")
-    emit("qat_w2_delta", float(np.mean([t for _, t in results["w2_best"]["qat"]])), "points")
-    emit("kmeans2_ptq_delta", test_mean("kmeans2_ptq"), "points")
-    emit("uniform2_4level_delta", test_mean("uniform2_4level"), "points")
-    emit("int8_matmul_speedup", matmul["int8"].speedup, "x")
-    emit("w8a8_model_speedup", whole["W8A8"].speedup, "x")
+        for metric, figure in (("int8_pc_delta_mlp", "int8_pc"),
+                               ("int8_pc_delta_cnn", "int8_pc_cnn"),
+                               ("w8a8_int_delta", "w8a8_int"),
+                               ("w8a8_int_delta_cnn", "w8a8_int_cnn"),
+                               ("int4_pc_delta", "int4_pc"), ("int4_pt_delta", "int4_pt"),
+                               ("ptq_w8a4_delta", "ptq_w8a4"), ("qat_w8a4_delta", "qat_w8a4")):
+            # every figure is the option chosen on validation (see the table)
+            emit(metric, test_mean(figure), "points")
+        emit("ptq_w2_delta", test_mean("ptq_w2"), "points")
+        emit("w2_best_delta", test_mean("w2_best"), "points")
+        for metric, figure in (("int4_pc_delta_minmax", "int4_pc"),
+                               ("int4_pt_delta_minmax", "int4_pt"),
+                               ("ptq_w2_delta_minmax", "ptq_w2")):   # the textbook grid, extra
+            emit(metric, float(np.mean([t for _, t in results[figure]["minmax"]])), "points")
+        for b in (8, 4):
+            emit(f"stored_bytes_ratio_int{b}", sizes[b]["counted"] / sizes[b]["fp32"], "ratio")
+        emit("stored_bytes_ratio_kmeans2", kmeans_bytes / sizes[8]["fp32"], "ratio")
+        emit("mixed_3bit_budget_delta", mixed["mixed"][1], "points")
+        emit("uniform_3bit_delta", mixed["uniform"][1], "points")
+        emit("qat_w2_delta", float(np.mean([t for _, t in results["w2_best"]["qat"]])), "points")
+        emit("kmeans2_ptq_delta", test_mean("kmeans2_ptq"), "points")
+        emit("uniform2_4level_delta", test_mean("uniform2_4level"), "points")
+        emit("int8_matmul_speedup", matmul["int8"].speedup, "x")
+        emit("w8a8_model_speedup", whole["W8A8"].speedup, "x")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ Run from the repository root::
    them -- VGG-style, ResNet with a projection shortcut, MLP with LayerNorm and Dropout,
    DenseNet-style concatenation, MobileNet-style depthwise-separable, grouped conv,
    ``nnx.Sequential``, a tiny transformer with hand-written multi-head attention. Each is
-   trained on sklearn digits (``zoo.EPOCHS``), then, with nothing but the model and an
+   trained on sklearn digits (``user_models.EPOCHS``), then, with nothing but the model and an
    example batch:
 
    * groups derived by :func:`pruning_kit.graph.trace`;
@@ -24,7 +24,7 @@ Run from the repository root::
    * the channel-removed model saved with :mod:`pruning_kit.codec` and reloaded into a
      fresh instance of the user's class (``like=``): identical logits, bit for bit.
 2. **No layouts by hand**: ``handwritten_layouts`` counts functions in ``pruning_kit/``
-   (other than ``models.py``, where the course's models are written, and ``zoo.py``)
+   (other than ``models.py``, where the course's models are written, and ``user_models.py``)
    whose code names a course model's layers.
 3. **SmallCNN, generic vs hand-written**: the seed-0 Fashion-MNIST baseline loses channels
    to the recipe's widths twice -- through the traced graph and through the hand-written
@@ -32,12 +32,12 @@ Run from the repository root::
    arrays are compared, each is fine-tuned the same way, and both are timed interleaved
    with the dense model at batch 256.
 
-Prints the machine, tables, then one JSON line per figure.
+Prints the machine, tables, then the figures (metric, value, unit, target) as a table;
+``--out results.jsonl`` appends them as JSON lines (``benchmarks._common``).
 """
 
 from __future__ import annotations
 
-import argparse
 import ast
 import tempfile
 import time
@@ -49,6 +49,7 @@ import numpy as np
 from flax import nnx
 
 from benchmarks import _common
+from benchmarks._common import emit
 from pruning_kit import (
     codec,
     data,
@@ -57,9 +58,9 @@ from pruning_kit import (
     graph,
     measure,
     models,
-    recipes,
     structure,
     train,
+    user_models,
     w8a8,
     zoo,
 )
@@ -77,15 +78,6 @@ TARGETS = {
 }
 EXACT = 1e-5
 LATENCY_ROUNDS = 20
-
-
-def emit(metric: str, value: float, unit: str, **extra) -> None:
-    _common.emit(metric, value, unit, TARGETS, **extra)
-
-
-def _logits(model, x) -> np.ndarray:
-    return np.concatenate([np.asarray(model(jnp.asarray(x[i:i + 256])))
-                           for i in range(0, len(x), 256)])
 
 
 def removable_keep(model, example, scores):
@@ -111,11 +103,12 @@ def zoo_figures(seed: int = 0) -> None:
     ds = data.load_digits()
     rows = []
     example = ds.x_train[:2]
-    for name, build in zoo.ZOO.items():
+    for name, build in user_models.BUILDERS.items():
         start = time.perf_counter()
         model = build(nnx.Rngs(seed))
-        train.fit(model, ds.x_train, ds.y_train, epochs=zoo.EPOCHS[name],
-                  batch_size=zoo.BATCH_SIZE, learning_rate=zoo.LEARNING_RATE, seed=seed,
+        train.fit(model, ds.x_train, ds.y_train, epochs=user_models.EPOCHS[name],
+                  batch_size=user_models.BATCH_SIZE, learning_rate=user_models.LEARNING_RATE,
+                  seed=seed,
                   progress=False)
         model.eval()
         g = graph.trace(model, example)
@@ -123,16 +116,21 @@ def zoo_figures(seed: int = 0) -> None:
         keep, rejected = removable_keep(model, example, scores)
         small = structure.remove_channels(model, keep, example=example)
         masked = structure.mask_channels(model, keep, example=example)
-        removal_diff = float(np.abs(_logits(small, ds.x_test) - _logits(masked, ds.x_test)).max())
+        # logits: each model called as it is (eagerly), 256 test images at a time
+        logits = {k: train.predict(m.__call__, ds.x_test, batch_size=256)
+                  for k, m in (("small", small), ("masked", masked))}
+        removal_diff = float(np.abs(logits["small"] - logits["masked"]).max())
         folded, pairs = fold.fold_batchnorm_model(model, example)
-        float_logits = _logits(model, ds.x_test)
-        fold_diff = float(np.abs(_logits(folded, ds.x_test) - float_logits).max())
+        float_logits = train.predict(model.__call__, ds.x_test, batch_size=256)
+        fold_diff = float(np.abs(train.predict(folded.__call__, ds.x_test, batch_size=256)
+                                 - float_logits).max())
         q = w8a8.quantize_model(model, ds.x_train[:500])
         acc_float = 100 * float((float_logits.argmax(-1) == ds.y_test).mean())
         acc_int = 100 * q.evaluate(ds.x_test, ds.y_test)
         path = codec.save(Path(tempfile.mkdtemp()) / f"{name}.pkc", small)
         back = codec.load(path, like=build(nnx.Rngs(seed + 1)))
-        identical = bool(np.array_equal(_logits(back, ds.x_test), _logits(small, ds.x_test)))
+        identical = bool(np.array_equal(train.predict(back.__call__, ds.x_test, batch_size=256),
+                                        logits["small"]))
         rows.append({
             "model": name, "groups": len(g.groups), "removed_from": len(keep),
             "kept_whole": ", ".join(rejected) or "-",
@@ -158,14 +156,14 @@ COURSE_LAYERS = CNN_LAYERS | {"layers"}       # the SmallCNN's layers, the MLP's
 
 
 def handwritten_layouts(root: Path = Path("pruning_kit")) -> list[str]:
-    """``module.function`` for each function (outside models.py and zoo.py) whose code --
+    """``module.function`` for each function (outside models.py and user_models.py) whose code --
     not its docstring -- names a course model's layer: an attribute (``model.conv1``,
     ``model.layers``), a SmallCNN layer name as a string (``"bn2"``), or a path through one
-    (``"layers.0"``, ``"res_conv1.kernel"``). A dictionary key that happens to read
+    (``"layers/0"``, ``"res_conv1/kernel"``). A dictionary key that happens to read
     "layers" is not a path and does not count."""
     found = []
     for path in sorted(root.glob("*.py")):
-        if path.name in ("models.py", "zoo.py"):
+        if path.name in ("models.py", "user_models.py"):
             continue
         tree = ast.parse(path.read_text())
         for fn in ast.walk(tree):
@@ -189,7 +187,7 @@ def handwritten_layouts(root: Path = Path("pruning_kit")) -> list[str]:
 
 # ---- the hand-written reference: the group table the course used before the trace ----
 def _bn(name):
-    return [(f"{name}.{v}", 0, None) for v in ("scale", "bias", "mean", "var")]
+    return [(f"{name}/{v}", 0, None) for v in ("scale", "bias", "mean", "var")]
 
 
 def handwritten_remove(model: models.SmallCNN, keep: dict) -> models.SmallCNN:
@@ -198,11 +196,11 @@ def handwritten_remove(model: models.SmallCNN, keep: dict) -> models.SmallCNN:
     side = model.config["image_size"] // 4
     head_view = (side, side, c2, model.config["num_classes"])
     table = {
-        "stage1": [("conv1.kernel", 3, None), *_bn("bn1"), ("conv2.kernel", 2, None)],
-        "stage2": [("conv2.kernel", 3, None), *_bn("bn2"), ("res_conv2.kernel", 3, None),
-                   *_bn("res_bn2"), ("res_conv1.kernel", 2, None), ("head.kernel", 2, head_view)],
-        "res_inner": [("res_conv1.kernel", 3, None), *_bn("res_bn1"),
-                      ("res_conv2.kernel", 2, None)],
+        "stage1": [("conv1/kernel", 3, None), *_bn("bn1"), ("conv2/kernel", 2, None)],
+        "stage2": [("conv2/kernel", 3, None), *_bn("bn2"), ("res_conv2/kernel", 3, None),
+                   *_bn("res_bn2"), ("res_conv1/kernel", 2, None), ("head/kernel", 2, head_view)],
+        "res_inner": [("res_conv1/kernel", 3, None), *_bn("res_bn1"),
+                      ("res_conv2/kernel", 2, None)],
     }
     sizes = {"stage1": c1, "stage2": c2, "res_inner": c_res}
     names, leaves, treedef = graph.leaf_paths(nnx.state(model))
@@ -225,8 +223,8 @@ def handwritten_remove(model: models.SmallCNN, keep: dict) -> models.SmallCNN:
 
 def smallcnn_generic_vs_handwritten(full: bool) -> None:
     ds = data.load_fashion_mnist()
-    recipe = recipes.HALF_MAC_CNN
-    base = train.baseline("cnn_fashion", 0, progress=False)
+    recipe = zoo.HALF_MAC_CNN
+    base = zoo.baseline("cnn_fashion", 0, progress=False)
     base.eval()
     scores = structure.channel_importance(base, recipe["criterion"])
     keep = structure.select_channels(scores, recipe["keep"])
@@ -254,7 +252,7 @@ def smallcnn_generic_vs_handwritten(full: bool) -> None:
                                 ds.x_val[:256], rounds=LATENCY_ROUNDS, runs=5)
     print(r.table(title=f"batch 256, median of {r.rounds} interleaved rounds"))
     for name in ("generic", "hand-written"):
-        _common.emit_speedup("channel_speedup_b256", r[name], TARGETS, path=name,
+        _common.emit_speedup("channel_speedup_b256", r[name], path=name,
                              verdict=r.verdict(name))
         emit("channel_delta", accs[name] - dense, "pt", path=name,
              fine_tuning=f"{epochs} epoch(s) on {n} images")
@@ -262,22 +260,23 @@ def smallcnn_generic_vs_handwritten(full: bool) -> None:
          accuracy_gap_pt=accs["generic"] - accs["hand-written"])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = _common.argument_parser(__doc__)
     parser.add_argument("--full", action="store_true",
                         help="fine-tune the SmallCNNs with the full recipe (10 epochs)")
     parser.add_argument("--skip-cnn", action="store_true", help="only the zoo and the scan")
-    args = parser.parse_args()
-    print(measure.machine_summary())
-    start = time.perf_counter()
-    zoo_figures()
-    found = handwritten_layouts()
-    print("functions naming a course model's layers outside models.py: "
-          + (", ".join(found) or "none"))
-    emit("handwritten_layouts", len(found), "functions", where=found)
-    if not args.skip_cnn:
-        smallcnn_generic_vs_handwritten(args.full)
-    print(f"total {time.perf_counter() - start:.0f} s")
+    args = parser.parse_args(argv)
+    with _common.reporting(args.out, TARGETS):
+        print(measure.machine_summary())
+        start = time.perf_counter()
+        zoo_figures()
+        found = handwritten_layouts()
+        print("functions naming a course model's layers outside models.py: "
+              + (", ".join(found) or "none"))
+        emit("handwritten_layouts", len(found), "functions", where=found)
+        if not args.skip_cnn:
+            smallcnn_generic_vs_handwritten(args.full)
+        print(f"total {time.perf_counter() - start:.0f} s")
 
 
 if __name__ == "__main__":

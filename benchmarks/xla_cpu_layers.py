@@ -12,7 +12,8 @@
 Each pair is checked to give the same values, then timed interleaved
 (``measure.compare_latency``: ``ROUNDS`` rounds, the speed-up taken per round); each
 speed-up is printed with its IQR and range, and called "no measurable difference" when
-its IQR contains 1.0. One JSON line per speed-up, with ``"iqr"`` and ``"min_max"``.
+its IQR contains 1.0. One figure per speed-up, printed in a table at the end;
+``--out results.jsonl`` appends them as JSON lines, with ``"iqr"`` and ``"min_max"``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ ROUNDS = 30  #: interleaved rounds per comparison
 
 def report(metric: str, r: measure.LatencyComparison, name: str) -> None:
     print(r.table())
-    _common.emit_speedup(metric, r[name], {metric: "> 1"}, verdict=r.verdict(name))
+    _common.emit_speedup(metric, r[name], target="> 1", verdict=r.verdict(name))
 
 
 def pooling() -> None:
@@ -62,10 +63,12 @@ def first_conv() -> None:
         report(f"first_conv_{width}_speedup", r, "shifted multiply-adds")
 
 
-def main() -> None:
-    print(measure.machine_summary())
-    pooling()
-    first_conv()
+def main(argv: list[str] | None = None) -> None:
+    args = _common.argument_parser(__doc__).parse_args(argv)
+    with _common.reporting(args.out):
+        print(measure.machine_summary())
+        pooling()
+        first_conv()
 
 
 if __name__ == "__main__":

@@ -42,21 +42,21 @@ from flax import nnx
 
 from pruning_kit import models as models_lib
 from pruning_kit import train as train_lib
+from pruning_kit import validate
 from pruning_kit.table import Table, compare, format_bytes, format_table, format_value
-from pruning_kit.timing import (  # noqa: F401  (re-exported: the course imports measure)
+from pruning_kit.timing import (  # re-exported: the course imports measure
     LatencyComparison,
     LatencyResult,
     LatencyStats,
     ModelOrFn,
-    _as_batch,
-    _check_int,
-    _compiled_forward,
-    _isa,
+    as_batch,
     compare_latency,
+    compiled_forward,
     latency,
     machine_info,
     machine_summary,
 )
+from pruning_kit.tree import SEP, path_name
 
 __all__ = [
     "LatencyComparison", "LatencyResult", "LatencyStats", "Table", "compare",
@@ -69,15 +69,10 @@ Params = Any
 
 
 # --------------------------------------------------------------------------- counting
-def _key_name(key: Any) -> str:
-    for attr in ("key", "idx", "name"):
-        if hasattr(key, attr):
-            return str(getattr(key, attr))
-    return str(key)
-
-
 def named_params(tree_or_model: Params | nnx.Module) -> list[tuple[str, jax.Array]]:
-    """``(dotted path, array)`` for every parameter, in a stable order.
+    """``(name, array)`` for every parameter, in a stable order.
+
+    Names are :mod:`pruning_kit.tree` paths (``"layers/0/kernel"``).
 
     For an NNX model these are its ``nnx.Param`` values (BatchNorm statistics excluded);
     for a pytree, every leaf, which must be an array.
@@ -88,7 +83,7 @@ def named_params(tree_or_model: Params | nnx.Module) -> list[tuple[str, jax.Arra
     Examples:
         >>> from pruning_kit import models
         >>> [name for name, _ in named_params(models.MLP(64, (8,), rngs=nnx.Rngs(0)))]
-        ['layers.0.bias', 'layers.0.kernel', 'layers.1.bias', 'layers.1.kernel']
+        ['layers/0/bias', 'layers/0/kernel', 'layers/1/bias', 'layers/1/kernel']
     """
     tree = nnx.state(tree_or_model, nnx.Param) if isinstance(tree_or_model, nnx.Module) \
         else tree_or_model
@@ -102,9 +97,7 @@ def named_params(tree_or_model: Params | nnx.Module) -> list[tuple[str, jax.Arra
             raise ValueError(f"Expected an NNX model or a pytree of arrays, but leaf "
                              f"{jax.tree_util.keystr(path)!r} is a {type(leaf).__name__}. "
                              "Pass the model itself or nnx.state(model, nnx.Param).")
-        if path and isinstance(path[-1], jax.tree_util.GetAttrKey) and path[-1].name == "value":
-            path = path[:-1]  # nnx.Variable wrapper
-        out.append((".".join(_key_name(k) for k in path), leaf))
+        out.append((path_name(path), leaf))  # an nnx.Variable's trailing "value" dropped
     return out
 
 
@@ -164,8 +157,7 @@ def serialized_bytes(model_or_path: nnx.Module | str | os.PathLike | Params) -> 
         else:
             tree = (nnx.state(model_or_path) if isinstance(model_or_path, nnx.Module)
                     else model_or_path)
-            arrays = {name.replace(".", "/"): train_lib.host_array(a)
-                      for name, a in named_params(tree)}
+            arrays = {name: train_lib.host_array(a) for name, a in named_params(tree)}
             np.savez(path, **arrays)
         return path.stat().st_size
 
@@ -194,8 +186,8 @@ def cost(model_or_fn: ModelOrFn, x: Any) -> dict[str, float]:
         >>> c["macs_per_example"]
         12.0
     """
-    x = _as_batch(x)
-    _, lower = _compiled_forward(model_or_fn)
+    x = as_batch(x)
+    _, lower = compiled_forward(model_or_fn)
     analysis = lower(x).compile().cost_analysis()
     if isinstance(analysis, (list, tuple)):  # older JAX: one dict per device program
         analysis = analysis[0] if analysis else None
@@ -209,9 +201,10 @@ def cost(model_or_fn: ModelOrFn, x: Any) -> dict[str, float]:
 def layer_table(model: nnx.Module) -> Table:
     """One row per module that owns parameters: where the parameters of ``model`` live.
 
-    Rows (dicts) have ``name`` (path such as ``layers.0`` or ``conv1``), ``type``
+    Rows (dicts) have ``name`` (path such as ``layers/0`` or ``conv1``), ``type``
     (``Linear``, ``Conv``, ``BatchNorm``, ...), ``shape`` (of the kernel, else of the
-    largest parameter), ``params``, ``nonzeros``, ``sparsity`` (percent) and
+    largest parameter), ``params``, ``nonzeros``, ``sparsity`` (fraction of zeros; a
+    :class:`Table` shows it as a percent) and
     ``dense_bytes`` (``float32``). The ``params`` column sums to :func:`count_params`.
 
     Raises:
@@ -220,19 +213,19 @@ def layer_table(model: nnx.Module) -> Table:
     Examples:
         >>> from pruning_kit import models
         >>> [(r["name"], r["shape"], r["params"]) for r in layer_table(models.lenet_300_100())]
-        [('layers.0', (784, 300), 235500), ('layers.1', (300, 100), 30100), \
-('layers.2', (100, 10), 1010)]
+        [('layers/0', (784, 300), 235500), ('layers/1', (300, 100), 30100), \
+('layers/2', (100, 10), 1010)]
     """
     if not isinstance(model, nnx.Module):
         raise ValueError(f"layer_table needs an NNX model, got {type(model).__name__}; for a "
                          "params pytree use named_params().")
     modules, order = {}, {}
     for path, module in nnx.iter_modules(model):
-        name = ".".join(str(k) for k in path)
+        name = SEP.join(str(k) for k in path)
         modules[name], order[name] = module, _definition_order(model, modules, path)
     groups: dict[str, dict[str, jax.Array]] = {}
     for name, array in named_params(model):
-        owner, _, leaf = name.rpartition(".")
+        owner, _, leaf = name.rpartition(SEP)
         groups.setdefault(owner, {})[leaf] = array
     rows = []
     for owner, arrays in groups.items():
@@ -243,7 +236,7 @@ def layer_table(model: nnx.Module) -> Table:
         rows.append({"name": owner or "(model)",
                      "type": type(node).__name__ if node is not None else "?",
                      "shape": tuple(main.shape), "params": params, "nonzeros": nonzeros,
-                     "sparsity": 100.0 * (1 - nonzeros / params) if params else 0.0,
+                     "sparsity": 1 - nonzeros / params if params else 0.0,
                      "dense_bytes": 4 * params})
     rows.sort(key=lambda r: order.get(r["name"], ()))  # stable: unknown owners keep place
     return Table(rows)
@@ -261,7 +254,7 @@ def _definition_order(model: nnx.Module, modules: dict[str, Any], path: tuple) -
         else:
             attrs = list(vars(node)) if node is not None and hasattr(node, "__dict__") else []
         key.append(attrs.index(str(k)) if str(k) in attrs else len(attrs))
-        node = modules.get(".".join(str(p) for p in path[:depth + 1]))
+        node = modules.get(SEP.join(str(p) for p in path[:depth + 1]))
     return tuple(key)
 
 
@@ -284,8 +277,9 @@ def measure(model: nnx.Module, x_test: Any, y_test: Any, *, name: str | None = N
         runs, warmup: passed to :func:`latency`.
 
     Returns:
-        A dict with ``name``, ``accuracy`` (percent), ``params``, ``nonzeros``,
-        ``sparsity`` (percent of zero parameters), ``dense_bytes`` (``float32``),
+        A dict with ``name``, ``accuracy`` (a fraction in [0, 1]), ``params``,
+        ``nonzeros``, ``sparsity`` (the fraction of zero parameters), ``dense_bytes``
+        (``float32``),
         ``serialized_bytes`` (the saved file), ``macs`` (per example, from XLA) and
         ``latency_b{B}_ms`` (median) for each batch size ``B``.
 
@@ -305,15 +299,15 @@ def measure(model: nnx.Module, x_test: Any, y_test: Any, *, name: str | None = N
     x_test = np.asarray(x_test)
     if x_test.ndim == 0 or len(x_test) == 0:
         raise ValueError("x_test is empty; pass at least one test example.")
-    batch_sizes = [_check_int("batch size", b, 1) for b in batch_sizes]
-    _check_int("runs", runs, 1)
+    batch_sizes = [validate.integer("batch size", b, 1) for b in batch_sizes]
+    validate.integer("runs", runs, 1)
     params, nonzeros = count_params(model), count_nonzero(model)
     row: dict[str, Any] = {
         "name": name if name is not None else type(model).__name__,
-        "accuracy": 100.0 * train_lib.evaluate(model, x_test, np.asarray(y_test)),
+        "accuracy": train_lib.evaluate(model, x_test, np.asarray(y_test)),
         "params": params,
         "nonzeros": nonzeros,
-        "sparsity": 100.0 * (1 - nonzeros / params) if params else 0.0,
+        "sparsity": 1 - nonzeros / params if params else 0.0,
         "dense_bytes": 4 * params,
         "serialized_bytes": serialized_bytes(model),
         "macs": cost(model, x_test[:1])["macs_per_example"],

@@ -20,16 +20,28 @@ from matplotlib import ticker
 from matplotlib.figure import Figure
 
 from pruning_kit import measure as measure_lib
+from pruning_kit.tree import SEP
 
 Rows = Sequence[Mapping[str, Any]]
 
 _AXIS_KEYS = {"ratio": "compression", "size": "serialized_bytes"}
+#: Row keys holding a fraction in [0, 1], drawn as a percent.
+_PERCENT_KEYS = ("accuracy", "sparsity")
 _LABELS = {
     "compression": "compression ratio (x, baseline bytes / bytes)",
     "serialized_bytes": "serialized size (kB)", "dense_bytes": "dense float32 size (kB)",
     "sparsity": "sparsity (% of weights zero)", "accuracy": "test accuracy (%)",
     "macs": "multiply-accumulates per example",
 }
+
+
+def _shown(key: str, values: Any) -> np.ndarray:
+    """Values of row key ``key`` in the units its axis shows: kB for bytes, percent for
+    fractions (accuracy, sparsity), else as they are."""
+    values = np.asarray(values, float)
+    if key.endswith("bytes"):
+        return values / 1000
+    return 100 * values if key in _PERCENT_KEYS else values
 
 
 def _grid(n: int, ncols: int, size: tuple[float, float]) -> tuple[Figure, list]:
@@ -55,7 +67,7 @@ def weight_histograms(model_or_tree: Any, *, bins: int = 100, log: bool = True,
         model_or_tree: an NNX model or a params pytree.
         bins: histogram bins.
         log: log-scale counts, so the tails stay visible.
-        layers: names to plot (``"layers.0"`` or ``"layers.0.kernel"``); default all.
+        layers: names to plot (``"layers/0"`` or ``"layers/0/kernel"``); default all.
         ncols: subplots per row.
 
     Returns:
@@ -68,8 +80,8 @@ def weight_histograms(model_or_tree: Any, *, bins: int = 100, log: bool = True,
                if np.ndim(a) >= 2]
     if layers is not None:
         wanted = set(layers)
-        chosen = [(n, a) for n, a in weights if n in wanted or n.rpartition(".")[0] in wanted]
-        found = {n for n, _ in chosen} | {n.rpartition(".")[0] for n, _ in chosen}
+        chosen = [(n, a) for n, a in weights if n in wanted or n.rpartition(SEP)[0] in wanted]
+        found = {n for n, _ in chosen} | {n.rpartition(SEP)[0] for n, _ in chosen}
         if wanted - found:
             raise ValueError(f"No weight matrix named {sorted(wanted - found)}; available: "
                              f"{[n for n, _ in weights]}.")
@@ -84,7 +96,7 @@ def weight_histograms(model_or_tree: Any, *, bins: int = 100, log: bool = True,
             ax.hist(values, bins=bins, color="tab:blue", log=log)
         else:
             ax.text(0.5, 0.5, "all zero", ha="center", va="center", transform=ax.transAxes)
-        label = name[:-len(".kernel")] if name.endswith(".kernel") else name
+        label = name.removesuffix(f"{SEP}kernel")
         ax.set_title(f"{label} {'x'.join(map(str, w.shape))}\n"
                      f"sparsity {100 * sparsity:.1f}%", fontsize=9)
         ax.set_xlabel("weight value (zeros excluded)")
@@ -100,14 +112,13 @@ def _points(series: Any, x_key: str) -> tuple[np.ndarray, np.ndarray, list[str]]
             if x_key not in item or "accuracy" not in item:
                 raise ValueError(f"Row {i} has no {x_key!r} or 'accuracy' (keys: "
                                  f"{sorted(item)}); use compare() rows for x='ratio'.")
-            x = item[x_key] / 1000 if x_key.endswith("bytes") else item[x_key]
-            xs.append(x)
-            ys.append(item["accuracy"])
+            xs.append(_shown(x_key, item[x_key]))
+            ys.append(_shown("accuracy", item["accuracy"]))
             names.append(str(item.get("name", "")))
         else:
             x, y = item
             xs.append(x)
-            ys.append(y)
+            ys.append(_shown("accuracy", y))
             names.append("")
     return np.asarray(xs, float), np.asarray(ys, float), names
 
@@ -122,10 +133,12 @@ def accuracy_vs_compression(results: Mapping[str, Any] | Rows, *, x: str = "rati
     Args:
         results: ``{series name: points}`` (or one list of points), each point an
             ``(x, accuracy)`` pair or a row from :func:`~pruning_kit.measure.measure` /
-            :func:`~pruning_kit.measure.compare`.
+            :func:`~pruning_kit.measure.compare`; accuracies are fractions in [0, 1],
+            drawn as percents.
         x: for rows, the key on the x axis: ``"ratio"`` (``compression``), ``"size"``
-            (``serialized_bytes``, plotted in kB), ``"sparsity"`` or any numeric key.
-        baseline: the baseline accuracy (percent), or its row; drawn dashed.
+            (``serialized_bytes``, plotted in kB), ``"sparsity"`` (a fraction, plotted in
+            percent) or any numeric key.
+        baseline: the baseline accuracy (a fraction), or its row; drawn dashed.
         band: shade the band down to one point below the baseline.
         log_x: log-scale x; default on for ``"ratio"`` and ``"size"``.
         labels: write each row's ``name`` next to its point.
@@ -151,7 +164,8 @@ def accuracy_vs_compression(results: Mapping[str, Any] | Rows, *, x: str = "rati
             for xi, yi, ni in zip(xs, ys, names, strict=True):
                 ax.annotate(ni, (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=8)
     if baseline is not None:
-        acc = float(baseline["accuracy"] if isinstance(baseline, Mapping) else baseline)
+        acc = float(_shown("accuracy", baseline["accuracy"] if isinstance(baseline, Mapping)
+                           else baseline))
         ax.axhline(acc, color="black", ls="--", lw=1, label=f"baseline {acc:.2f}%")
         if band:
             ax.axhspan(acc - 1, acc, color="tab:green", alpha=0.12, label="within 1 point")
@@ -264,13 +278,13 @@ def measurement_bars(rows: Rows, metrics: Sequence[str] = ("accuracy", "serializ
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, m in zip(axes, metrics, strict=True):
         values = np.array([float(r[m]) for r in rows])
-        shown = values / 1000 if m.endswith("bytes") else values
+        shown = _shown(m, values)
         bars = ax.bar(names, shown, color=[colors[i % len(colors)] for i in range(len(rows))])
         ax.bar_label(bars, [measure_lib.format_value(m, v) for v in values], fontsize=7)
         ax.set_title(_LABELS.get(m, m.replace("_", " ")), fontsize=9)
         ax.tick_params(axis="x", labelrotation=30, labelsize=8)
         if m == "accuracy":
-            low = np.nanmin(values)
-            ax.set_ylim(max(0.0, low - 5), min(100.0, np.nanmax(values) + 2))
+            low = np.nanmin(shown)
+            ax.set_ylim(max(0.0, low - 5), min(100.0, np.nanmax(shown) + 2))
     fig.tight_layout()
     return fig

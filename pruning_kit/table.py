@@ -5,6 +5,9 @@ the README; :func:`compare` adds ratio columns against a baseline row. Units com
 column names (``*bytes`` in kB = 1,000 bytes via :func:`format_bytes`, ``*_ms`` in
 milliseconds, ``accuracy`` in percent, ...).
 
+Inside the package an accuracy or a sparsity is a fraction in [0, 1]; the table is where it
+becomes a percent (:data:`FRACTION_COLUMNS`).
+
 Used by :mod:`pruning_kit.measure` (which re-exports these names) and by every notebook.
 """
 
@@ -17,7 +20,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Table", "compare", "format_bytes", "format_table", "format_value"]
+__all__ = ["FRACTION_COLUMNS", "Table", "compare", "format_bytes", "format_table",
+           "format_value"]
+
+#: Columns holding a fraction in [0, 1], printed as a percent; ``<column>_delta`` holds a
+#: difference of two such fractions, printed in percentage points. (Columns ending in
+#: ``_pct`` or another ``_delta`` already hold percents or points and print as they are.)
+FRACTION_COLUMNS = ("accuracy", "sparsity")
+_FRACTION_DELTAS = tuple(f"{c}_delta" for c in FRACTION_COLUMNS)
 
 
 def format_bytes(n: float, *, digits: int = 1) -> str:
@@ -44,7 +54,9 @@ def format_value(column: str, value: Any) -> str:
     Examples:
         >>> format_value("serialized_bytes", 1066440), format_value("latency_b1_ms", 0.01234)
         ('1,066.4 kB', '0.0123 ms')
-        >>> format_value("accuracy", 97.5), format_value("compression", 9.0)
+        >>> format_value("accuracy", 0.975), format_value("accuracy_delta", -0.005)
+        ('97.50%', '-0.50 pts')
+        >>> format_value("val_acc_pct", 97.5), format_value("compression", 9.0)
         ('97.50%', '9.00x')
     """
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -61,9 +73,13 @@ def format_value(column: str, value: Any) -> str:
         return format_bytes(value)
     if column.endswith("_ms"):
         return f"{value:,.0f} ms" if abs(value) >= 100 else f"{value:#.3g} ms"
+    if column in _FRACTION_DELTAS:
+        return f"{100 * value:+.2f} pts"
     if column.endswith("_delta"):
         return f"{value:+.2f} pts"
-    if column in ("accuracy", "sparsity") or column.endswith("_pct"):
+    if column in FRACTION_COLUMNS:
+        return f"{100 * value:.2f}%"
+    if column.endswith("_pct"):
         return f"{value:.2f}%"
     if column.startswith(("compression", "speedup")):
         return f"{value:.2f}x"
@@ -77,8 +93,10 @@ class Table:
 
     ``str(table)`` is plain text for scripts and benchmarks, ``table.to_markdown()`` is for
     the README, and Jupyter shows ``_repr_html_``. Units follow the column names:
-    ``*bytes`` in kB, ``*_ms`` in milliseconds, ``accuracy``/``sparsity`` in percent,
-    ``compression``/``speedup*`` as ratios, ``*_delta`` in percentage points.
+    ``*bytes`` in kB, ``*_ms`` in milliseconds, ``accuracy``/``sparsity`` (fractions) in
+    percent, ``*_pct`` as given in percent, ``compression``/``speedup*`` as ratios,
+    ``accuracy_delta`` (a difference of fractions) and other ``*_delta`` (given in points)
+    in percentage points.
 
     Args:
         rows: a sequence of dicts (missing keys print as ``-``).
@@ -89,7 +107,7 @@ class Table:
         ValueError: a row is not a dict, or a requested column is in no row.
 
     Examples:
-        >>> print(Table([{"name": "dense", "accuracy": 97.123, "serialized_bytes": 1066440}]))
+        >>> print(Table([{"name": "dense", "accuracy": 0.97123, "serialized_bytes": 1066440}]))
         name   accuracy  serialized_bytes
         -----  --------  ----------------
         dense    97.12%        1,066.4 kB
@@ -168,8 +186,9 @@ def compare(rows: Sequence[dict[str, Any]], baseline_index: int = 0,
 
     Adds ``compression`` (baseline ``serialized_bytes`` / this row's; 4.0x means a file
     four times smaller), ``speedup_b{B}`` (baseline latency / this row's, per batch size)
-    and ``accuracy_delta`` (points above the baseline; negative is a loss). A column is
-    added only when the baseline row has the metric.
+    and ``accuracy_delta`` (this row's accuracy minus the baseline's, a difference of
+    fractions that the table prints in points; negative is a loss). A column is added only
+    when the baseline row has the metric.
 
     Raises:
         ValueError: no rows, or ``baseline_index`` out of range.

@@ -31,9 +31,15 @@ import numpy as np
 from flax import nnx
 
 from pruning_kit import train as train_lib
+from pruning_kit import validate
 from pruning_kit.table import Table
 
 ModelOrFn = nnx.Module | Callable[[jax.Array], jax.Array]
+
+__all__ = [
+    "LatencyComparison", "LatencyResult", "LatencyStats", "ModelOrFn", "as_batch",
+    "compare_latency", "compiled_forward", "isa", "latency", "machine_info", "machine_summary",
+]
 
 
 # --------------------------------------------------------------------------- compute
@@ -42,7 +48,12 @@ def _apply(graphdef, state, x):
     return nnx.merge(graphdef, state)(x)
 
 
-def _as_batch(x: Any, name: str = "x") -> jax.Array:
+def as_batch(x: Any, name: str = "x") -> jax.Array:
+    """``x`` as a ``jax.Array`` whose first axis is a non-empty batch of examples.
+
+    Raises:
+        ValueError: a scalar or an empty batch (the message names ``name``).
+    """
     x = jnp.asarray(x)
     if x.ndim == 0 or x.shape[0] == 0:
         raise ValueError(f"{name} must be a non-empty batch (first axis = examples), got "
@@ -50,14 +61,10 @@ def _as_batch(x: Any, name: str = "x") -> jax.Array:
     return x
 
 
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
-    return int(value)
-
-
-def _compiled_forward(model_or_fn: ModelOrFn) -> tuple[Callable, Callable]:
+def compiled_forward(model_or_fn: ModelOrFn) -> tuple[Callable, Callable]:
     """``(call, lower)``: a jitted ``call(x)`` and ``lower(x)`` giving its lowering.
+
+    What :func:`latency`, :func:`compare_latency` and :func:`pruning_kit.measure.cost` run.
 
     A model is split in eval mode (the graph definition keeps that mode), then its own
     train/eval flags are put back, so the caller's model leaves as it came.
@@ -120,10 +127,10 @@ def latency(model_or_fn: ModelOrFn, x: Any, *, runs: int = 50, warmup: int = 5
         >>> r.batch_size, r.median_ms > 0
         (8, True)
     """
-    runs = _check_int("runs", runs, 1)
-    warmup = _check_int("warmup", warmup, 0)
-    x = _as_batch(x)
-    call, _ = _compiled_forward(model_or_fn)
+    runs = validate.integer("runs", runs, 1)
+    warmup = validate.integer("warmup", warmup, 0)
+    x = as_batch(x)
+    call, _ = compiled_forward(model_or_fn)
     for _ in range(max(warmup, 1)):
         jax.block_until_ready(call(x))
     times = np.empty(runs)
@@ -350,16 +357,16 @@ def compare_latency(candidates: Mapping[str, ModelOrFn], x: Any, *, rounds: int 
         raise ValueError("candidates must be a non-empty dict name -> model or fn(x), e.g. "
                          "{'dense': model, 'pruned': small}.")
     names = [str(n) for n in candidates]
-    rounds = _check_int("rounds", rounds, 2)
-    runs = _check_int("runs", runs, 1)
-    warmup = _check_int("warmup", warmup, 0)
+    rounds = validate.integer("rounds", rounds, 2)
+    runs = validate.integer("runs", runs, 1)
+    warmup = validate.integer("warmup", warmup, 0)
     baseline = names[0] if baseline is None else baseline
     if baseline not in names:
         raise ValueError(f"Unknown baseline {baseline!r}; choose one of {names}.")
     def check(v, label):  # unjitted candidates get their input as it is (no device copy)
         if not jit and np.ndim(v) > 0 and np.shape(v)[0] > 0:
             return v
-        return _as_batch(v, label)
+        return as_batch(v, label)
 
     if isinstance(x, Mapping):
         if set(map(str, x)) != set(names):
@@ -371,7 +378,7 @@ def compare_latency(candidates: Mapping[str, ModelOrFn], x: Any, *, rounds: int 
     calls = {}
     for name, cand in zip(names, candidates.values(), strict=True):
         if jit:
-            calls[name] = _compiled_forward(cand)[0]
+            calls[name] = compiled_forward(cand)[0]
         elif callable(cand):
             calls[name] = cand
         else:
@@ -413,8 +420,16 @@ _ISA_FLAGS = (("avx2", "AVX2"), ("fma", "FMA"), ("avx512f", "AVX-512F"),
               ("sve2", "SVE2"), ("i8mm", "Int8 matmul"))
 
 
-def _isa(cpuinfo: str | None = None) -> str:
-    """The vector instruction sets the CPU reports, e.g. ``"AVX2, FMA"``."""
+def isa(cpuinfo: str | None = None) -> str:
+    """The vector instruction sets the CPU reports, e.g. ``"AVX2, FMA"``.
+
+    Args:
+        cpuinfo: the text of ``/proc/cpuinfo``; default read from this machine.
+
+    Examples:
+        >>> isa("flags : fpu sse4_2 avx2 fma")
+        'AVX2, FMA'
+    """
     if cpuinfo is None:
         try:
             with open("/proc/cpuinfo") as f:
@@ -447,7 +462,7 @@ def machine_info() -> dict[str, Any]:
     """
     device = jax.devices()[0]
     return {
-        "cpu": _cpu_model(), "isa": _isa(), "cores": os.cpu_count(),
+        "cpu": _cpu_model(), "isa": isa(), "cores": os.cpu_count(),
         "machine": platform.machine(),
         "os": platform.system(), "backend": jax.default_backend(),
         "device": device.device_kind, "devices": jax.device_count(),

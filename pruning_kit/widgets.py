@@ -6,46 +6,90 @@ exposes its controls and a plain-text ``readout`` so tests can set ``.value`` an
 result headlessly. Displayed, each one is the live widget plus, in the same output, a PNG of
 its figure and readout for readers of a saved notebook (GitHub, PDF): see ``_Explorer``.
 
+Accuracies in ``results`` are fractions in [0, 1], as everywhere in the package; the readouts
+and figures show them in percent.
+
 Introduced in ``notebooks/00_compression_and_measurement.ipynb``.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import ipywidgets as W
 import matplotlib.pyplot as plt
 import numpy as np
 from flax import nnx
+from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
-from pruning_kit import measure, train
+from pruning_kit import graph, measure, train
 
 
-def _percent_correct(logits_of, x: np.ndarray, y: np.ndarray, chunk: int = 2500) -> float:
-    """Accuracy (%) of ``logits_of(x_chunk)`` over ``x`` in chunks (bounded memory)."""
-    import jax.numpy as jnp
+def _check_xy(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if len(x) == 0 or len(x) != len(y):
+        raise ValueError(f"x and y must be non-empty and equally long, got {len(x)} and "
+                         f"{len(y)}.")
+    return np.asarray(x), np.asarray(y)
 
-    correct = 0
-    for i in range(0, len(x), chunk):
-        out = logits_of(jnp.asarray(x[i:i + chunk]))
-        correct += int((np.asarray(out).argmax(-1) == y[i:i + chunk]).sum())
-    return 100.0 * correct / len(x)
+
+def _accuracy_axis(ax, xs: Sequence, curves: dict[str, tuple[list[float], str]],
+                   baseline: tuple[str, float] | None, star: tuple[float, float], xlabel: str,
+                   title: str) -> None:
+    """Accuracy curves (fractions, drawn in percent), a dotted baseline and a red star."""
+    for label, (accs, style) in curves.items():
+        ax.plot(xs, 100 * np.asarray(accs, float), style, label=label)
+    if baseline is not None:
+        ax.axhline(100 * baseline[1], color="k", ls=":", label=baseline[0])
+    ax.plot([star[0]], [100 * star[1]], "r*", markersize=15, zorder=5)
+    ax.set(xlabel=xlabel, ylabel="accuracy (%) on the data given", title=title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
 
 
 class _Explorer:
-    """What every explorer shows when displayed: the live widget, and for readers of a saved
-    notebook (GitHub, nbconvert HTML without widget state, PDF) a static picture.
+    """What every explorer shares: its layout, its update cycle and how it is displayed.
 
-    The display is one output whose bundle holds the widget view, an ``image/png`` of the
-    figure as it is when displayed (with the readout under it) and a ``text/plain`` line.
-    A live JupyterLab renders only its preferred type, the widget, so there is no duplicate
-    picture; a renderer without widgets falls back to the PNG.
+    A subclass builds its controls and calls :meth:`_start`, which puts them above a bold
+    readout and an output for the figure, redraws on every change of a control's value, and
+    draws the first state. Each redraw calls the subclass's :meth:`_render` (compute or look
+    up the answer, draw one figure, return the readout text) and records ``readout`` and
+    ``last_update_ms`` (wall time of the update: computation and drawing).
+
+    Displayed, the explorer is one output whose bundle holds the widget view, an
+    ``image/png`` of the figure as it is (with the readout under it) and a ``text/plain``
+    line, for readers of a saved notebook (GitHub, nbconvert HTML without widget state,
+    PDF). A live JupyterLab renders only its preferred type, the widget, so there is no
+    duplicate picture; a renderer without widgets falls back to the PNG.
     """
 
     widget: W.Widget
-    readout: str
+    readout: str = ""
+    last_update_ms: float = float("nan")
     _figure = None          # the figure of the last update (set by ``_update``)
+
+    def _start(self, *controls: W.Widget) -> None:
+        """Lay out ``controls`` (one row) above the readout and figure; draw the first state."""
+        self.label, self.output = W.HTML(), W.Output()
+        for control in controls:
+            control.observe(self._update, names="value")
+        top = controls[0] if len(controls) == 1 else W.HBox(list(controls))
+        self.widget = W.VBox([top, self.label, self.output])
+        self._update()
+
+    def _render(self) -> tuple[str, Figure]:
+        """The readout and the figure for the controls' current values."""
+        raise NotImplementedError
+
+    def _update(self, *_) -> None:
+        start = time.perf_counter()
+        self.output.clear_output(wait=True)
+        with self.output:
+            self.readout, self._figure = self._render()
+            plt.show()
+        self.label.value = f"<b>{self.readout}</b>"
+        self.last_update_ms = 1000 * (time.perf_counter() - start)
 
     def _static_png(self) -> bytes | None:
         """The last update's figure with the readout under it, as PNG bytes."""
@@ -93,7 +137,8 @@ class LatencyExplorer(_Explorer):
     Attributes:
         results: ``{(name, batch_size): LatencyResult}``, every measurement made.
         model_dropdown, batch_slider: the controls.
-        readout: the text shown under the controls (what the tests check).
+        readout: the text shown under the controls (what the tests check);
+        last_update_ms: wall time of the last update.
 
     Example (in a notebook; ``explorer`` as the cell's last line shows the widget)::
 
@@ -124,40 +169,28 @@ class LatencyExplorer(_Explorer):
         self.batch_slider = W.SelectionSlider(options=batch_sizes, value=batch_sizes[-1],
                                               description="batch size",
                                               continuous_update=False)
-        self.label = W.HTML()
-        self.output = W.Output()
-        self.readout = ""
-        self.model_dropdown.observe(self._update, names="value")
-        self.batch_slider.observe(self._update, names="value")
-        self.widget = W.VBox([W.HBox([self.model_dropdown, self.batch_slider]), self.label,
-                              self.output])
-        self._update()
+        self._start(self.model_dropdown, self.batch_slider)
 
     def per_example_us(self, name: str) -> list[float]:
         """Median microseconds per example at each batch size, for model ``name``."""
         return [1000.0 * self.results[(name, b)].median_ms / b for b in self.batch_sizes]
 
-    def _update(self, *_):
+    def _render(self) -> tuple[str, Figure]:
         name, b = self.model_dropdown.value, self.batch_slider.value
         r = self.results[(name, b)]
         per_ex_us = 1000.0 * r.median_ms / b
-        self.readout = (f"{name}, batch {b}: {r.median_ms:.3g} ms per batch = "
-                        f"{per_ex_us:.3g} us per example ({1e6 / per_ex_us:,.0f} examples/s)")
-        self.label.value = f"<b>{self.readout}</b>"
-        self.output.clear_output(wait=True)
-        with self.output:
-            fig, ax = plt.subplots(figsize=(6.5, 3.5))
-            self._figure = fig
-            for other in self.model_dropdown.options:
-                ax.plot(self.batch_sizes, self.per_example_us(other), "o-", label=other,
-                        alpha=1.0 if other == name else 0.4)
-            ax.plot([b], [per_ex_us], "r*", markersize=16, zorder=5)
-            ax.set(xscale="log", yscale="log", xlabel="batch size",
-                   ylabel="median latency per example (us)",
-                   title="Bigger batches amortise per-call overhead")
-            ax.grid(True, which="both", alpha=0.3)
-            ax.legend()
-            plt.show()
+        fig, ax = plt.subplots(figsize=(6.5, 3.5))
+        for other in self.model_dropdown.options:
+            ax.plot(self.batch_sizes, self.per_example_us(other), "o-", label=other,
+                    alpha=1.0 if other == name else 0.4)
+        ax.plot([b], [per_ex_us], "r*", markersize=16, zorder=5)
+        ax.set(xscale="log", yscale="log", xlabel="batch size",
+               ylabel="median latency per example (us)",
+               title="Bigger batches amortise per-call overhead")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+        return (f"{name}, batch {b}: {r.median_ms:.3g} ms per batch = {per_ex_us:.3g} us per "
+                f"example ({1e6 / per_ex_us:,.0f} examples/s)"), fig
 
 
 class BitWidthExplorer(_Explorer):
@@ -165,7 +198,7 @@ class BitWidthExplorer(_Explorer):
 
     For each setting (bits, per-tensor or per-channel) the explorer quantizes every kernel
     (symmetric, round-to-nearest), measures test accuracy with the quantized weights, counts
-    the bytes :func:`pruning_kit.quantize.quantize_tree` really stores (packed codes plus
+    the bytes :func:`pruning_kit.quant_storage.quantize_tree` really stores (packed codes plus
     scales), and draws the distribution of the rounding error. Results are cached, so a
     setting seen once answers immediately; the first visit costs one evaluation (``bits``
     is a traced value, so no setting recompiles the model).
@@ -176,7 +209,8 @@ class BitWidthExplorer(_Explorer):
         bits_options: the slider's stops.
 
     Attributes:
-        results: ``{(bits, per_channel): {"accuracy", "bytes", "errors"}}``.
+        results: ``{(bits, per_channel): {"accuracy", "bytes", "errors"}}`` (accuracy a
+            fraction); ``float_accuracy``: the float32 model's.
         bits_slider, per_channel_toggle: the controls; ``readout``: the text shown.
         last_update_ms: wall time of the last update (computation + drawing).
     """
@@ -186,18 +220,15 @@ class BitWidthExplorer(_Explorer):
                  progress: bool = True):
         import jax
 
-        from pruning_kit import quantize
+        from pruning_kit import quant_storage, quantize
 
-        if len(x) == 0 or len(x) != len(y):
-            raise ValueError(f"x and y must be non-empty and equally long, got {len(x)} and "
-                             f"{len(y)}.")
+        self._x, self._y = _check_xy(x, y)
         bits_options = sorted(set(int(b) for b in bits_options))
         if bits_options[0] < 2 or bits_options[-1] > 16:
             raise ValueError(f"bits must be between 2 and 16, got {bits_options}.")
-        self._q = quantize
-        model = _eval_copy(model)                 # the caller's model keeps its mode
+        self._q = quant_storage
+        model = graph.eval_copy(model)            # the caller's model keeps its mode
         self._graphdef, self._params, self._rest = nnx.split(model, nnx.Param, ...)
-        self._x, self._y = np.asarray(x), np.asarray(y)
         self._fp32_bytes = 4 * sum(int(np.size(a)) for a in jax.tree.leaves(self._params))
 
         def logits(params, bits, x, per_channel):
@@ -209,7 +240,7 @@ class BitWidthExplorer(_Explorer):
         self._logits = jax.jit(logits, static_argnums=(3,))
         self.results: dict[tuple[int, bool], dict] = {}
         self.bits_options = bits_options
-        self.float_accuracy = 100.0 * train.evaluate(model, self._x, self._y)
+        self.float_accuracy = train.evaluate(model, self._x, self._y)
         if precompute:
             jobs = [(b, pc) for b in bits_options for pc in (True, False)]
             for b, pc in tqdm(jobs, desc="quantizing", disable=not progress, leave=False):
@@ -219,25 +250,17 @@ class BitWidthExplorer(_Explorer):
         self.per_channel_toggle = W.ToggleButtons(options=[("per-channel", True),
                                                            ("per-tensor", False)],
                                                   value=True, description="scales")
-        self.label = W.HTML()
-        self.output = W.Output()
-        self.readout = ""
-        self.last_update_ms = float("nan")
-        self.bits_slider.observe(self._update, names="value")
-        self.per_channel_toggle.observe(self._update, names="value")
-        self.widget = W.VBox([W.HBox([self.bits_slider, self.per_channel_toggle]), self.label,
-                              self.output])
-        self._update()
+        self._start(self.bits_slider, self.per_channel_toggle)
 
     def _accuracy(self, bits: int, per_channel: bool) -> float:
         import jax.numpy as jnp
 
-        return _percent_correct(
+        return train.evaluate(
             lambda xb: self._logits(self._params, jnp.int32(bits), xb, per_channel),
-            self._x, self._y, chunk=2000)
+            self._x, self._y, batch_size=2000)
 
     def result(self, bits: int, per_channel: bool) -> dict:
-        """Accuracy (%), stored bytes and rounding errors for one setting (cached)."""
+        """Accuracy (fraction), stored bytes and rounding errors for one setting (cached)."""
         import jax
 
         key = (int(bits), bool(per_channel))
@@ -253,37 +276,23 @@ class BitWidthExplorer(_Explorer):
                                  "bytes": self._q.tree_nbytes(qtree), "errors": errors}
         return self.results[key]
 
-    def _update(self, *_):
-        import time
-
-        start = time.perf_counter()
+    def _render(self) -> tuple[str, Figure]:
         bits, pc = self.bits_slider.value, self.per_channel_toggle.value
         r = self.result(bits, pc)
         mode = "per-channel" if pc else "per-tensor"
-        self.readout = (f"{bits}-bit {mode}: accuracy {r['accuracy']:.2f}% "
-                        f"({r['accuracy'] - self.float_accuracy:+.2f} pt), "
-                        f"{measure.format_bytes(r['bytes'])} stored "
-                        f"({self._fp32_bytes / r['bytes']:.1f}x smaller than float32)")
-        self.label.value = f"<b>{self.readout}</b>"
-        self.output.clear_output(wait=True)
-        with self.output:
-            fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.3))
-            self._figure = fig
-            for mode_pc, style in ((True, "o-"), (False, "s--")):
-                accs = [self.result(b, mode_pc)["accuracy"] if (b, mode_pc) in self.results
-                        else np.nan for b in self.bits_options]
-                ax1.plot(self.bits_options, accs, style,
-                         label="per-channel" if mode_pc else "per-tensor")
-            ax1.axhline(self.float_accuracy, color="k", ls=":", label="float32")
-            ax1.plot([bits], [r["accuracy"]], "r*", markersize=15, zorder=5)
-            ax1.set(xlabel="weight bits", ylabel="accuracy (%) on the data given", title="accuracy")
-            ax1.legend(fontsize=8)
-            ax1.grid(alpha=0.3)
-            ax2.hist(r["errors"], bins=80, color="tab:orange")
-            ax2.set(xlabel="quantized - original weight", ylabel="count", yscale="log",
-                    title=f"rounding error, {bits}-bit {mode}")
-            plt.show()
-        self.last_update_ms = 1000 * (time.perf_counter() - start)
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.3))
+        _accuracy_axis(ax1, self.bits_options, {
+            name: ([self.results[(b, on)]["accuracy"] if (b, on) in self.results else np.nan
+                    for b in self.bits_options], style)
+            for name, on, style in (("per-channel", True, "o-"), ("per-tensor", False, "s--"))},
+            ("float32", self.float_accuracy), (bits, r["accuracy"]), "weight bits", "accuracy")
+        ax2.hist(r["errors"], bins=80, color="tab:orange")
+        ax2.set(xlabel="quantized - original weight", ylabel="count", yscale="log",
+                title=f"rounding error, {bits}-bit {mode}")
+        return (f"{bits}-bit {mode}: accuracy {100 * r['accuracy']:.2f}% "
+                f"({100 * (r['accuracy'] - self.float_accuracy):+.2f} pt), "
+                f"{measure.format_bytes(r['bytes'])} stored "
+                f"({self._fp32_bytes / r['bytes']:.1f}x smaller than float32)"), fig
 
 
 class TemperatureExplorer(_Explorer):
@@ -330,14 +339,7 @@ class TemperatureExplorer(_Explorer):
         self.image_dropdown = W.Dropdown(
             options=[(f"#{i}: {self.classes[int(y)]}", i) for i, y in enumerate(self.labels)],
             value=0, description="image")
-        self.label = W.HTML()
-        self.output = W.Output()
-        self.readout = ""
-        self.temperature_slider.observe(self._update, names="value")
-        self.image_dropdown.observe(self._update, names="value")
-        self.widget = W.VBox([W.HBox([self.image_dropdown, self.temperature_slider]),
-                              self.label, self.output])
-        self._update()
+        self._start(self.image_dropdown, self.temperature_slider)
 
     def probabilities(self, index: int, temperature: float) -> np.ndarray:
         """``softmax(logits[index] / temperature)`` (computed stably in float64)."""
@@ -345,37 +347,24 @@ class TemperatureExplorer(_Explorer):
         e = np.exp(z - z.max())
         return e / e.sum()
 
-    def _update(self, *_):
+    def _render(self) -> tuple[str, Figure]:
         i, t = self.image_dropdown.value, self.temperature_slider.value
         p = self.probabilities(i, t)
         order = np.argsort(p)[::-1]
         entropy = float(-(p * np.log2(np.clip(p, 1e-300, None))).sum())
-        self.readout = (f"T = {t:g}: {self.classes[order[0]]} {p[order[0]]:.3f}, then "
-                        f"{self.classes[order[1]]} {p[order[1]]:.3f} and "
-                        f"{self.classes[order[2]]} {p[order[2]]:.3f}; entropy "
-                        f"{entropy:.2f} bits (uniform: {np.log2(len(p)):.2f})")
-        self.label.value = f"<b>{self.readout}</b>"
-        self.output.clear_output(wait=True)
-        with self.output:
-            fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3),
-                                           gridspec_kw={"width_ratios": [1, 3]})
-            self._figure = fig
-            ax1.imshow(self.images[i][..., 0], cmap="gray_r")
-            ax1.set_title(f"true: {self.classes[int(self.labels[i])]}", fontsize=9)
-            ax1.axis("off")
-            colors = ["tab:green" if k == int(self.labels[i]) else "tab:blue"
-                      for k in range(len(p))]
-            ax2.bar(range(len(p)), p, color=colors)
-            ax2.set_xticks(range(len(p)), self.classes, rotation=45, ha="right", fontsize=8)
-            ax2.set(ylim=(0, 1), ylabel="probability",
-                    title=f"teacher's softmax(z / T) at T = {t:g}")
-            plt.show()
-
-
-def _eval_copy(model):
-    from pruning_kit import graph
-
-    return graph.eval_copy(model)
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3),
+                                       gridspec_kw={"width_ratios": [1, 3]})
+        ax1.imshow(self.images[i][..., 0], cmap="gray_r")
+        ax1.set_title(f"true: {self.classes[int(self.labels[i])]}", fontsize=9)
+        ax1.axis("off")
+        colors = ["tab:green" if k == int(self.labels[i]) else "tab:blue" for k in range(len(p))]
+        ax2.bar(range(len(p)), p, color=colors)
+        ax2.set_xticks(range(len(p)), self.classes, rotation=45, ha="right", fontsize=8)
+        ax2.set(ylim=(0, 1), ylabel="probability", title=f"teacher's softmax(z / T) at T = {t:g}")
+        return (f"T = {t:g}: {self.classes[order[0]]} {p[order[0]]:.3f}, then "
+                f"{self.classes[order[1]]} {p[order[1]]:.3f} and "
+                f"{self.classes[order[2]]} {p[order[2]]:.3f}; entropy "
+                f"{entropy:.2f} bits (uniform: {np.log2(len(p)):.2f})"), fig
 
 
 class RankExplorer(_Explorer):
@@ -398,7 +387,8 @@ class RankExplorer(_Explorer):
         runs: timed calls per latency measurement (the median is shown).
 
     Attributes:
-        results: ``{rank: {"accuracy", "params", "latency_ms"}}`` (``rank`` None = dense).
+        results: ``{rank: {"accuracy", "params", "latency_ms"}}`` (``rank`` None = dense;
+            accuracy a fraction); ``dense_accuracy``.
         rank_slider: the control; ``readout``: the text shown; ``last_update_ms``.
     """
 
@@ -408,15 +398,14 @@ class RankExplorer(_Explorer):
         import jax
         import jax.numpy as jnp
 
-        from pruning_kit import graph, structure
         from pruning_kit import models as models_lib
+        from pruning_kit import structure
 
         path = structure.layer_path(model, layer)
         dense = structure.dense_layers(model)[path]
         if isinstance(dense, models_lib.LowRankLinear):
             raise ValueError(f"Layer {path} is already low rank; explore the dense model.")
-        if len(x) == 0 or len(x) != len(y):
-            raise ValueError("x and y must be non-empty and equally long.")
+        self._x, self._y = _check_xy(x, y)
         kernel_shape = dense.kernel.shape                # a 1x1 conv's is (1, 1, in, out)
         kernel = dense.kernel[...].reshape(kernel_shape[-2:])
         full = min(kernel.shape)
@@ -427,7 +416,6 @@ class RankExplorer(_Explorer):
         model = graph.eval_copy(model)           # the caller's model keeps its mode
         self.model, self.layer, self.ranks, self._runs = model, path, ranks, runs
         self.shape = tuple(kernel.shape)
-        self._x, self._y = np.asarray(x), np.asarray(y)
         u, s, vt = jnp.linalg.svd(kernel, full_matrices=False)
         self.singular_values = np.asarray(s)
         graphdef, state = nnx.split(model)
@@ -449,22 +437,16 @@ class RankExplorer(_Explorer):
         self.dense_accuracy = self.results[None]["accuracy"]
         self.rank_slider = W.SelectionSlider(options=ranks, value=ranks[len(ranks) // 2],
                                              description="rank", continuous_update=False)
-        self.label = W.HTML()
-        self.output = W.Output()
-        self.readout = ""
-        self.last_update_ms = float("nan")
-        self.rank_slider.observe(self._update, names="value")
-        self.widget = W.VBox([self.rank_slider, self.label, self.output])
-        self._update()
+        self._start(self.rank_slider)
 
     def _accuracy(self, rank: int) -> float:
         import jax.numpy as jnp
 
-        return _percent_correct(lambda xb: self._logits(self._state, jnp.int32(rank), xb),
-                                self._x, self._y)
+        return train.evaluate(lambda xb: self._logits(self._state, jnp.int32(rank), xb),
+                              self._x, self._y, batch_size=2500)
 
     def result(self, rank: int | None) -> dict:
-        """Accuracy (%), layer parameters and measured latency for ``rank`` (cached)."""
+        """Accuracy (fraction), layer parameters and measured latency for ``rank`` (cached)."""
         from pruning_kit import structure
 
         if rank not in self.results:
@@ -479,41 +461,28 @@ class RankExplorer(_Explorer):
                 "latency_ms": measure.latency(model, self._batch, runs=self._runs).median_ms}
         return self.results[rank]
 
-    def _update(self, *_):
-        import time
-
-        start = time.perf_counter()
+    def _render(self) -> tuple[str, Figure]:
         r = self.rank_slider.value
         res, dense = self.result(r), self.results[None]
         energy = float((self.singular_values[:r] ** 2).sum() / (self.singular_values ** 2).sum())
-        self.readout = (f"rank {r}: accuracy {res['accuracy']:.2f}% "
-                        f"({res['accuracy'] - self.dense_accuracy:+.2f} pt), layer "
-                        f"{res['params']:,} params ({dense['params'] / res['params']:.1f}x fewer), "
-                        f"{energy:.1%} of the spectrum's energy, model "
-                        f"{res['latency_ms']:.2f} ms vs {dense['latency_ms']:.2f} ms dense "
-                        f"at batch {len(self._batch)}")
-        self.label.value = f"<b>{self.readout}</b>"
-        self.output.clear_output(wait=True)
-        with self.output:
-            fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.2))
-            self._figure = fig
-            # log10 on linear axes: matplotlib's log scales cost ~0.1 s per redraw
-            ax1.plot(np.log10(self.singular_values), color="tab:gray")
-            ax1.axvline(r, color="r", ls="--")
-            ax1.set(xlabel="index", ylabel="log10 singular value",
-                    title=f"spectrum of layer {self.layer} {self.shape}")
-            accs = [self.results[k]["accuracy"] for k in self.ranks]
-            pos = np.arange(len(self.ranks))
-            ax2.plot(pos, accs, "o-", label="rank-r model")
-            ax2.axhline(self.dense_accuracy, color="k", ls=":", label="dense")
-            ax2.plot([self.ranks.index(r)], [res["accuracy"]], "r*", markersize=15, zorder=5)
-            ax2.set_xticks(pos, [str(k) for k in self.ranks])
-            ax2.set(xlabel="rank", ylabel="accuracy (%) on the data given",
-                    title="accuracy without fine-tuning")
-            ax2.legend(fontsize=8)
-            ax2.grid(alpha=0.3)
-            plt.show()
-        self.last_update_ms = 1000 * (time.perf_counter() - start)
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.2))
+        # log10 on linear axes: matplotlib's log scales cost ~0.1 s per redraw
+        ax1.plot(np.log10(self.singular_values), color="tab:gray")
+        ax1.axvline(r, color="r", ls="--")
+        ax1.set(xlabel="index", ylabel="log10 singular value",
+                title=f"spectrum of layer {self.layer} {self.shape}")
+        pos = np.arange(len(self.ranks))
+        _accuracy_axis(ax2, pos, {"rank-r model": ([self.results[k]["accuracy"]
+                                                    for k in self.ranks], "o-")},
+                       ("dense", self.dense_accuracy), (self.ranks.index(r), res["accuracy"]),
+                       "rank", "accuracy without fine-tuning")
+        ax2.set_xticks(pos, [str(k) for k in self.ranks])
+        return (f"rank {r}: accuracy {100 * res['accuracy']:.2f}% "
+                f"({100 * (res['accuracy'] - self.dense_accuracy):+.2f} pt), layer "
+                f"{res['params']:,} params ({dense['params'] / res['params']:.1f}x fewer), "
+                f"{energy:.1%} of the spectrum's energy, model "
+                f"{res['latency_ms']:.2f} ms vs {dense['latency_ms']:.2f} ms dense "
+                f"at batch {len(self._batch)}"), fig
 
 
 class SparsityExplorer(_Explorer):
@@ -530,8 +499,9 @@ class SparsityExplorer(_Explorer):
         sparsities: the slider's stops (each in [0, 1)).
 
     Attributes:
-        results: ``{(sparsity, scope): {"accuracy", "layers", "kept", "hist"}}`` (``kept``:
-            number of surviving kernel weights; ``hist``: their histogram).
+        results: ``{(sparsity, scope): {"accuracy", "layers", "kept", "hist"}}`` (accuracy a
+            fraction; ``kept``: number of surviving kernel weights; ``hist``: their
+            histogram); ``dense_accuracy``.
         sparsity_slider, scope_toggle: the controls; ``readout``; ``last_update_ms``.
     """
 
@@ -542,15 +512,13 @@ class SparsityExplorer(_Explorer):
 
         from pruning_kit import prune
 
-        if len(x) == 0 or len(x) != len(y):
-            raise ValueError("x and y must be non-empty and equally long.")
+        self._x, self._y = _check_xy(x, y)
         sparsities = sorted(set(float(s) for s in sparsities))
         if sparsities[0] < 0 or sparsities[-1] >= 1:
             raise ValueError(f"sparsities must be in [0, 1), got {sparsities}.")
         self._prune = prune
-        model = _eval_copy(model)                 # the caller's model keeps its mode
+        model = graph.eval_copy(model)            # the caller's model keeps its mode
         self._graphdef, self._params, self._rest = nnx.split(model, nnx.Param, ...)
-        self._x, self._y = np.asarray(x), np.asarray(y)
 
         def logits(params, s, xb, scope):
             masks = prune.magnitude_masks(params, s, scope=scope)
@@ -570,25 +538,18 @@ class SparsityExplorer(_Explorer):
         self.scope_toggle = W.ToggleButtons(options=[("layer-wise", "layer"),
                                                      ("global", "global")],
                                             value="layer", description="scope")
-        self.label = W.HTML()
-        self.output = W.Output()
-        self.readout = ""
-        self.last_update_ms = float("nan")
-        self.sparsity_slider.observe(self._update, names="value")
-        self.scope_toggle.observe(self._update, names="value")
-        self.widget = W.VBox([W.HBox([self.sparsity_slider, self.scope_toggle]), self.label,
-                              self.output])
-        self._update()
+        self._start(self.sparsity_slider, self.scope_toggle)
 
     def result(self, sparsity: float, scope: str) -> dict:
-        """Accuracy (%), per-layer sparsity and surviving weights for one setting (cached)."""
+        """Accuracy (fraction), per-layer sparsity and surviving weights for one setting
+        (cached)."""
         import jax.numpy as jnp
 
         key = (float(sparsity), scope)
         if key not in self.results:
-            accuracy = _percent_correct(
+            accuracy = train.evaluate(
                 lambda xb: self._logits(self._params, jnp.float32(sparsity), xb, scope),
-                self._x, self._y)
+                self._x, self._y, batch_size=2500)
             masks = self._prune.magnitude_masks(self._params, float(sparsity), scope=scope)
             pruned = self._prune.apply_masks(self._params, masks)
             kept = np.concatenate([np.asarray(w)[np.asarray(w) != 0].ravel()
@@ -600,36 +561,22 @@ class SparsityExplorer(_Explorer):
                                  "kept": len(kept), "hist": (counts, edges)}
         return self.results[key]
 
-    def _update(self, *_):
-        import time
-
-        start = time.perf_counter()
+    def _render(self) -> tuple[str, Figure]:
         s, scope = self.sparsity_slider.value, self.scope_toggle.value
         r = self.result(s, scope)
-        self.readout = (f"{s:.0%} {scope}: accuracy {r['accuracy']:.2f}% "
-                        f"({r['accuracy'] - self.dense_accuracy:+.2f} pt, no fine-tuning); "
-                        + ", ".join(f"{n} {v:.0%}" for n, v in r["layers"].items()))
-        self.label.value = f"<b>{self.readout}</b>"
-        self.output.clear_output(wait=True)
-        with self.output:
-            fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(11, 2.8),
-                                                gridspec_kw={"wspace": 0.5})
-            self._figure = fig
-            for sc, style in (("layer", "o-"), ("global", "s--")):
-                accs = [self.results[(v, sc)]["accuracy"] if (v, sc) in self.results
-                        else np.nan for v in self.sparsities]
-                ax1.plot(self.sparsities, accs, style, label=sc)
-            ax1.plot([s], [r["accuracy"]], "r*", markersize=15, zorder=5)
-            ax1.set(xlabel="sparsity", ylabel="accuracy (%) on the data given",
-                    title="one-shot pruning")
-            ax1.legend(fontsize=8)
-            ax1.grid(alpha=0.3)
-            names = list(r["layers"])
-            ax2.barh(names, [r["layers"][n] for n in names], color="tab:purple")
-            ax2.set(xlim=(0, 1), xlabel="fraction pruned", title="per-layer sparsity")
-            counts, edges = r["hist"]
-            ax3.stairs(counts, edges, fill=True, color="tab:green")
-            ax3.set(xlabel="weight value", ylabel="count",   # a log scale costs 0.1 s a draw
-                    title=f"{r['kept']:,} surviving weights")
-            plt.show()
-        self.last_update_ms = 1000 * (time.perf_counter() - start)
+        fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(11, 2.8), gridspec_kw={"wspace": 0.5})
+        _accuracy_axis(ax1, self.sparsities, {
+            sc: ([self.results[(v, sc)]["accuracy"] if (v, sc) in self.results else np.nan
+                  for v in self.sparsities], style)
+            for sc, style in (("layer", "o-"), ("global", "s--"))},
+            None, (s, r["accuracy"]), "sparsity", "one-shot pruning")
+        names = list(r["layers"])
+        ax2.barh(names, [r["layers"][n] for n in names], color="tab:purple")
+        ax2.set(xlim=(0, 1), xlabel="fraction pruned", title="per-layer sparsity")
+        counts, edges = r["hist"]
+        ax3.stairs(counts, edges, fill=True, color="tab:green")
+        ax3.set(xlabel="weight value", ylabel="count",   # a log scale costs 0.1 s a draw
+                title=f"{r['kept']:,} surviving weights")
+        return (f"{s:.0%} {scope}: accuracy {100 * r['accuracy']:.2f}% "
+                f"({100 * (r['accuracy'] - self.dense_accuracy):+.2f} pt, no fine-tuning); "
+                + ", ".join(f"{n} {v:.0%}" for n, v in r["layers"].items())), fig

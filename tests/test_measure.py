@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from pruning_kit import data, measure, models, train
+from pruning_kit import measure, models, timing, train
 
 LENET_MACS = 784 * 300 + 300 * 100 + 100 * 10  # 266,200 multiply-accumulates per example
 
@@ -23,11 +23,6 @@ def lenet():
 @pytest.fixture(scope="module")
 def cnn():
     return models.small_cnn(image_size=8)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return data.load_digits()
 
 
 def small_mlp(seed: int = 0) -> models.MLP:
@@ -65,7 +60,7 @@ def test_count_nonzero_drops_after_zeroing_a_kernel():
 
 def test_named_params_names(lenet):
     names = [n for n, _ in measure.named_params(lenet)]
-    assert names[:2] == ["layers.0.bias", "layers.0.kernel"]
+    assert names[:2] == ["layers/0/bias", "layers/0/kernel"]
     assert len(names) == 6
 
 
@@ -143,7 +138,7 @@ def test_latency_bad_input(kwargs, match):
 # --------------------------------------------------------------------------- layers
 def test_layer_table_lenet(lenet):
     rows = measure.layer_table(lenet)
-    assert [r["name"] for r in rows] == ["layers.0", "layers.1", "layers.2"]
+    assert [r["name"] for r in rows] == ["layers/0", "layers/1", "layers/2"]
     assert [r["shape"] for r in rows] == [(784, 300), (300, 100), (100, 10)]
     assert {r["type"] for r in rows} == {"Linear"}
     assert sum(r["params"] for r in rows) == measure.count_params(lenet)
@@ -163,7 +158,8 @@ def test_layer_table_shows_sparsity_of_a_zeroed_layer():
     model = small_mlp()
     model.layers[1].kernel[...] = 0.0
     row = measure.layer_table(model)[1]
-    assert row["nonzeros"] == 0 and row["sparsity"] == 100.0
+    assert row["nonzeros"] == 0 and row["sparsity"] == 1.0
+    assert measure.layer_table(model)[0]["sparsity"] == pytest.approx(32 / (64 * 32 + 32))
     with pytest.raises(ValueError, match="needs an NNX model"):
         measure.layer_table({"w": jnp.ones(3)})
 
@@ -173,14 +169,16 @@ MEASURE_KEYS = {"name", "accuracy", "params", "nonzeros", "sparsity", "dense_byt
                 "serialized_bytes", "macs"}
 
 
-def test_measure_row_has_every_key_and_tiles_small_test_sets(digits):
-    model = small_mlp()
+def test_measure_row_has_every_key_and_tiles_small_test_sets(digits, trained_mlp):
+    model = trained_mlp                    # only read: measure leaves a model as it came
     row = measure.measure(model, digits.x_test, digits.y_test, name="mlp",
                           batch_sizes=(1, 1000), runs=2, warmup=1)
     assert set(row) == MEASURE_KEYS | {"latency_b1_ms", "latency_b1000_ms"}
     assert row["name"] == "mlp" and row["params"] == measure.count_params(model)
-    expected = 100 * train.evaluate(model, digits.x_test, digits.y_test)
-    assert row["accuracy"] == pytest.approx(expected)
+    # accuracy and sparsity are fractions (a Table prints them in percent)
+    assert row["accuracy"] == train.evaluate(model, digits.x_test, digits.y_test)
+    assert 0.9 < row["accuracy"] <= 1.0 and 0.0 < row["sparsity"] < 0.01
+    assert f"{100 * row['accuracy']:.2f}%" in str(measure.Table([row]))
     assert row["latency_b1_ms"] > 0 and row["latency_b1000_ms"] > 0
     assert row["macs"] == pytest.approx(64 * 32 + 32 * 10, rel=0.05)
 
@@ -200,8 +198,8 @@ def test_measure_bad_input(digits, kwargs, match):
 
 # --------------------------------------------------------------------------- tables
 ROWS = [
-    {"name": "dense", "accuracy": 90.0, "serialized_bytes": 4000, "latency_b1_ms": 2.0},
-    {"name": "pruned", "accuracy": 89.5, "serialized_bytes": 1000, "latency_b1_ms": 1.0},
+    {"name": "dense", "accuracy": 0.90, "serialized_bytes": 4000, "latency_b1_ms": 2.0},
+    {"name": "pruned", "accuracy": 0.895, "serialized_bytes": 1000, "latency_b1_ms": 1.0},
 ]
 
 
@@ -215,7 +213,7 @@ def test_format_table_contains_names_and_units():
     with pytest.raises(ValueError, match="in no row"):
         measure.format_table(ROWS, ["name", "speed"])
     with pytest.raises(ValueError, match="must be dicts"):
-        measure.Table([("dense", 90.0)])
+        measure.Table([("dense", 0.9)])
 
 
 def test_compare_adds_ratios_against_the_baseline():
@@ -223,7 +221,7 @@ def test_compare_adds_ratios_against_the_baseline():
     base, pruned = table.rows
     assert base["compression"] == 1.0 and base["accuracy_delta"] == 0.0
     assert pruned["compression"] == 4.0 and pruned["speedup_b1"] == 2.0
-    assert pruned["accuracy_delta"] == pytest.approx(-0.5)
+    assert pruned["accuracy_delta"] == pytest.approx(-0.005)   # fractions; printed in points
     assert "4.00x" in str(table) and "-0.50 pts" in str(table)
     html = table._repr_html_()
     assert html.startswith("<table") and "pruned" in html
@@ -238,7 +236,10 @@ def test_compare_adds_ratios_against_the_baseline():
 def test_format_value_units():
     assert measure.format_value("dense_bytes", 1066440) == "1,066.4 kB"
     assert measure.format_value("latency_b256_ms", 12.345) == "12.3 ms"
-    assert measure.format_value("sparsity", 90) == "90.00%"
+    assert measure.format_value("sparsity", 0.9) == "90.00%"
+    assert measure.format_value("accuracy_delta", 0.0125) == "+1.25 pts"
+    assert measure.format_value("test_delta", -0.5) == "-0.50 pts"   # given in points
+    assert measure.format_value("val_acc_pct", 97.5) == "97.50%"     # given in percent
     assert measure.format_value("params", 266610) == "266,610"
     assert measure.format_value("macs", float("nan")) == "-"
 
@@ -262,7 +263,7 @@ def test_layer_table_keeps_forward_order_after_a_save_load_round_trip(tmp_path):
 def test_table_title_prints_above_every_format():
     from pruning_kit.table import Table
 
-    t = Table([{"name": "dense", "accuracy": 90.0}], title="My results")
+    t = Table([{"name": "dense", "accuracy": 0.9}], title="My results")
     assert str(t).splitlines()[0] == "My results"
     assert t.to_markdown().startswith("**My results**")
     assert "<caption>My results</caption>" in t._repr_html_()
@@ -323,7 +324,7 @@ def test_compare_latency_jitted_functions_and_models_keep_their_mode():
     assert r["cnn"].median_ms > 0
     assert model.bn1.use_running_average is False  # still in training mode
     # ... while what was timed ran in eval mode (BatchNorm running averages).
-    call, _ = measure._compiled_forward(model)
+    call, _ = timing.compiled_forward(model)
     assert model.bn1.use_running_average is False
     model.eval()
     np.testing.assert_allclose(np.asarray(call(x)), np.asarray(model(x)), rtol=1e-5, atol=1e-5)
@@ -431,4 +432,4 @@ def test_latency_comparison_unknown_name():
     ("model name : something\n", "unknown"),
 ])
 def test_isa_names_the_vector_instruction_sets(cpuinfo, expected):
-    assert measure._isa(cpuinfo) == expected
+    assert timing.isa(cpuinfo) == expected
