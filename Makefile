@@ -29,7 +29,7 @@ data: setup
 	$(PY) -m pruning_kit.data
 
 baselines: data
-	$(PY) -c "from pruning_kit import train; [train.baseline(n, s) for n in train.RECIPES for s in (0, 1, 2)]"
+	$(PY) -c "from pruning_kit import zoo; [zoo.baseline(n, s) for n in zoo.BASELINES for s in (0, 1, 2)]"
 
 notebooks: baselines
 	$(PY) -m pruning_kit.course execute
@@ -50,7 +50,7 @@ course: data
 	else echo "Course ready in work/. Open it with: $(PY) -m jupyter lab work/"; fi
 
 test: setup
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadscope
 
 benchmarks: baselines
 	for b in baselines xla_cpu_layers quantization distillation pruning pipeline deploy notebooks; do \

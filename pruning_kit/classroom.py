@@ -54,8 +54,8 @@ import nbformat
 from nbclient import NotebookClient
 from nbclient.exceptions import DeadKernelError
 
-from pruning_kit.course import NOTEBOOKS, _quiet
-from pruning_kit.data import PROJECT_ROOT, _atomic_write
+from pruning_kit.course import NOTEBOOKS, quiet_jupyter
+from pruning_kit.data import PROJECT_ROOT, atomic_write
 
 CLASSROOM = PROJECT_ROOT / "classroom"
 PATTERN = "[0-9][0-9]_*.ipynb"
@@ -242,7 +242,7 @@ def notebook_bytes(nb) -> bytes:
 
 def _write(path: Path, nb) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    return _atomic_write(path, notebook_bytes(nb)) or path
+    return atomic_write(path, notebook_bytes(nb)) or path
 
 
 def _nbgrader_release(sources: dict[str, Any], out: Path) -> list[Path]:
@@ -317,7 +317,7 @@ def execute(nb, cwd: str | Path, timeout: float = 300,
     Returns ``{cell index: "passed" | "failed: <error name>" | "timeout"}`` for each code
     cell run; cells past ``notebook_timeout`` seconds or after a dead kernel are absent.
     """
-    _quiet()
+    quiet_jupyter()
     timed_out: set[int] = set()
 
     def note_timeout(cell, cell_index, execute_reply):
@@ -417,7 +417,7 @@ def grade(submissions: str | Path, teacher_dir: str | Path = NOTEBOOKS, timeout:
     if out is not None:
         buffer = io.StringIO()
         csv.writer(buffer, lineterminator="\n").writerows([FIELDS] + [[*r.values()] for r in rows])
-        _atomic_write(Path(out), buffer.getvalue().encode())
+        atomic_write(Path(out), buffer.getvalue().encode())
     return rows
 
 

@@ -74,8 +74,9 @@ from pruning_kit import data as data_lib
 from pruning_kit import graph as graph_lib
 from pruning_kit import huffman as hf
 from pruning_kit import models as models_lib
-from pruning_kit.quant_storage import QuantizedTensor, _path_name, packed_nbytes, unpack
+from pruning_kit.quant_storage import QuantizedTensor, packed_nbytes, unpack
 from pruning_kit.quantize import QParams, dequantize, storage_dtype
+from pruning_kit.tree import key_name
 
 __all__ = ["ENCODINGS", "FORMAT_VERSION", "MAGIC", "MAX_CODEBOOK", "inspect", "load", "save"]
 
@@ -215,7 +216,7 @@ def _decode_leaf(entry: dict, blobs: dict[str, bytes]) -> np.ndarray:
 
 # --------------------------------------------------------------------------- model <-> leaves
 def _leaf_name(path: tuple) -> str:
-    return "/".join(_path_name((key,)) for key in path)
+    return "/".join(key_name(key) for key in path)
 
 
 def _leaves(model: nnx.Module) -> dict[str, Any]:
@@ -337,7 +338,7 @@ def save(path: str | os.PathLike, model: nnx.Module, *, coding: str | Mapping[st
     head = _HEAD.pack(MAGIC, FORMAT_VERSION, 0, len(text), size, zlib.crc32(text))
     head += struct.pack("<I", zlib.crc32(head))
     path = Path(path)
-    data_lib._atomic_write(path, b"".join([head, text, *blobs]))
+    data_lib.atomic_write(path, b"".join([head, text, *blobs]))
     return path
 
 

@@ -35,7 +35,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from pruning_kit.data import PROJECT_ROOT, _atomic_write
+from pruning_kit.data import PROJECT_ROOT, atomic_write
 
 NOTEBOOKS = PROJECT_ROOT / "notebooks"
 WORK = PROJECT_ROOT / "work"
@@ -79,7 +79,7 @@ def expected_seconds() -> dict[str, float]:
         return {}
 
 
-def _quiet() -> None:
+def quiet_jupyter() -> None:
     """Silence the Jupyter stack's pass-through warnings (not the notebooks' own output)."""
     warnings.filterwarnings("ignore", message=".*running over TCP without encryption.*")
     warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -96,7 +96,7 @@ def run_notebook(path: Path, *, timeout: int = 1800):
     import nbformat
     from nbclient import NotebookClient
 
-    _quiet()
+    quiet_jupyter()
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
                             store_widget_state=True,
@@ -112,13 +112,13 @@ def write_notebook(nb, target: Path) -> None:
     import nbformat
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(target, (nbformat.writes(nb) + "\n").encode())
+    atomic_write(target, (nbformat.writes(nb) + "\n").encode())
 
 
 def record_times(seconds: dict[str, float]) -> None:
     """Merge ``seconds`` into ``notebooks/timings.json`` (the next run's estimates)."""
     recorded = dict(sorted({**expected_seconds(), **seconds}.items()))
-    _atomic_write(TIMINGS, (json.dumps({"seconds": recorded}, indent=1) + "\n").encode())
+    atomic_write(TIMINGS, (json.dumps({"seconds": recorded}, indent=1) + "\n").encode())
 
 
 def execute(paths: Sequence[Path], *, out_dir: str | Path | None = WORK,

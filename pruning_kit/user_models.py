@@ -1,4 +1,4 @@
-"""A zoo of small classifiers written the way users write their own models.
+"""Small classifiers written the way users write their own models (not the course's classes).
 
 Eight architectures written the way users write them, none of them the course's classes,
 used by ``tests/test_structure_any.py`` and ``python -m benchmarks.structure_any`` to show
@@ -17,14 +17,14 @@ The eight:
     * ``TinyTransformer``: image rows as tokens, hand-written multi-head attention, MLP.
 
 Attributes:
-    ZOO: name -> builder taking ``nnx.Rngs`` and returning an untrained model.
+    BUILDERS: name -> builder taking ``nnx.Rngs`` and returning an untrained model.
     EPOCHS: name -> epochs that take the model past 85% validation accuracy with
         ``LEARNING_RATE`` and ``BATCH_SIZE`` (``train.fit``'s default Adam with cosine decay).
     INPUT_SHAPE: one example's shape, ``(8, 8, 1)``.
 
 Examples:
     >>> import jax.numpy as jnp
-    >>> model = ZOO["resnet"](nnx.Rngs(0))
+    >>> model = BUILDERS["resnet"](nnx.Rngs(0))
     >>> model(jnp.zeros((2, *INPUT_SHAPE))).shape
     (2, 10)
 """
@@ -249,7 +249,7 @@ class TinyTransformer(nnx.Module):
         return self.head(x.mean(axis=1))
 
 
-ZOO: dict[str, Callable[[nnx.Rngs], nnx.Module]] = {
+BUILDERS: dict[str, Callable[[nnx.Rngs], nnx.Module]] = {
     "vgg": VGGNet,
     "resnet": ResNet,
     "layernorm_mlp": LayerNormMLP,

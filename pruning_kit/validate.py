@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -52,14 +53,42 @@ def number(name: str, value: Any, low: float = -math.inf, high: float = math.inf
     return v
 
 
-def choice(name: str, value: Any, options: Iterable[Any]) -> Any:
+def choice(name: str, value: Any, options: Iterable[Any], *, hint: str = "") -> Any:
     """``value`` if it is one of ``options``."""
     options = tuple(options)
     if value not in options:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, options))}; got {value!r}.")
+        tail = f" {hint}" if hint else ""
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, options))}; got "
+                         f"{value!r}.{tail}")
     return value
 
 
 def bits(value: Any, *, name: str = "bits", minimum: int = 1, maximum: int = 16) -> int:
     """A bit width in ``[minimum, maximum]``."""
     return integer(name, value, minimum, maximum)
+
+
+def sparsity(value: Any, *, name: str = "sparsity") -> Any:
+    """A fraction of weights to prune: a ``float`` in ``[0, 1)``.
+
+    A traced value (inside ``jit``, e.g. a slider's) cannot be checked; it is returned as
+    a float32 clipped into ``[0, 1]`` (NaN becomes 0).
+
+    Examples:
+        >>> sparsity(0.9)
+        0.9
+        >>> sparsity(1.0)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: sparsity must be a fraction in [0, 1), got 1.0: 0.9 prunes 90% of the ...
+    """
+    if isinstance(value, jax.core.Tracer):
+        return jnp.clip(jnp.nan_to_num(jnp.asarray(value, jnp.float32)), 0.0, 1.0)
+    try:
+        v = math.nan if isinstance(value, (str, bytes)) else float(value)
+    except (TypeError, ValueError):
+        v = math.nan
+    if not 0.0 <= v < 1.0:  # also catches NaN
+        raise ValueError(f"{name} must be a fraction in [0, 1), got {value!r}: 0.9 prunes 90% "
+                         "of the weights (1.0 would remove them all).")
+    return v

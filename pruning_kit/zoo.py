@@ -1,34 +1,188 @@
-"""The course's compressed models: how each is made, in one place, cached like baselines.
+"""The course's trained models, cached: the baselines and the compressed models made from them.
 
-Each recipe starts from a cached baseline (:func:`pruning_kit.train.baseline`), applies a
-technique with the settings the benchmarks chose, and caches the result with
-:func:`pruning_kit.train.cached` (``data/checkpoints/<name>_seed<S>.npz``, with the
-recipe in its metadata). Benchmarks make them; notebooks load them, so a notebook that
-fine-tunes for minutes on 2 CPU cores still runs in seconds. ``retrain=True`` remakes one.
-Every recipe trains on ``ds.x_train`` only, records the data split and its validation
-accuracy in the checkpoint, and every setting below was chosen on the validation split.
-``python -m pruning_kit.recipes`` remakes all of them for seeds 0, 1, 2 (about 30 minutes
-on 2 CPU cores) after choosing the settings in :data:`CHOICES` on validation.
+Every model a notebook uses is made once by the code here and cached in
+``data/checkpoints/<name>_seed<S>.npz`` (``$PRUNING_KIT_CHECKPOINTS`` overrides the folder),
+with how it was made, its data split and its validation accuracy in the file's header
+(``train.read_checkpoint_header``). Notebooks load them, so a lesson that would fine-tune
+for minutes on 2 CPU cores runs in seconds; ``retrain=True`` remakes one. Every setting
+below was chosen on the validation split; the test set is only reported.
 
+* Baselines (:data:`BASELINES`, :func:`baseline`): LeNet-300-100 and the residual SmallCNN on
+  Fashion-MNIST, an MLP on sklearn's digits. ``python -m pruning_kit.zoo baselines NAME
+  --seed S`` retrains one.
 * :func:`gmp_mlp` -- LeNet-300-100 pruned to 90.5% sparsity with gradual magnitude pruning
   (notebook 03, ``python -m benchmarks.pruning``).
 * :func:`small_dense_mlp` -- a dense MLP with as many weights as the pruned one keeps.
 * :func:`half_mac_cnn` -- the SmallCNN with the residual stage cut from 32 to 16 channels
   (2.3x fewer MACs), fine-tuned with the dense CNN as teacher (notebook 04).
+* ``python -m pruning_kit.zoo compressed`` chooses the settings in :data:`CHOICES` on
+  validation and remakes the compressed models for seeds 0, 1, 2 (about 30 minutes on 2 CPU
+  cores).
+
+The distilled students of notebook 02 live in :mod:`pruning_kit.students`.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
+import os
+import platform
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-import numpy as np
+import jax
 import optax
 from flax import nnx
 
 from pruning_kit import data as data_lib
-from pruning_kit import distill, prune, qat, structure
+from pruning_kit import distill, prune, structure
 from pruning_kit import models as models_lib
 from pruning_kit import train as train_lib
+
+CHECKPOINT_DIR = data_lib.DATA_CACHE / "checkpoints"
+
+BASELINES: dict[str, dict[str, Any]] = {
+    "mlp_fashion": dict(dataset="fashion_mnist",
+                        build=lambda s: models_lib.lenet_300_100(seed=s),
+                        epochs=20, batch_size=128, learning_rate=1e-3, augment=None),
+    "cnn_fashion": dict(dataset="fashion_mnist", build=lambda s: models_lib.small_cnn(seed=s),
+                        epochs=15, batch_size=128, learning_rate=2e-3,
+                        augment=train_lib.shift_augment),
+    "mlp_digits": dict(dataset="digits",
+                       build=lambda s: models_lib.MLP(64, (128, 64), rngs=nnx.Rngs(s)),
+                       epochs=60, batch_size=32, learning_rate=1e-3, augment=None),
+}
+
+
+def checkpoint_path(name: str, seed: int = 0) -> Path:
+    """Where the cached baseline ``name`` (a key of :data:`BASELINES`) for ``seed`` lives.
+
+    The folder is ``$PRUNING_KIT_CHECKPOINTS`` when set, else ``data/checkpoints/``.
+    """
+    folder = Path(os.environ.get("PRUNING_KIT_CHECKPOINTS", CHECKPOINT_DIR))
+    return folder / f"{name}_seed{seed}.npz"
+
+
+def train_baseline(name: str, seed: int = 0, *, dataset: data_lib.Dataset | None = None,
+                   progress: bool = True, save: bool = True) -> nnx.Module:
+    """Train the baseline ``name`` from its recipe with ``seed`` and (by default) cache it."""
+    if name not in BASELINES:
+        raise ValueError(f"Unknown baseline {name!r}; choose one of {sorted(BASELINES)}.")
+    recipe = BASELINES[name]
+    ds = dataset if dataset is not None else data_lib.load(recipe["dataset"])
+    model = recipe["build"](seed)
+    start = time.perf_counter()
+    history = train_lib.fit(model, ds.x_train, ds.y_train, epochs=recipe["epochs"],
+                  batch_size=recipe["batch_size"], learning_rate=recipe["learning_rate"],
+                  seed=seed, augment=recipe["augment"], progress=progress)
+    seconds = time.perf_counter() - start
+    acc = train_lib.evaluate(model, ds.x_test, ds.y_test)
+    if save:
+        meta = {"baseline": name, "seed": seed, "dataset": recipe["dataset"],
+                "split": ds.split.describe(),
+                "val_accuracy": train_lib.evaluate(model, ds.x_val, ds.y_val),
+                "test_accuracy": acc, "epochs": recipe["epochs"],
+                "train_seconds": round(seconds, 1), "final_loss": history["loss"][-1],
+                "history": {k: [round(v, 5) for v in vs] for k, vs in history.items()},
+                "trained_on": f"{platform.machine()} {jax.default_backend()} "
+                              f"({os.cpu_count()} CPUs), jax {jax.__version__}",
+                "date": _dt.date.today().isoformat(),
+                "command": f"python -m pruning_kit.zoo baselines {name} --seed {seed}"}
+        train_lib.save_model(model, checkpoint_path(name, seed), metadata=meta, create_parent=True)
+    return model
+
+
+def baseline(name: str, seed: int = 0, *, retrain: bool = False, progress: bool = True,
+             dataset: data_lib.Dataset | None = None) -> nnx.Module:
+    """Load the cached baseline ``name`` for ``seed``, training and caching it if missing.
+
+    The settings in :data:`BASELINES` are the single definition of how each baseline is made;
+    ``python -m pruning_kit.zoo baselines NAME --seed S`` reproduces a committed checkpoint.
+
+    Examples:
+        >>> model = baseline("mlp_digits")            # loads data/checkpoints/..., or trains
+        >>> type(model).__name__, model.config["hidden"]
+        ('MLP', [128, 64])
+    """
+    path = checkpoint_path(name, seed)
+    if name not in BASELINES:
+        raise ValueError(f"Unknown baseline {name!r}; choose one of {sorted(BASELINES)}.")
+    if path.exists() and not retrain:
+        ds = dataset if dataset is not None else data_lib.load(BASELINES[name]["dataset"])
+        check_split(path, ds, command=f"python -m pruning_kit.zoo baselines {name} --seed {seed}")
+        return train_lib.load_model(path)
+    return train_baseline(name, seed, dataset=dataset, progress=progress)
+
+
+class SplitMismatchWarning(UserWarning):
+    """A checkpoint was trained on another train/validation split than the data set's."""
+
+
+def check_split(path: str | os.PathLike, dataset: data_lib.Dataset, *,
+                command: str | None = None) -> bool:
+    """Whether the checkpoint at ``path`` was trained on ``dataset``'s train split.
+
+    Checkpoints record the split they were trained on (sizes and a hash of the validation
+    indices, :meth:`pruning_kit.data.Split.describe`). A checkpoint that records another
+    split, or none, may have trained on today's validation images, so choices made on
+    them would be biased: this warns (:class:`SplitMismatchWarning`) with what to run.
+
+    Returns:
+        True when the recorded split is ``dataset.split``.
+    """
+    recorded = train_lib.read_checkpoint_header(path).get("metadata", {}).get("split")
+    expected = dataset.split.describe()
+    if recorded == expected:
+        return True
+    how = f"Retrain it ({command})" if command else "Retrain it"
+    warnings.warn(
+        f"{path} was trained on split {recorded or '(not recorded)'}, not on {dataset.name}'s "
+        f"current split {expected}: it may have seen the validation images. {how}.",
+        SplitMismatchWarning, stacklevel=2)
+    return False
+
+
+def cached(name: str, seed: int, make: Callable[[], nnx.Module], *, retrain: bool = False,
+           metadata: dict[str, Any] | None = None,
+           dataset: data_lib.Dataset | None = None) -> nnx.Module:
+    """Load the checkpoint ``name``/``seed`` if it exists, else ``make()`` it and save it.
+
+    For models derived from a baseline (pruned and fine-tuned, distilled, ...) that take
+    minutes to make: the benchmark makes them once, notebooks load them. ``metadata``
+    (say, the recipe and the command that made it) is stored with the weights; read it
+    back with :func:`read_checkpoint_header`. With ``dataset``, its split and validation
+    accuracy are recorded, and a cached file trained on another split is remade (with a
+    :class:`SplitMismatchWarning` saying so).
+
+    Examples:
+        >>> import tempfile
+        >>> os.environ["PRUNING_KIT_CHECKPOINTS"] = tempfile.mkdtemp()
+        >>> make = lambda: models_lib.MLP(4, (2,), rngs=nnx.Rngs(0))
+        >>> cached("tiny", 0, make).config["hidden"]        # made and saved
+        [2]
+        >>> checkpoint_path("tiny").exists()
+        True
+        >>> del os.environ["PRUNING_KIT_CHECKPOINTS"]
+    """
+    path = checkpoint_path(name, seed)
+    if path.exists() and not retrain:
+        if dataset is None or check_split(path, dataset):
+            return train_lib.load_model(path)
+        # trained on another split (warned above): a stale cache entry is remade
+    start = time.perf_counter()
+    model = make()
+    meta = {"name": name, "seed": seed, "seconds": round(time.perf_counter() - start, 1),
+            "date": _dt.date.today().isoformat(), **(metadata or {})}
+    if dataset is not None:
+        meta["dataset"] = dataset.name
+        meta["split"] = dataset.split.describe()
+        meta["val_accuracy"] = train_lib.evaluate(model, dataset.x_val, dataset.y_val)
+    train_lib.save_model(model, path, metadata=meta, create_parent=True)
+    return model
+
 
 #: Gradual magnitude pruning of the MLP. ``final_sparsity`` is set so that 90 % of all
 #: weights (biases included) end up zero; ``ramp_fraction`` was compared with the other
@@ -42,10 +196,26 @@ GMP_RAMP_CANDIDATES = (0.5, 0.7, 0.9)
 #: ``structure.search_widths`` found on a 2-core CPU, BatchNorm-scale importance, and
 #: fine-tuning with the dense model as online teacher. ``epochs`` is compared with the
 #: other :data:`HALF_MAC_EPOCH_CANDIDATES` on validation (seed 0) and kept unless one beats
-#: it beyond noise (:func:`pick`; ``python -m pruning_kit.recipes`` prints the scores).
+#: it beyond noise (:func:`pick`; ``python -m pruning_kit.zoo compressed`` prints the scores).
 HALF_MAC_CNN = dict(keep={"stage2": 16, "res_inner": 16}, criterion="bn_scale", epochs=10,
                     batch_size=128, learning_rate=2e-3, temperature=2.0, alpha=0.5)
 HALF_MAC_EPOCH_CANDIDATES = (6, 10)
+
+
+def _variant(settings: dict[str, Any], name: str, overrides: dict[str, Any],
+             dataset: data_lib.Dataset | None) -> tuple[dict[str, Any], str, data_lib.Dataset]:
+    """Settings with ``overrides`` applied, the cache name of that variant, the data set.
+
+    A changed setting is cached under its own name, so it never overwrites the course's
+    checkpoint: ``mlp_fashion_gmp_ramp_fraction0.7``.
+    """
+    unknown = set(overrides) - set(settings)
+    if unknown:
+        raise ValueError(f"unknown settings {sorted(unknown)}; change {sorted(settings)}.")
+    if overrides:
+        name += "_" + "_".join(f"{k}{v}" for k, v in sorted(overrides.items()))
+    ds = dataset if dataset is not None else data_lib.load_fashion_mnist()
+    return {**settings, **overrides}, name, ds
 
 
 def gmp_mlp(seed: int = 0, *, retrain: bool = False, dataset: data_lib.Dataset | None = None,
@@ -57,13 +227,10 @@ def gmp_mlp(seed: int = 0, *, retrain: bool = False, dataset: data_lib.Dataset |
     ``overrides`` change :data:`GMP_MLP` entries (a changed recipe is cached under its own
     name, so it never overwrites the course's checkpoint).
     """
-    recipe = {**GMP_MLP, **overrides}
-    name = "mlp_fashion_gmp" if not overrides else "mlp_fashion_gmp_" + "_".join(
-        f"{k}{v}" for k, v in sorted(overrides.items()))
-    ds = dataset if dataset is not None else data_lib.load_fashion_mnist()
+    recipe, name, ds = _variant(GMP_MLP, "mlp_fashion_gmp", overrides, dataset)
 
     def make() -> nnx.Module:
-        model = train_lib.baseline("mlp_fashion", seed, progress=progress)
+        model = baseline("mlp_fashion", seed, progress=progress)
         steps = recipe["epochs"] * (len(ds.x_train) // recipe["batch_size"])
         schedule = prune.polynomial_schedule(recipe["final_sparsity"], 0,
                                              int(recipe["ramp_fraction"] * steps))
@@ -74,7 +241,7 @@ def gmp_mlp(seed: int = 0, *, retrain: bool = False, dataset: data_lib.Dataset |
                       batch_size=recipe["batch_size"], tx=tx, seed=seed, progress=progress)
         return model
 
-    return train_lib.cached(name, seed, make, retrain=retrain, dataset=ds,
+    return cached(name, seed, make, retrain=retrain, dataset=ds,
                             metadata={"recipe": recipe, "from": f"mlp_fashion seed {seed}"})
 
 
@@ -94,7 +261,7 @@ def small_dense_mlp(seed: int = 0, *, retrain: bool = False,
                       learning_rate=1e-3, seed=seed, progress=progress)
         return model
 
-    return train_lib.cached("mlp_fashion_small_dense", seed, make, retrain=retrain, dataset=ds,
+    return cached("mlp_fashion_small_dense", seed, make, retrain=retrain, dataset=ds,
                             metadata={"recipe": "784-32-11-10, 40 epochs, Adam 1e-3 cosine"})
 
 
@@ -105,13 +272,10 @@ def half_mac_cnn(seed: int = 0, *, retrain: bool = False,
 
     ``overrides`` change :data:`HALF_MAC_CNN` entries (cached under their own name).
     """
-    recipe = {**HALF_MAC_CNN, **overrides}
-    name = "cnn_fashion_half" if not overrides else "cnn_fashion_half_" + "_".join(
-        f"{k}{v}" for k, v in sorted(overrides.items()))
-    ds = dataset if dataset is not None else data_lib.load_fashion_mnist()
+    recipe, name, ds = _variant(HALF_MAC_CNN, "cnn_fashion_half", overrides, dataset)
 
     def make() -> nnx.Module:
-        teacher = train_lib.baseline("cnn_fashion", seed, progress=progress)
+        teacher = baseline("cnn_fashion", seed, progress=progress)
         small, _ = structure.prune_channels(teacher, recipe["keep"],
                                             criterion=recipe["criterion"])
         loss = distill.online_distillation_loss(teacher, temperature=recipe["temperature"],
@@ -123,7 +287,7 @@ def half_mac_cnn(seed: int = 0, *, retrain: bool = False,
         small.eval()
         return small
 
-    return train_lib.cached(name, seed, make, retrain=retrain, dataset=ds,
+    return cached(name, seed, make, retrain=retrain, dataset=ds,
                             metadata={"recipe": recipe, "from": f"cnn_fashion seed {seed}"})
 
 
@@ -178,8 +342,8 @@ CHOICES = (
 )
 
 
-def main() -> None:
-    """``python -m pruning_kit.recipes``: choose settings on validation, make every recipe."""
+def make_compressed() -> None:
+    """Choose the settings in :data:`CHOICES` on validation, then make every compressed model."""
     ds = data_lib.load_fashion_mnist()
     for make, key, candidates, table in CHOICES:
         current = globals()[table][key]
@@ -198,237 +362,27 @@ def main() -> None:
                   f"{100 * train_lib.evaluate(model, ds.x_val, ds.y_val):.2f}%")
 
 
-# --------------------------------------------------------------------------- students
-#: The students of notebook 02 and ``benchmarks.distillation``. Plain and distilled runs of
-#: one architecture share this budget (epochs, batch size, Adam with a cosine decay of the
-#: learning rate, seed, no augmentation), so the loss is the only difference between them.
-#: The MLP student trains longer: an epoch of it costs a fraction of the CNN student's.
-STUDENT_BUDGET = {"cnn": dict(epochs=5, batch_size=128, learning_rate=3e-3),
-                  "mlp": dict(epochs=10, batch_size=128, learning_rate=3e-3)}
-#: The (temperature, alpha) cells scored on the validation split by :func:`kd_grid`
-#: (seed 0 only: each cell is a 5-epoch CNN student, about a minute on 2 CPU cores).
-KD_GRID = tuple((t, a) for a in (0.5, 0.9) for t in (2.0, 4.0))
-#: FitNets hint of :func:`hint_student`: the student's ``stage2`` (8 channels) mapped by a
-#: 1x1 adapter onto the teacher's ``stage2`` (32 channels), weighted by ``beta``.
-HINT = dict(layer="stage2", beta=0.5)
-#: The one command that (re)makes every cached student of notebook 02 (the grid on seed 0,
-#: plain and distilled CNN students on seeds 0, 1, 2, the hinted student on seed 0, the
-#: recovery fine-tunings on seeds 0, 1, 2): about 8 minutes on 2 CPU cores.
-STUDENTS_COMMAND = "python -m benchmarks.distillation --retrain"
+def main(argv: list[str] | None = None) -> None:
+    """``python -m pruning_kit.zoo baselines NAME [--seed S]`` or ``... zoo compressed``."""
+    import argparse
 
-
-def _student(arch: str, seed: int) -> nnx.Module:
-    if arch == "cnn":
-        return models_lib.student_cnn(seed=seed)
-    if arch == "mlp":
-        return models_lib.student_mlp(seed=seed)
-    raise ValueError(f"arch must be 'cnn' (SmallCNN 4/8) or 'mlp' (784-32-10), got {arch!r}.")
-
-
-def _student_budget(arch: str, overrides: dict[str, Any]) -> tuple[dict[str, Any], str]:
-    """The budget of ``arch`` with ``overrides`` applied, and the cache-name suffix."""
-    if arch not in STUDENT_BUDGET:
-        _student(arch, 0)                       # raises the ValueError naming the choices
-    unknown = set(overrides) - set(STUDENT_BUDGET[arch])
-    if unknown:
-        raise ValueError(f"unknown student budget entries {sorted(unknown)}; change "
-                         f"{sorted(STUDENT_BUDGET[arch])}.")
-    suffix = "".join(f"_{k}{v:g}" for k, v in sorted(overrides.items()))
-    return {**STUDENT_BUDGET[arch], **overrides}, suffix
-
-
-def _fit_student(model: nnx.Module, ds: data_lib.Dataset, y: Any, budget: dict[str, Any],
-                 loss_fn: Any, seed: int, progress: bool, info: dict[str, Any]) -> None:
-    """Train ``model`` with ``budget``; the per-epoch history goes into ``info``."""
-    history = train_lib.fit(model, ds.x_train, y, epochs=budget["epochs"],
-                            batch_size=budget["batch_size"],
-                            learning_rate=budget["learning_rate"], loss_fn=loss_fn, seed=seed,
-                            validation=(ds.x_val, ds.y_val), progress=progress)
-    info["history"] = {k: [round(v, 5) for v in vs] for k, vs in history.items()}
-    model.eval()
-
-
-def plain_student(seed: int = 0, *, arch: str = "cnn", retrain: bool = False,
-                  dataset: data_lib.Dataset | None = None, progress: bool = True,
-                  **overrides: Any) -> nnx.Module:
-    """The student trained on the labels only: the control of notebook 02, cached.
-
-    ``models.student_cnn(seed=seed)`` (``arch="cnn"``, 5,462 parameters) or
-    ``models.student_mlp(seed=seed)`` (``arch="mlp"``) trained from scratch on
-    ``ds.x_train`` with :data:`STUDENT_BUDGET`. The per-epoch validation accuracy is kept in
-    the checkpoint's metadata (``train.read_checkpoint_header(path)["metadata"]["history"]``).
-    ``overrides`` change budget entries (e.g. ``epochs=10``), cached under their own name.
-    All students are made by ``python -m benchmarks.distillation --retrain``.
-    """
-    budget, suffix = _student_budget(arch, overrides)
-    ds = dataset if dataset is not None else data_lib.load_fashion_mnist()
-    info: dict[str, Any] = {"recipe": {**budget, "loss": "cross-entropy", "arch": arch},
-                            "command": STUDENTS_COMMAND}
-
-    def make() -> nnx.Module:
-        model = _student(arch, seed)
-        _fit_student(model, ds, ds.y_train, budget, train_lib.cross_entropy_loss, seed,
-                     progress, info)
-        return model
-
-    return train_lib.cached(f"student_{arch}_plain{suffix}", seed, make, retrain=retrain,
-                            metadata=info, dataset=ds)
-
-
-def kd_student(seed: int = 0, *, temperature: float, alpha: float, arch: str = "cnn",
-               retrain: bool = False, dataset: data_lib.Dataset | None = None,
-               progress: bool = True, **overrides: Any) -> nnx.Module:
-    """The same student as :func:`plain_student`, distilled from ``cnn_fashion`` seed ``seed``.
-
-    Same architecture, initialisation, budget and batches as the plain student; the loss is
-    ``distill.distillation_loss(temperature=T, alpha=alpha)`` against the teacher's logits,
-    computed once on the (un-augmented) training images. Cached per ``(T, alpha)`` as
-    ``student_<arch>_kd_T<T>_a<alpha>``; :func:`kd_grid` scores the cells of
-    :data:`KD_GRID` on the validation split and :func:`kd_choice` picks the best one.
-    """
-    budget, suffix = _student_budget(arch, overrides)
-    t, a = float(temperature), float(alpha)
-    ds = dataset if dataset is not None else data_lib.load_fashion_mnist()
-    info: dict[str, Any] = {"recipe": {**budget, "loss": "distillation_loss", "arch": arch,
-                                       "temperature": t, "alpha": a},
-                            "from": f"teacher cnn_fashion seed {seed}",
-                            "command": STUDENTS_COMMAND}
-
-    def make() -> nnx.Module:
-        teacher = train_lib.baseline("cnn_fashion", seed, progress=progress, dataset=ds)
-        targets = (ds.y_train, distill.teacher_logits(teacher, ds.x_train))
-        model = _student(arch, seed)
-        _fit_student(model, ds, targets, budget,
-                     distill.distillation_loss(temperature=t, alpha=a), seed, progress, info)
-        return model
-
-    return train_lib.cached(f"student_{arch}_kd_T{t:g}_a{a:g}{suffix}", seed, make,
-                            retrain=retrain, metadata=info, dataset=ds)
-
-
-def kd_grid(seed: int = 0, *, arch: str = "cnn", retrain: bool = False,
-            dataset: data_lib.Dataset | None = None, progress: bool = True
-            ) -> dict[Any, float]:
-    """Validation accuracy of the plain student and of the distilled one at each KD cell.
-
-    Returns ``{"plain": acc, (T, alpha): acc, ...}`` (fractions) for the cells of
-    :data:`KD_GRID`, every model made on ``seed`` with :func:`plain_student` /
-    :func:`kd_student` (cached) and scored on ``ds.x_val``; the test set is not looked at.
-    """
-    ds = dataset if dataset is not None else data_lib.load_fashion_mnist()
-    kw = dict(arch=arch, retrain=retrain, dataset=ds, progress=progress)
-    scores = {"plain": train_lib.evaluate(plain_student(seed, **kw), ds.x_val, ds.y_val)}
-    for t, a in KD_GRID:
-        model = kd_student(seed, temperature=t, alpha=a, **kw)
-        scores[(t, a)] = train_lib.evaluate(model, ds.x_val, ds.y_val)
-    return scores
-
-
-def kd_choice(scores: dict[Any, float]) -> tuple[float, float]:
-    """The ``(T, alpha)`` of :func:`kd_grid`'s scores with the best validation accuracy.
-
-    Ties (accuracies equal to 4 decimals) go to the first cell of :data:`KD_GRID`.
-    """
-    cells = [c for c in scores if c != "plain"]
-    if not cells:
-        raise ValueError("scores holds no (T, alpha) cell; pass the result of kd_grid().")
-    return max(cells, key=lambda c: round(scores[c], 4))
-
-
-def hint_student(seed: int = 0, *, temperature: float, alpha: float, retrain: bool = False,
-                 dataset: data_lib.Dataset | None = None, progress: bool = True
-                 ) -> nnx.Module:
-    """The CNN student trained with logit KD plus a FitNets hint (:data:`HINT`), cached.
-
-    ``distill.feature_distillation_loss(beta=HINT["beta"], temperature=T, alpha=alpha)`` on
-    a ``distill.StudentWithAdapter``; the teacher's logits and ``HINT["layer"]`` features
-    are computed once on the training images. Same budget and seed as
-    :func:`kd_student`; only the student (not its adapter) is kept.
-    """
-    budget = STUDENT_BUDGET["cnn"]
-    t, a = float(temperature), float(alpha)
-    ds = dataset if dataset is not None else data_lib.load_fashion_mnist()
-    info: dict[str, Any] = {"recipe": {**budget, **HINT, "loss": "feature_distillation_loss",
-                                       "arch": "cnn", "temperature": t, "alpha": a},
-                            "from": f"teacher cnn_fashion seed {seed}",
-                            "command": STUDENTS_COMMAND}
-
-    def make() -> nnx.Module:
-        teacher = train_lib.baseline("cnn_fashion", seed, progress=progress, dataset=ds)
-        targets = (ds.y_train, distill.teacher_logits(teacher, ds.x_train),
-                   distill.teacher_features(teacher, ds.x_train, HINT["layer"]))
-        student = _student("cnn", seed)
-        student.eval()                          # read the channel count without BN updates
-        s_ch = student.features(ds.x_train[:1])[HINT["layer"]].shape[-1]
-        model = distill.StudentWithAdapter(
-            student, distill.Adapter(s_ch, targets[2].shape[-1], rngs=nnx.Rngs(seed)))
-        _fit_student(model, ds, targets, budget, distill.feature_distillation_loss(
-            student_layer=HINT["layer"], beta=HINT["beta"], temperature=t, alpha=a),
-            seed, progress, info)
-        student.eval()
-        return student
-
-    return train_lib.cached(f"student_cnn_hint_T{t:g}_a{a:g}", seed, make, retrain=retrain,
-                            metadata=info, dataset=ds)
-
-
-#: KD as a recovery tool (notebook 02, section 7): the ``mlp_fashion`` baseline fine-tuned
-#: with 2-bit-weight QAT (per-channel, MSE-clipped grid, float activations) on a small set
-#: of training images, where plain fine-tuning leaves a clear gap to the float model.
-RECOVERY = dict(weight_bits=2, weight_method="mse", images=3000, epochs=10, batch_size=128,
-                learning_rate=3e-4)
-
-
-def recovery_images(seed: int, dataset: data_lib.Dataset) -> Any:
-    """Indices into ``dataset.x_train`` of :func:`recovered_mlp`'s fine-tuning set."""
-    return np.random.default_rng([seed, 4]).permutation(len(dataset.x_train))[
-        :RECOVERY["images"]]
-
-
-def recovered_mlp(seed: int = 0, *, temperature: float | None = None,
-                  alpha: float | None = None, retrain: bool = False,
-                  dataset: data_lib.Dataset | None = None, progress: bool = True
-                  ) -> nnx.Module:
-    """``mlp_fashion`` fine-tuned with 2-bit QAT (:data:`RECOVERY`), plainly or with KD, cached.
-
-    Without ``temperature``/``alpha`` the loss is QAT's own cross-entropy
-    (``qat.qat_loss``); with them, ``distill.kd_wrap`` keeps QAT's fake-quantized
-    forward pass and replaces its loss by the distillation loss against the float model's
-    logits (the same seed's baseline). Both fine-tune on the same :func:`recovery_images`
-    with the same epochs, batch, learning rate and seed. Measure the result as deployed:
-    ``qat.evaluate_deployed_mlp(model, x, y, weight_bits=2, act_bits=None,
-    weight_method="mse")``.
-    """
-    if (temperature is None) != (alpha is None):
-        raise ValueError("give both temperature and alpha (KD fine-tuning) or neither "
-                         "(plain fine-tuning).")
-    ds = dataset if dataset is not None else data_lib.load_fashion_mnist()
-    kd = temperature is not None
-    recipe: dict[str, Any] = {**RECOVERY, "loss": "kd_wrap(qat_loss)" if kd
-                              else "qat_loss"}
-    if kd:
-        recipe.update(temperature=float(temperature), alpha=float(alpha))
-    name = (f"mlp_fashion_w2_kd_T{float(temperature):g}_a{float(alpha):g}" if kd
-            else "mlp_fashion_w2_plain")
-
-    def make() -> nnx.Module:
-        dense = train_lib.baseline("mlp_fashion", seed, progress=progress, dataset=ds)
-        pick = recovery_images(seed, ds)
-        x, y = ds.x_train[pick], ds.y_train[pick]
-        loss = qat.qat_loss(RECOVERY["weight_bits"], None,
-                                weight_method=RECOVERY["weight_method"])
-        if kd:
-            y = (y, distill.teacher_logits(dense, x))
-            loss = distill.kd_wrap(loss, temperature=temperature, alpha=alpha)
-        train_lib.fit(dense, x, y, epochs=RECOVERY["epochs"],
-                      batch_size=RECOVERY["batch_size"],
-                      learning_rate=RECOVERY["learning_rate"], loss_fn=loss, seed=seed,
-                      progress=progress)
-        return dense
-
-    return train_lib.cached(name, seed, make, retrain=retrain, dataset=ds,
-                            metadata={"recipe": recipe, "from": f"mlp_fashion seed {seed}",
-                                      "command": STUDENTS_COMMAND})
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    base = sub.add_parser("baselines", help="(re)train and cache baselines")
+    base.add_argument("names", nargs="+", choices=sorted(BASELINES))
+    base.add_argument("--seed", type=int, nargs="+", default=[0])
+    sub.add_parser("compressed", help="choose settings on validation, remake compressed models")
+    args = parser.parse_args(argv)
+    if args.what == "compressed":
+        make_compressed()
+        return
+    for name in args.names:
+        for seed in args.seed:
+            model = train_baseline(name, seed)
+            meta = train_lib.read_checkpoint_header(checkpoint_path(name, seed))["metadata"]
+            print(f"{name} seed {seed}: test accuracy {100 * meta['test_accuracy']:.2f}% "
+                  f"in {meta['train_seconds']} s -> {checkpoint_path(name, seed)}")
+            del model
 
 
 if __name__ == "__main__":

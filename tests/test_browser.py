@@ -53,7 +53,7 @@ SETUP = """\
 import matplotlib.pyplot as plt
 import numpy as np
 
-from pruning_kit import data, distill, train, widgets
+from pruning_kit import data, distill, train, widgets, zoo
 
 plt.rcParams["figure.dpi"] = 90
 fashion = data.load_fashion_mnist()
@@ -61,7 +61,7 @@ x_test, y_test = fashion.x_test[:1000], fashion.y_test[:1000]
 
 
 def cached(name):  # the committed checkpoint; never trains
-    return train.load_model(train.checkpoint_path(name, 0))
+    return train.load_model(zoo.checkpoint_path(name, 0))
 
 
 """

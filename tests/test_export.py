@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from pruning_kit import export, structure, w8a8, zoo
+from pruning_kit import export, structure, user_models, w8a8
 
 X = np.random.default_rng(0).random((6, 8, 8, 1), dtype=np.float32)
 
 
 def test_shrunk_user_model_reloads_in_a_process_without_pruning_kit(tmp_path):
-    model = zoo.ZOO["resnet"](nnx.Rngs(0))
+    model = user_models.BUILDERS["resnet"](nnx.Rngs(0))
     small = structure.remove_channels(model, {"stem": np.arange(4)}, example=X[:2])
     path = export.to_stablehlo(small, X[:2], tmp_path / "resnet.stablehlo")
     np.save(tmp_path / "x.npy", X)
@@ -36,7 +36,7 @@ def test_shrunk_user_model_reloads_in_a_process_without_pruning_kit(tmp_path):
 
 
 def test_integer_model_exports_with_its_int8_ops(tmp_path):
-    model = zoo.ZOO["vgg"](nnx.Rngs(0))
+    model = user_models.BUILDERS["vgg"](nnx.Rngs(0))
     q = w8a8.quantize_model(model, X)
     path = export.to_stablehlo(q, X[:2], tmp_path / "vgg_int8.stablehlo")
     np.testing.assert_array_equal(np.asarray(export.load_stablehlo(path)(X)), np.asarray(q(X)))
@@ -46,10 +46,12 @@ def test_integer_model_exports_with_its_int8_ops(tmp_path):
     assert "xi8>" in mlir and "xi32>" in mlir      # int8 codes, int32 accumulation
 
 
-def test_bad_input():
+def test_bad_input(tmp_path):
+    model = user_models.BUILDERS["vgg"](nnx.Rngs(0))
     with pytest.raises(ValueError, match="non-empty batch"):
-        export.to_stablehlo(zoo.ZOO["vgg"](nnx.Rngs(0)), X[:0], "x.stablehlo")
+        export.to_stablehlo(model, X[:0], tmp_path / "x.stablehlo")
+    assert not (tmp_path / "x.stablehlo").exists()
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        export.to_stablehlo(zoo.ZOO["vgg"](nnx.Rngs(0)), X[:2], "/nonexistent/x.stablehlo")
+        export.to_stablehlo(model, X[:2], tmp_path / "nonexistent" / "x.stablehlo")
     with pytest.raises(FileNotFoundError, match="No StableHLO file"):
         export.load_stablehlo("/nonexistent/x.stablehlo")

@@ -7,7 +7,7 @@ import optax
 import pytest
 from flax import nnx
 
-from pruning_kit import data, models, train
+from pruning_kit import checkpoint, data, models, train, zoo
 
 
 def test_model_sizes_and_shapes():
@@ -128,18 +128,58 @@ def test_truncated_or_missing_checkpoint(tmp_path):
         train.load_model(tmp_path / "none.npz")
 
 
+def test_checkpoint_format_round_trip_and_refusals(tmp_path):
+    path = checkpoint.write(tmp_path / "a.npz", {"layers/0/kernel": jnp.eye(2),
+                                                  "rng": jax.random.key(3)},
+                            {"kind": "demo", "note": [1, 2]})
+    arrays, header = checkpoint.read(path, kind="demo")
+    assert header == {"kind": "demo", "note": [1, 2], "format_version": 1}
+    np.testing.assert_array_equal(arrays["layers/0/kernel"], np.eye(2))
+    np.testing.assert_array_equal(arrays["rng"], jax.random.key_data(jax.random.key(3)))
+    assert checkpoint.read_header(path) == header
+    with np.load(path) as f:                                   # a plain .npz
+        assert f.files == ["__header__", "layers/0/kernel", "rng"]
+    with pytest.raises(ValueError, match="kind 'demo', expected 'other'"):
+        checkpoint.read(path, kind="other")
+    newer = checkpoint.write(tmp_path / "v2.npz", {}, {"format_version": 2})
+    with pytest.raises(ValueError, match="format 2, this pruning_kit reads format 1"):
+        checkpoint.read_header(newer)
+    with pytest.raises(ValueError, match="header's name"):
+        checkpoint.write(tmp_path / "b.npz", {"__header__": np.ones(1)}, {})
+    with pytest.raises(ValueError, match="must be JSON"):
+        checkpoint.write(tmp_path / "b.npz", {}, {"bad": object()})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npz", "v2.npz"]  # nothing half
+    with pytest.raises(FileNotFoundError, match="No widget file at .*none.npz. Make one."):
+        checkpoint.read(tmp_path / "none.npz", what="widget file", how="Make one.")
+    (tmp_path / "m.pkc").write_bytes(b"\x89PKC\r\n\x1a\n" + bytes(40))
+    with pytest.raises(ValueError, match=r"codec\.load\(path\)"):
+        train.read_checkpoint_header(tmp_path / "m.pkc")
+
+
+def test_committed_checkpoint_saves_back_bit_identical(tmp_path):
+    path = zoo.checkpoint_path("mlp_digits", 0)
+    if not path.exists():
+        pytest.skip(f"{path} not present")
+    again = train.save_model(train.load_model(path), tmp_path / "again.npz",
+                             metadata=train.read_checkpoint_header(path)["metadata"])
+    with np.load(path) as a, np.load(again) as b:
+        assert a.files == b.files
+        for k in a.files:
+            assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]), k
+
+
 def test_checkpoint_from_another_split_says_so(tmp_path, digits):
-    model = train.RECIPES["mlp_digits"]["build"](0)
+    model = zoo.BASELINES["mlp_digits"]["build"](0)
     path = train.save_model(model, tmp_path / "m.npz", metadata={"split": {"train": 1}})
-    with pytest.warns(train.SplitMismatchWarning, match="validation images"):
-        assert not train.check_split(path, digits)
+    with pytest.warns(zoo.SplitMismatchWarning, match="validation images"):
+        assert not zoo.check_split(path, digits)
     train.save_model(model, path, metadata={"split": digits.split.describe()})
-    assert train.check_split(path, digits)
+    assert zoo.check_split(path, digits)
 
 
 def test_unknown_baseline():
     with pytest.raises(ValueError, match="Unknown baseline"):
-        train.baseline("vgg16")
+        zoo.baseline("vgg16")
 
 
 # Committed checkpoints are only trusted because this test re-measures them.
@@ -148,10 +188,11 @@ TARGETS = {"mlp_fashion": 0.890, "cnn_fashion": 0.910, "mlp_digits": 0.970}
 
 @pytest.mark.parametrize("name", sorted(TARGETS))
 def test_committed_baselines_reach_their_accuracy(name):
-    paths = [train.checkpoint_path(name, s) for s in range(3)]
+    paths = [zoo.checkpoint_path(name, s) for s in range(3)]
     if not all(p.exists() for p in paths):
-        pytest.skip(f"{name} checkpoints not present; run python -m pruning_kit.train {name}")
-    ds = data.load(train.RECIPES[name]["dataset"])
+        pytest.skip(f"{name} checkpoints not present; run "
+                    f"python -m pruning_kit.zoo baselines {name}")
+    ds = data.load(zoo.BASELINES[name]["dataset"])
     accs = []
     for p in paths:
         model = train.load_model(p)
@@ -160,8 +201,8 @@ def test_committed_baselines_reach_their_accuracy(name):
         assert acc == pytest.approx(meta["test_accuracy"], abs=1e-4), \
             "checkpoint differs from its record"
         assert meta["split"] == ds.split.describe(), (
-            f"{p.name} was trained on another split; retrain: python -m pruning_kit.train "
+            f"{p.name} was trained on another split; retrain: python -m pruning_kit.zoo baselines "
             f"{name} --seed 0 1 2")
-        assert train.check_split(p, ds)
+        assert zoo.check_split(p, ds)
         accs.append(acc)
     assert np.mean(accs) >= TARGETS[name]

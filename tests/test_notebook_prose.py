@@ -55,15 +55,13 @@ def handtyped_figures(path: Path) -> list[tuple[int, str, str]]:
     return found
 
 
-def test_scanner_finds_what_it_should():
-    import tempfile
+def test_scanner_finds_what_it_should(tmp_path):
     nb = {"cells": [{"cell_type": "markdown", "source": [
         "Accuracy fell by 0.47 pt to 89.4 % and the file is 25.3 kB; 3.2x faster in 12 ms. "
         "A 3x3 kernel, `x_test[:10]`, $2^8$ levels, 8x fewer bits than 32x."]}]}
-    with tempfile.TemporaryDirectory() as d:
-        p = Path(d) / "99_demo.ipynb"
-        p.write_text(json.dumps(nb))
-        figures = [f for _, f, _ in handtyped_figures(p)]
+    p = tmp_path / "99_demo.ipynb"
+    p.write_text(json.dumps(nb))
+    figures = [f for _, f, _ in handtyped_figures(p)]
     assert figures == ["0.47 pt", "89.4 %", "25.3 kB", "3.2x", "12 ms"]
 
 

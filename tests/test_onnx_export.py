@@ -8,7 +8,7 @@ import onnxruntime as ort
 import pytest
 from flax import nnx
 
-from pruning_kit import export, jaxpr_onnx, models, w8a8, zoo
+from pruning_kit import export, jaxpr_onnx, models, user_models, w8a8
 
 X = np.random.default_rng(0).random((48, 8, 8, 1), dtype=np.float32)
 
@@ -26,9 +26,9 @@ def _optimized_ops(path, tmp_path):
     return {n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node}
 
 
-@pytest.mark.parametrize("name", sorted(zoo.ZOO))
+@pytest.mark.parametrize("name", sorted(user_models.BUILDERS))
 def test_every_user_style_model_exports_float_and_int8(name, tmp_path):
-    model = zoo.ZOO[name](nnx.Rngs(0))
+    model = user_models.BUILDERS[name](nnx.Rngs(0))
     model.train()                                   # the caller's mode must survive
     before = _arrays(model)
     path = export.to_onnx(model, X[:2], tmp_path / f"{name}.onnx")    # batch 2 ...
@@ -60,11 +60,11 @@ def test_course_cnn_exports_textbook_layers_and_same_logits(tmp_path):
 
 
 def test_int8_files_run_on_integer_kernels(tmp_path):
-    mlp = zoo.ZOO["sequential"](nnx.Rngs(0))
+    mlp = user_models.BUILDERS["sequential"](nnx.Rngs(0))
     path = export.to_onnx(w8a8.quantize_model(mlp, X), X[:2], tmp_path / "mlp.onnx")
     ops = _optimized_ops(path, tmp_path)
     assert "QGemm" in ops and "MatMul" not in ops and "Gemm" not in ops
-    vgg = zoo.ZOO["vgg"](nnx.Rngs(0))
+    vgg = user_models.BUILDERS["vgg"](nnx.Rngs(0))
     path = export.to_onnx(w8a8.quantize_model(vgg, X), X[:2], tmp_path / "vgg.onnx")
     assert "QLinearConv" in _optimized_ops(path, tmp_path)
 
@@ -84,7 +84,7 @@ def test_unsupported_op_is_named_with_its_source_line(tmp_path):
 
 
 def test_bad_input(tmp_path):
-    model = zoo.ZOO["vgg"](nnx.Rngs(0))
+    model = user_models.BUILDERS["vgg"](nnx.Rngs(0))
     with pytest.raises(ValueError, match="W8A8"):
         export.to_onnx(w8a8.quantize_model(model, X, weight_bits=4, act_bits=4), X[:2],
                        tmp_path / "w4.onnx")

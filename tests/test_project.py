@@ -102,3 +102,64 @@ def test_no_course_layout_is_written_outside_models():
     from benchmarks.structure_any import handwritten_layouts
 
     assert handwritten_layouts() == []
+
+
+def _package_table() -> set[str]:
+    text = (ROOT / "README.md").read_text()
+    start = text.index("| module | what it holds |")
+    table = text[start:text.index("\n\n", start)]
+    first = [line.split("|")[1] for line in table.splitlines()[2:]]
+    return set(re.findall(r"`(?:pruning_kit\.)?([a-z_0-9]+)`", " ".join(first)))
+
+
+def test_readme_package_table_names_every_module():
+    modules = {p.stem for p in (ROOT / "pruning_kit").glob("*.py")} - {"__init__"}
+    named = _package_table()
+    assert modules - named == set(), f"README's package table misses {sorted(modules - named)}"
+    assert named - modules == set(), f"README's package table names {sorted(named - modules)}"
+
+
+def _imports(path: Path) -> set[str]:
+    import ast
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            if node.module == "pruning_kit":
+                found |= {a.name for a in node.names}
+            elif node.module.startswith("pruning_kit."):
+                found.add(node.module.split(".")[1])
+                if any(a.name.startswith("_") for a in node.names):
+                    found.add("<private>")
+        elif isinstance(node, ast.Import):
+            found |= {a.name.split(".")[1] for a in node.names
+                      if a.name.startswith("pruning_kit.")}
+    return found
+
+
+def test_package_has_no_import_cycle_and_no_private_imports():
+    # every import, top-level or inside a function, counts: a lazy import hides a cycle
+    paths = {p.stem: p for p in (ROOT / "pruning_kit").glob("*.py") if p.stem != "__init__"}
+    edges = {name: _imports(path) for name, path in paths.items()}
+    private = sorted(name for name, deps in edges.items() if "<private>" in deps)
+    assert private == [], f"modules importing another module's private names: {private}"
+    state: dict[str, int] = {}
+
+    def visit(name: str, stack: list[str]) -> None:
+        state[name] = 1
+        for dep in sorted(edges[name] & set(paths)):
+            if dep == name:
+                continue
+            assert state.get(dep) != 1, f"import cycle: {' -> '.join(stack + [name, dep])}"
+            if dep not in state:
+                visit(dep, stack + [name])
+        state[name] = 2
+
+    for name in sorted(paths):
+        if name not in state:
+            visit(name, [])
+
+
+def test_no_module_over_600_lines():
+    long = {p.name: n for p in (ROOT / "pruning_kit").glob("*.py")
+            if (n := len(p.read_text().splitlines())) > 600}
+    assert long == {}, f"split these modules by idea: {long}"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from pruning_kit import codec, fold, graph, structure, w8a8, zoo
+from pruning_kit import codec, fold, graph, structure, user_models, w8a8
 
 X = np.random.default_rng(0).random((16, 8, 8, 1), dtype=np.float32)
 EXAMPLE = X[:2]
@@ -25,9 +25,9 @@ def _randomize_norms(model: nnx.Module) -> nnx.Module:
     return model
 
 
-@pytest.fixture(scope="module", params=sorted(zoo.ZOO))
+@pytest.fixture(scope="module", params=sorted(user_models.BUILDERS))
 def arch(request):
-    model = _randomize_norms(zoo.ZOO[request.param](nnx.Rngs(0)))
+    model = _randomize_norms(user_models.BUILDERS[request.param](nnx.Rngs(0)))
     return request.param, model
 
 
@@ -60,7 +60,7 @@ def test_fold_is_exact(arch):
     assert bool(pairs) == has_bn
     want = np.asarray(graph.eval_copy(model)(X))
     np.testing.assert_allclose(np.asarray(folded(X)), want, atol=1e-5)
-    modules = {".".join(map(str, p)): n for p, n in nnx.iter_graph(folded)}
+    modules = {"/".join(map(str, p)): n for p, n in nnx.iter_graph(folded)}
     for bn in pairs:                 # each folded norm is left as a pure bias add
         assert float(np.abs(np.asarray(modules[bn].mean[...])).max()) == 0.0
 
@@ -82,14 +82,14 @@ def test_shrunk_model_saves_and_reloads_into_your_class(arch, tmp_path):
         keep = {"q#0": np.arange(2), "mlp_in": np.arange(32)}
     small = structure.remove_channels(model, keep, example=EXAMPLE)
     path = codec.save(tmp_path / f"{name}.pkc", small)
-    back = codec.load(path, like=zoo.ZOO[name](nnx.Rngs(7)))
+    back = codec.load(path, like=user_models.BUILDERS[name](nnx.Rngs(7)))
     np.testing.assert_array_equal(np.asarray(back(X)), np.asarray(small(X)))
     with pytest.raises(ValueError, match="like="):
         codec.load(path)
 
 
 def test_hand_declared_groups_are_checked():
-    model = zoo.ZOO["vgg"](nnx.Rngs(0))
+    model = user_models.BUILDERS["vgg"](nnx.Rngs(0))
     traced = structure.channel_groups(model, EXAMPLE)["conv1"]
     ok = {"mine": structure.ChannelGroup("mine", traced.size, traced.members)}
     keep = {"mine": np.arange(4)}
@@ -102,7 +102,7 @@ def test_hand_declared_groups_are_checked():
     with pytest.raises(ValueError, match="says size"):
         structure.remove_channels(model, keep, groups=wrong_size, example=EXAMPLE)
     wrong_axis = {"mine": structure.ChannelGroup(
-        "mine", traced.size, (structure.Member("conv1.kernel", 2, "in"),))}
+        "mine", traced.size, (structure.Member("conv1/kernel", 2, "in"),))}
     with pytest.raises(ValueError, match="no removable channel group|axis"):
         structure.remove_channels(model, keep, groups=wrong_axis, example=EXAMPLE)
 
@@ -124,7 +124,7 @@ def test_unfollowed_op_is_reported_not_guessed():
 
 
 def test_search_widths_takes_group_counts_for_any_model():
-    model = zoo.ZOO["vgg"](nnx.Rngs(0))
+    model = user_models.BUILDERS["vgg"](nnx.Rngs(0))
     model.train()
     rows = structure.search_widths(model, [{"conv2": 8, "conv3": 8}, {"conv1": 4, "conv2": 4}],
                                    X, max_mac_ratio=0.9, runs=2, repeats=1)
@@ -137,13 +137,13 @@ def test_search_widths_takes_group_counts_for_any_model():
 
 
 def test_low_rank_factorizes_any_linear_and_pointwise_conv():
-    model = zoo.ZOO["resnet"](nnx.Rngs(0))          # its projection shortcut is a 1x1 conv
+    model = user_models.BUILDERS["resnet"](nnx.Rngs(0))   # projection shortcut: a 1x1 conv
     layers = structure.dense_layers(model)
-    assert "blocks.1.shortcut_conv" in layers and "fc" in layers
-    full = structure.low_rank(model, {"blocks.1.shortcut_conv": 8, "fc": 10})
+    assert "blocks/1/shortcut_conv" in layers and "fc" in layers
+    full = structure.low_rank(model, {"blocks/1/shortcut_conv": 8, "fc": 10})
     want = np.asarray(graph.eval_copy(model)(X))
     np.testing.assert_allclose(np.asarray(full(X)), want, atol=1e-4)   # full rank: exact
-    small = structure.low_rank(model, {"blocks.1.shortcut_conv": 2})
+    small = structure.low_rank(model, {"blocks/1/shortcut_conv": 2})
     assert structure.models_lib.num_params(small) < structure.models_lib.num_params(model)
     assert np.asarray(small(X)).shape == (len(X), 10)
 
@@ -163,8 +163,8 @@ def test_flax_multi_head_attention_loses_whole_heads():
     model = Encoder(nnx.Rngs(0))
     groups = structure.channel_groups(model, EXAMPLE)
     heads = next(g for g in groups.values() if g.size == 4)
-    assert {m.leaf for m in heads.members} >= {"attn.query.kernel", "attn.key.kernel",
-                                               "attn.value.kernel", "attn.out.kernel"}
+    assert {m.leaf for m in heads.members} >= {"attn/query/kernel", "attn/key/kernel",
+                                               "attn/value/kernel", "attn/out/kernel"}
     small = structure.remove_channels(model, {heads.name: np.array([0, 3])}, example=EXAMPLE)
     masked = structure.mask_channels(model, {heads.name: np.array([0, 3])}, example=EXAMPLE)
     assert small.attn.num_heads == 2 and small.attn.head_dim == 8
@@ -174,7 +174,7 @@ def test_flax_multi_head_attention_loses_whole_heads():
 def test_rank_explorer_takes_a_user_model_and_keeps_its_mode():
     from pruning_kit import widgets
 
-    model = zoo.ZOO["layernorm_mlp"](nnx.Rngs(0))       # Dropout, other layer names
+    model = user_models.BUILDERS["layernorm_mlp"](nnx.Rngs(0))       # Dropout, other layer names
     model.train()
     y = np.arange(len(X)) % 10
     explorer = widgets.RankExplorer(model, X, y, layer="fc1", ranks=(2, 8), batch_size=4,

@@ -1,0 +1,251 @@
+"""The distilled students of notebook 02 and the KD-recovered 2-bit MLP, cached.
+
+Made by ``python -m benchmarks.distillation --retrain`` (:data:`STUDENTS_COMMAND`) and cached
+with :func:`pruning_kit.zoo.cached` like every trained model of the course; plain and
+distilled students share one budget (:data:`STUDENT_BUDGET`), so the loss is the only
+difference between them. Settings are chosen on the validation split.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from flax import nnx
+
+from pruning_kit import data as data_lib
+from pruning_kit import distill, qat
+from pruning_kit import models as models_lib
+from pruning_kit import train as train_lib
+from pruning_kit.zoo import baseline, cached
+
+#: The students of notebook 02 and ``benchmarks.distillation``. Plain and distilled runs of
+#: one architecture share this budget (epochs, batch size, Adam with a cosine decay of the
+#: learning rate, seed, no augmentation), so the loss is the only difference between them.
+#: The MLP student trains longer: an epoch of it costs a fraction of the CNN student's.
+STUDENT_BUDGET = {"cnn": dict(epochs=5, batch_size=128, learning_rate=3e-3),
+                  "mlp": dict(epochs=10, batch_size=128, learning_rate=3e-3)}
+#: The (temperature, alpha) cells scored on the validation split by :func:`kd_grid`
+#: (seed 0 only: each cell is a 5-epoch CNN student, about a minute on 2 CPU cores).
+KD_GRID = tuple((t, a) for a in (0.5, 0.9) for t in (2.0, 4.0))
+#: FitNets hint of :func:`hint_student`: the student's ``stage2`` (8 channels) mapped by a
+#: 1x1 adapter onto the teacher's ``stage2`` (32 channels), weighted by ``beta``.
+HINT = dict(layer="stage2", beta=0.5)
+#: The one command that (re)makes every cached student of notebook 02 (the grid on seed 0,
+#: plain and distilled CNN students on seeds 0, 1, 2, the hinted student on seed 0, the
+#: recovery fine-tunings on seeds 0, 1, 2): about 8 minutes on 2 CPU cores.
+STUDENTS_COMMAND = "python -m benchmarks.distillation --retrain"
+
+
+def _student(arch: str, seed: int) -> nnx.Module:
+    if arch == "cnn":
+        return models_lib.student_cnn(seed=seed)
+    if arch == "mlp":
+        return models_lib.student_mlp(seed=seed)
+    raise ValueError(f"arch must be 'cnn' (SmallCNN 4/8) or 'mlp' (784-32-10), got {arch!r}.")
+
+
+def _student_budget(arch: str, overrides: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """The budget of ``arch`` with ``overrides`` applied, and the cache-name suffix."""
+    if arch not in STUDENT_BUDGET:
+        _student(arch, 0)                       # raises the ValueError naming the choices
+    unknown = set(overrides) - set(STUDENT_BUDGET[arch])
+    if unknown:
+        raise ValueError(f"unknown student budget entries {sorted(unknown)}; change "
+                         f"{sorted(STUDENT_BUDGET[arch])}.")
+    suffix = "".join(f"_{k}{v:g}" for k, v in sorted(overrides.items()))
+    return {**STUDENT_BUDGET[arch], **overrides}, suffix
+
+
+def _fit_student(model: nnx.Module, ds: data_lib.Dataset, y: Any, budget: dict[str, Any],
+                 loss_fn: Any, seed: int, progress: bool, info: dict[str, Any]) -> None:
+    """Train ``model`` with ``budget``; the per-epoch history goes into ``info``."""
+    history = train_lib.fit(model, ds.x_train, y, epochs=budget["epochs"],
+                            batch_size=budget["batch_size"],
+                            learning_rate=budget["learning_rate"], loss_fn=loss_fn, seed=seed,
+                            validation=(ds.x_val, ds.y_val), progress=progress)
+    info["history"] = {k: [round(v, 5) for v in vs] for k, vs in history.items()}
+    model.eval()
+
+
+def plain_student(seed: int = 0, *, arch: str = "cnn", retrain: bool = False,
+                  dataset: data_lib.Dataset | None = None, progress: bool = True,
+                  **overrides: Any) -> nnx.Module:
+    """The student trained on the labels only: the control of notebook 02, cached.
+
+    ``models.student_cnn(seed=seed)`` (``arch="cnn"``, 5,462 parameters) or
+    ``models.student_mlp(seed=seed)`` (``arch="mlp"``) trained from scratch on
+    ``ds.x_train`` with :data:`STUDENT_BUDGET`. The per-epoch validation accuracy is kept in
+    the checkpoint's metadata (``train.read_checkpoint_header(path)["metadata"]["history"]``).
+    ``overrides`` change budget entries (e.g. ``epochs=10``), cached under their own name.
+    All students are made by ``python -m benchmarks.distillation --retrain``.
+    """
+    budget, suffix = _student_budget(arch, overrides)
+    ds = dataset if dataset is not None else data_lib.load_fashion_mnist()
+    info: dict[str, Any] = {"recipe": {**budget, "loss": "cross-entropy", "arch": arch},
+                            "command": STUDENTS_COMMAND}
+
+    def make() -> nnx.Module:
+        model = _student(arch, seed)
+        _fit_student(model, ds, ds.y_train, budget, train_lib.cross_entropy_loss, seed,
+                     progress, info)
+        return model
+
+    return cached(f"student_{arch}_plain{suffix}", seed, make, retrain=retrain,
+                            metadata=info, dataset=ds)
+
+
+def kd_student(seed: int = 0, *, temperature: float, alpha: float, arch: str = "cnn",
+               retrain: bool = False, dataset: data_lib.Dataset | None = None,
+               progress: bool = True, **overrides: Any) -> nnx.Module:
+    """The same student as :func:`plain_student`, distilled from ``cnn_fashion`` seed ``seed``.
+
+    Same architecture, initialisation, budget and batches as the plain student; the loss is
+    ``distill.distillation_loss(temperature=T, alpha=alpha)`` against the teacher's logits,
+    computed once on the (un-augmented) training images. Cached per ``(T, alpha)`` as
+    ``student_<arch>_kd_T<T>_a<alpha>``; :func:`kd_grid` scores the cells of
+    :data:`KD_GRID` on the validation split and :func:`kd_choice` picks the best one.
+    """
+    budget, suffix = _student_budget(arch, overrides)
+    t, a = float(temperature), float(alpha)
+    ds = dataset if dataset is not None else data_lib.load_fashion_mnist()
+    info: dict[str, Any] = {"recipe": {**budget, "loss": "distillation_loss", "arch": arch,
+                                       "temperature": t, "alpha": a},
+                            "from": f"teacher cnn_fashion seed {seed}",
+                            "command": STUDENTS_COMMAND}
+
+    def make() -> nnx.Module:
+        teacher = baseline("cnn_fashion", seed, progress=progress, dataset=ds)
+        targets = (ds.y_train, distill.teacher_logits(teacher, ds.x_train))
+        model = _student(arch, seed)
+        _fit_student(model, ds, targets, budget,
+                     distill.distillation_loss(temperature=t, alpha=a), seed, progress, info)
+        return model
+
+    return cached(f"student_{arch}_kd_T{t:g}_a{a:g}{suffix}", seed, make,
+                            retrain=retrain, metadata=info, dataset=ds)
+
+
+def kd_grid(seed: int = 0, *, arch: str = "cnn", retrain: bool = False,
+            dataset: data_lib.Dataset | None = None, progress: bool = True
+            ) -> dict[Any, float]:
+    """Validation accuracy of the plain student and of the distilled one at each KD cell.
+
+    Returns ``{"plain": acc, (T, alpha): acc, ...}`` (fractions) for the cells of
+    :data:`KD_GRID`, every model made on ``seed`` with :func:`plain_student` /
+    :func:`kd_student` (cached) and scored on ``ds.x_val``; the test set is not looked at.
+    """
+    ds = dataset if dataset is not None else data_lib.load_fashion_mnist()
+    kw = dict(arch=arch, retrain=retrain, dataset=ds, progress=progress)
+    scores = {"plain": train_lib.evaluate(plain_student(seed, **kw), ds.x_val, ds.y_val)}
+    for t, a in KD_GRID:
+        model = kd_student(seed, temperature=t, alpha=a, **kw)
+        scores[(t, a)] = train_lib.evaluate(model, ds.x_val, ds.y_val)
+    return scores
+
+
+def kd_choice(scores: dict[Any, float]) -> tuple[float, float]:
+    """The ``(T, alpha)`` of :func:`kd_grid`'s scores with the best validation accuracy.
+
+    Ties (accuracies equal to 4 decimals) go to the first cell of :data:`KD_GRID`.
+    """
+    cells = [c for c in scores if c != "plain"]
+    if not cells:
+        raise ValueError("scores holds no (T, alpha) cell; pass the result of kd_grid().")
+    return max(cells, key=lambda c: round(scores[c], 4))
+
+
+def hint_student(seed: int = 0, *, temperature: float, alpha: float, retrain: bool = False,
+                 dataset: data_lib.Dataset | None = None, progress: bool = True
+                 ) -> nnx.Module:
+    """The CNN student trained with logit KD plus a FitNets hint (:data:`HINT`), cached.
+
+    ``distill.feature_distillation_loss(beta=HINT["beta"], temperature=T, alpha=alpha)`` on
+    a ``distill.StudentWithAdapter``; the teacher's logits and ``HINT["layer"]`` features
+    are computed once on the training images. Same budget and seed as
+    :func:`kd_student`; only the student (not its adapter) is kept.
+    """
+    budget = STUDENT_BUDGET["cnn"]
+    t, a = float(temperature), float(alpha)
+    ds = dataset if dataset is not None else data_lib.load_fashion_mnist()
+    info: dict[str, Any] = {"recipe": {**budget, **HINT, "loss": "feature_distillation_loss",
+                                       "arch": "cnn", "temperature": t, "alpha": a},
+                            "from": f"teacher cnn_fashion seed {seed}",
+                            "command": STUDENTS_COMMAND}
+
+    def make() -> nnx.Module:
+        teacher = baseline("cnn_fashion", seed, progress=progress, dataset=ds)
+        targets = (ds.y_train, distill.teacher_logits(teacher, ds.x_train),
+                   distill.teacher_features(teacher, ds.x_train, HINT["layer"]))
+        student = _student("cnn", seed)
+        student.eval()                          # read the channel count without BN updates
+        s_ch = student.features(ds.x_train[:1])[HINT["layer"]].shape[-1]
+        model = distill.StudentWithAdapter(
+            student, distill.Adapter(s_ch, targets[2].shape[-1], rngs=nnx.Rngs(seed)))
+        _fit_student(model, ds, targets, budget, distill.feature_distillation_loss(
+            student_layer=HINT["layer"], beta=HINT["beta"], temperature=t, alpha=a),
+            seed, progress, info)
+        student.eval()
+        return student
+
+    return cached(f"student_cnn_hint_T{t:g}_a{a:g}", seed, make, retrain=retrain,
+                            metadata=info, dataset=ds)
+
+
+#: KD as a recovery tool (notebook 02, section 7): the ``mlp_fashion`` baseline fine-tuned
+#: with 2-bit-weight QAT (per-channel, MSE-clipped grid, float activations) on a small set
+#: of training images, where plain fine-tuning leaves a clear gap to the float model.
+RECOVERY = dict(weight_bits=2, weight_method="mse", images=3000, epochs=10, batch_size=128,
+                learning_rate=3e-4)
+
+
+def recovery_images(seed: int, dataset: data_lib.Dataset) -> Any:
+    """Indices into ``dataset.x_train`` of :func:`recovered_mlp`'s fine-tuning set."""
+    return np.random.default_rng([seed, 4]).permutation(len(dataset.x_train))[
+        :RECOVERY["images"]]
+
+
+def recovered_mlp(seed: int = 0, *, temperature: float | None = None,
+                  alpha: float | None = None, retrain: bool = False,
+                  dataset: data_lib.Dataset | None = None, progress: bool = True
+                  ) -> nnx.Module:
+    """``mlp_fashion`` fine-tuned with 2-bit QAT (:data:`RECOVERY`), plainly or with KD, cached.
+
+    Without ``temperature``/``alpha`` the loss is QAT's own cross-entropy
+    (``qat.qat_loss``); with them, ``distill.kd_wrap`` keeps QAT's fake-quantized
+    forward pass and replaces its loss by the distillation loss against the float model's
+    logits (the same seed's baseline). Both fine-tune on the same :func:`recovery_images`
+    with the same epochs, batch, learning rate and seed. Measure the result as deployed:
+    ``qat.evaluate_deployed_mlp(model, x, y, weight_bits=2, act_bits=None,
+    weight_method="mse")``.
+    """
+    if (temperature is None) != (alpha is None):
+        raise ValueError("give both temperature and alpha (KD fine-tuning) or neither "
+                         "(plain fine-tuning).")
+    ds = dataset if dataset is not None else data_lib.load_fashion_mnist()
+    kd = temperature is not None
+    recipe: dict[str, Any] = {**RECOVERY, "loss": "kd_wrap(qat_loss)" if kd
+                              else "qat_loss"}
+    if kd:
+        recipe.update(temperature=float(temperature), alpha=float(alpha))
+    name = (f"mlp_fashion_w2_kd_T{float(temperature):g}_a{float(alpha):g}" if kd
+            else "mlp_fashion_w2_plain")
+
+    def make() -> nnx.Module:
+        dense = baseline("mlp_fashion", seed, progress=progress, dataset=ds)
+        pick = recovery_images(seed, ds)
+        x, y = ds.x_train[pick], ds.y_train[pick]
+        loss = qat.qat_loss(RECOVERY["weight_bits"], None,
+                                weight_method=RECOVERY["weight_method"])
+        if kd:
+            y = (y, distill.teacher_logits(dense, x))
+            loss = distill.kd_wrap(loss, temperature=temperature, alpha=alpha)
+        train_lib.fit(dense, x, y, epochs=RECOVERY["epochs"],
+                      batch_size=RECOVERY["batch_size"],
+                      learning_rate=RECOVERY["learning_rate"], loss_fn=loss, seed=seed,
+                      progress=progress)
+        return dense
+
+    return cached(name, seed, make, retrain=retrain, dataset=ds,
+                            metadata={"recipe": recipe, "from": f"mlp_fashion seed {seed}",
+                                      "command": STUDENTS_COMMAND})
