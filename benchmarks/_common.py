@@ -85,8 +85,8 @@ def emit(metric: str, value: float, unit: str, *, target: Any = _NO_TARGET,
 
 def emit_speedup(metric: str, stats: Any, **extra: Any) -> None:
     """:func:`emit` a speed-up from :class:`pruning_kit.measure.LatencyStats` with its spread."""
-    emit(metric, stats.speedup, "x", iqr=stats.speedup_iqr,
-                min_max=stats.speedup_min_max, **extra)
+    emit(metric, stats.speedup, "x", iqr=stats.speedup_iqr, min_max=stats.speedup_min_max,
+         **extra)
 
 
 def figures_table(lines: Sequence[Mapping[str, Any]]) -> Table:
