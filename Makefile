@@ -19,7 +19,7 @@ PORT   ?= 8888
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[notebooks,test,deploy,classroom]'
+	$(PY) -m pip install --quiet --no-compile -e '.[notebooks,test,deploy,classroom]'
 	$(PY) -m ipykernel install --sys-prefix --name python3 > /dev/null
 	touch $@
 
