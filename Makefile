@@ -50,7 +50,7 @@ course: data
 	else echo "Course ready in work/. Open it with: $(PY) -m jupyter lab work/"; fi
 
 test: setup
-	$(PY) -m pytest -n 2 --dist loadscope
+	$(PY) -m pytest -n 2 --dist loadscope --durations=10
 
 benchmarks: baselines
 	for b in baselines xla_cpu_layers quantization distillation pruning pipeline deploy notebooks; do \
