@@ -2,8 +2,9 @@
 
 Run from the repository root::
 
-    python -m benchmarks.quantization            # about 5 minutes on 2 CPU cores
+    python -m benchmarks.quantization            # about 12 minutes on 2 CPU cores
     python -m benchmarks.quantization --seeds 0  # one seed, quicker
+    python -m benchmarks.quantization --w4a4-only   # only the W4A4 section (about 6 min)
 
 Every accuracy change is in points against the same seed's float model (negative = drop).
 Data: ``data.load_fashion_mnist()``'s parts. Every choice -- the weight clipping (min-max or
@@ -13,6 +14,14 @@ on), by the mean validation delta over seeds. Activation ranges are calibrated o
 sample of 5,000 images of the training split ``ds.x_train`` (seed 0); QAT and codebook
 fine-tuning train on the whole training split (55,000). The test set is only measured:
 every JSON figure is the test delta of the option chosen on validation.
+
+W4A4 (:func:`w4a4_section`) runs on XLA:CPU through the any-model integer path
+(:func:`pruning_kit.w8a8.quantize_model`): 4-bit codes carried in int8 containers through
+int32 accumulation -- exactly the arithmetic a 4-bit unit does, not its speed. PTQ tries
+symmetric ranges and the QAT grid's unsigned ranges (min-max, percentile, MSE), chosen on
+validation; QAT fine-tunes with the best unsigned ranges and is deployed with them (the
+integer model computes what the QAT forward computes), cached as
+``{mlp,cnn}_fashion_qat_w4a4_<method>``.
 
 Speed is measured with :func:`pruning_kit.measure.compare_latency` (interleaved rounds,
 median and IQR of the per-round ratio); it depends on the machine, which is printed first.
@@ -50,6 +59,8 @@ WEIGHT_METHODS = ("minmax", "mse")
 QAT_EPOCHS, QAT_LR = 3, 1e-4
 W2_QAT_EPOCHS, W2_QAT_LR = 3, 1e-4
 KMEANS_EPOCHS, KMEANS_LR = 2, 1e-4
+W4A4_EPOCHS, W4A4_LR = 3, 1e-4          # MLP QAT W4A4 (4-bit weights and activations)
+CNN_W4A4_EPOCHS, CNN_W4A4_LR = 1, 1e-4  # CNN QAT W4A4: one epoch on 2 CPU cores
 TARGETS = {
     "int8_pc_delta_mlp": "within +-0.3", "int8_pc_delta_cnn": "within +-0.3",
     "w8a8_int_delta": ">= -0.5", "w8a8_int_delta_cnn": ">= -0.5 (extra)",
@@ -69,6 +80,8 @@ TARGETS = {
     "uniform2_4level_delta": "extra: 4 uniform levels per kernel (asymmetric, per tensor)",
     "int8_matmul_speedup": "measured with its IQR; machine-dependent, no direction asserted",
     "w8a8_model_speedup": "extra: whole W8A8 MLP vs float32, batch 256, with its IQR",
+    "ptq_w4a4_delta_mlp": "shown beside w4a4_int_delta_mlp", "w4a4_int_delta_mlp": ">= -1.0",
+    "ptq_w4a4_delta_cnn": "shown beside w4a4_int_delta_cnn", "w4a4_int_delta_cnn": ">= -1.0",
 }
 
 
@@ -189,6 +202,105 @@ def run_cnn(seed: int, ds, calib, log) -> dict[str, dict[str, tuple[float, float
     return out
 
 
+def w4a4_ptq(model, s: Seed, calib) -> dict[str, dict[str, tuple[float, float]]]:
+    """W8A8, W8A4 and W4A4 by post-training quantization, every one run by the any-model
+    integer path (int8 containers, int32 accumulation): symmetric activation ranges
+    (``sym_*``) or the QAT grid's unsigned ranges with a zero point."""
+    out: dict[str, dict[str, tuple[float, float]]] = {}
+    for name, w_bits, a_bits in (("w8a8", 8, 8), ("w8a4", 8, 4), ("w4a4", 4, 4)):
+        opts = {f"sym_{m}": s.generic(w8a8.quantize_model(model, calib, weight_bits=w_bits,
+                                                          act_bits=a_bits, percentile=p))
+                for m, p in CNN_RANGES.items()}
+        for m in ACT_METHODS:
+            clips = qat.calibrate_inputs(model, calib, a_bits, method=m)
+            opts[m] = s.generic(w8a8.quantize_model(model, calib, weight_bits=w_bits,
+                                                    act_bits=a_bits, act_qparams=clips))
+        out[f"ptq_{name}"] = opts
+    return out
+
+
+def w4a4_qat(kind: str, seed: int, ds, calib, method: str, log) -> dict[str, tuple[float, float]]:
+    """QAT W4A4 of one baseline (``kind``: ``"mlp"`` or ``"cnn"``) with the ``method``
+    ranges, cached, then run as integers with the ranges it trained with."""
+    name = f"{kind}_fashion"
+    epochs, lr = (W4A4_EPOCHS, W4A4_LR) if kind == "mlp" else (CNN_W4A4_EPOCHS, CNN_W4A4_LR)
+    model = zoo.baseline(name, seed, progress=False)
+    s = Seed(model, (ds.x_val, ds.y_val), (ds.x_test, ds.y_test))
+    clips = qat.calibrate_inputs(model, calib, 4, method=method)
+    start = time.perf_counter()
+    was_cached = zoo.checkpoint_path(f"{name}_qat_w4a4_{method}", seed).exists()
+
+    def make():
+        tuned = zoo.baseline(name, seed, progress=False)
+        train.fit(tuned, ds.x_train, ds.y_train, epochs=epochs, batch_size=128,
+                  learning_rate=lr, loss_fn=qat.qat_loss(4, 4, act_clips=clips), seed=seed,
+                  progress=False)
+        return tuned
+
+    tuned = zoo.cached(
+        f"{name}_qat_w4a4_{method}", seed, make, dataset=ds,
+        metadata={"recipe": f"{name}_qat_w4a4_{method}: QAT W4A4 (4-bit per-channel min-max "
+                            f"weights, 4-bit unsigned {method} activation ranges calibrated on "
+                            f"{len(calib):,} training images), {epochs} epochs, Adam {lr}, "
+                            "batch 128, all training images",
+                  "command": "python -m benchmarks.quantization --w4a4-only",
+                  "act_ranges": [[float(c.scale), int(c.zero_point)] for c in clips]})
+    q = w8a8.quantize_model(tuned, calib, weight_bits=4, act_bits=4, act_qparams=clips)
+    log(f"{kind} seed {seed}: QAT W4A4 ({method} ranges, {epochs} epoch(s)) "
+        + ("loaded from data/checkpoints" if was_cached
+           else f"{time.perf_counter() - start:.0f} s"))
+    return s.generic(q)
+
+
+def w4a4_section(ds, calib, seeds, cnn_seeds, log=print) -> None:
+    """W4A4 integer inference of the MLP and the CNN, PTQ and QAT, beside W8A8 and W8A4
+    (PTQ, the same integer path); prints a table and emits the W4A4 figures."""
+    results: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    cnn_calib = calib[:CNN_CALIB]
+    for kind, kind_seeds, kind_calib in (("mlp", seeds, calib), ("cnn", cnn_seeds, cnn_calib)):
+        for seed in kind_seeds:
+            model = zoo.baseline(f"{kind}_fashion", seed, progress=False)
+            s = Seed(model, (ds.x_val, ds.y_val), (ds.x_test, ds.y_test))
+            log(f"{kind} seed {seed}: float val {s.float_val:.2f}%, test {s.float_test:.2f}%")
+            for figure, options in w4a4_ptq(model, s, kind_calib).items():
+                for option, deltas in options.items():
+                    results.setdefault(f"{figure}_{kind}", {}).setdefault(option, []) \
+                        .append(deltas)
+        # QAT trains with the unsigned ranges PTQ W4A4 did best with on validation
+        unsigned = {m: results[f"ptq_w4a4_{kind}"][m] for m in ACT_METHODS}
+        method = best_of(unsigned)
+        for seed in kind_seeds:
+            results.setdefault(f"w4a4_int_{kind}", {}).setdefault(method, []).append(
+                w4a4_qat(kind, seed, ds, kind_calib, method, log))
+    labels = {"ptq_w8a8": "W8A8 PTQ", "ptq_w8a4": "W8A4 PTQ", "ptq_w4a4": "W4A4 PTQ",
+              "w4a4_int": "W4A4 QAT"}
+    rows, chosen = [], {}
+    for figure, options in results.items():
+        chosen[figure] = best_of(options)
+        kind = figure.rsplit("_", 1)[1]
+        for option, deltas in options.items():
+            vals, tests = zip(*deltas, strict=True)
+            rows.append({"model": kind.upper(), "configuration": labels[figure[:-4]],
+                         "option": option, "chosen": "<-" if option == chosen[figure]
+                         and len(options) > 1 else "", "val_delta": float(np.mean(vals)),
+                         "test_delta": float(np.mean(tests)),
+                         "test per seed": " ".join(f"{t:+.2f}" for t in tests)})
+    print()
+    print(f"W4A4 integer inference on XLA:CPU (4-bit codes in int8 containers, int32 "
+          f"accumulation; any-model path, BatchNorm folded); MLP seeds {tuple(seeds)}, CNN "
+          f"seeds {tuple(cnn_seeds)}. Accuracy change vs each seed's float model, points "
+          "(mean over seeds); sym_* = symmetric ranges, else the QAT grid's unsigned ranges; "
+          "'<-' = chosen on validation")
+    print(measure.Table(rows, ["model", "configuration", "option", "chosen", "val_delta",
+                               "test_delta", "test per seed"]))
+    for kind, kind_seeds in (("mlp", seeds), ("cnn", cnn_seeds)):
+        for metric in ("ptq_w4a4", "w4a4_int"):
+            figure = f"{metric}_{kind}"
+            tests = [t for _, t in results[figure][chosen[figure]]]
+            emit(f"{metric}_delta_{kind}", float(np.mean(tests)), "points",
+                 option=chosen[figure], seeds=" ".join(map(str, kind_seeds)))
+
+
 def stored_bytes(model, bits: int) -> dict[str, float]:
     """Bytes counted by quant_storage for the kernels vs the arrays written to an .npz."""
     qtree = quantize_tree(model, bits)
@@ -261,7 +373,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     parser.add_argument("--runs", type=int, default=10,
                         help="timed calls per candidate per interleaved round (30 rounds)")
+    parser.add_argument("--cnn-seeds", type=int, nargs="+", default=None,
+                        help="CNN seeds of the W4A4 section (default: --seeds)")
+    parser.add_argument("--w4a4-only", action="store_true",
+                        help="run only the W4A4 section (PTQ and QAT, MLP and CNN)")
     args = parser.parse_args(argv)
+    cnn_seeds = args.seeds if args.cnn_seeds is None else args.cnn_seeds
     with _common.reporting(args.out, TARGETS):
         start = time.perf_counter()
 
@@ -274,6 +391,10 @@ def main(argv: list[str] | None = None) -> None:
               f"test only measured; calibration: {CALIB_SIZE:,} training images (seed 0); QAT "
               f"and codebooks train on all {len(ds.x_train):,} training images; seeds "
               f"{tuple(args.seeds)}\n")
+        if args.w4a4_only:
+            w4a4_section(ds, calib, args.seeds, cnn_seeds)
+            print(f"\ntotal {time.perf_counter() - start:.0f} s\n")
+            return
 
         results: dict[str, dict[str, list[tuple[float, float]]]] = {}
 
@@ -375,6 +496,7 @@ def main(argv: list[str] | None = None) -> None:
         emit("uniform2_4level_delta", test_mean("uniform2_4level"), "points")
         emit("int8_matmul_speedup", matmul["int8"].speedup, "x")
         emit("w8a8_model_speedup", whole["W8A8"].speedup, "x")
+        w4a4_section(ds, calib, args.seeds, cnn_seeds)
 
 
 if __name__ == "__main__":

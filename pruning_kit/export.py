@@ -226,6 +226,10 @@ def to_onnx(model: Any, example: Any, path: str | os.PathLike, *, fold: bool = T
         if model.weight_bits != 8 or model.act_bits != 8:
             raise ValueError("ONNX QDQ export writes int8 codes; this model has "
                              f"W{model.weight_bits}A{model.act_bits}. Export a W8A8 model.")
+        if any(model.act_zero_points.values()):
+            raise ValueError("ONNX QDQ export writes activation zero points of 0; this model "
+                             "was built with act_qparams whose zero points are not 0. Build "
+                             "it without act_qparams (symmetric activation codes) to export.")
         base = model.model
         for p, scale in model.input_scales.items():
             quant[p] = jaxpr_onnx.Quant(np.asarray(model.codes[p]),

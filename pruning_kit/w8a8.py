@@ -19,6 +19,14 @@ accumulation; that is a legitimate way to *run* 4-bit arithmetic on hardware wit
 hand-built integer path for its own models, with zero points and integer requantization
 between layers, is :mod:`pruning_kit.quant_infer`.
 
+``act_qparams`` (from :func:`pruning_kit.qat.calibrate_inputs`, the ranges a QAT model
+trained with) replaces the symmetric activation codes by the QAT forward's unsigned codes
+with a zero point, ``q_x = clip(round(x / s_x) + z, 0, 2^b - 1) - z``: the integer model
+then computes what :func:`pruning_kit.qat.fake_quant_model` computes (same weight grid,
+same activation grid, same rounding), so what QAT learned carries over. The shifted codes
+``q - z`` lie in ``[-(2^b - 1), 2^b - 1]``: int8 up to 7 bits (int16 containers at 8), and a
+zero-padded convolution still pads with the code of 0.0.
+
 Examples:
     Any model of dense/conv layers, here an ``nnx.Sequential`` of two ``Linear``:
 
@@ -37,7 +45,7 @@ Examples:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -47,6 +55,7 @@ from flax import nnx
 
 from pruning_kit import fold as fold_lib
 from pruning_kit import interpret, validate
+from pruning_kit.quantize import QParams
 
 
 def _qmax(bits: int) -> int:
@@ -65,8 +74,10 @@ class IntegerModel:
     def __init__(self, fwd: interpret.Forward, codes: Mapping[str, np.ndarray],
                  weight_scales: Mapping[str, np.ndarray], act_scales: Mapping[int, float],
                  weight_bits: int, act_bits: int, folded: Mapping[str, str], *,
-                 act_mins: Mapping[int, float] | None = None):
+                 act_mins: Mapping[int, float] | None = None,
+                 act_zero_points: Mapping[int, int] | None = None):
         self._fwd = fwd
+        self.act_zero_points = dict(act_zero_points or {})
         self.act_mins = dict(act_mins or {})
         self.codes = dict(codes)
         self.weight_scales = dict(weight_scales)
@@ -79,12 +90,23 @@ class IntegerModel:
         scales = {p: jnp.asarray(s, jnp.float32) for p, s in self.weight_scales.items()}
         acts = {i: jnp.float32(s) for i, s in self.act_scales.items()}
         qmax = _qmax(act_bits)
+        zps = {i: jnp.float32(z) for i, z in self.act_zero_points.items()}
+        # unsigned codes minus their zero point span [-(2^b - 1), 2^b - 1]
+        wide = bool(zps) and act_bits == 8
 
         def hook(op, x, codes, run):
             if op.path not in scales:
                 return run(x, codes)
             s_x = acts[op.index]
-            q = jnp.clip(jnp.round(x / s_x), -qmax, qmax).astype(jnp.int8)
+            if op.index in zps:     # the QAT grid: unsigned codes with a zero point
+                z = zps[op.index]
+                q = jnp.clip(jnp.round(x / s_x + z), 0, 2**act_bits - 1) - z
+            else:                   # symmetric codes
+                q = jnp.clip(jnp.round(x / s_x), -qmax, qmax)
+            if wide:
+                q, codes = q.astype(jnp.int16), codes.astype(jnp.int16)
+            else:
+                q = q.astype(jnp.int8)
             acc = run(q, codes, preferred_element_type=jnp.int32)
             s_w = scales[op.path].reshape(interpret.scales_shape(op, acc.ndim, codes.shape))
             return acc.astype(jnp.float32) * (s_x * s_w)
@@ -135,7 +157,8 @@ class IntegerModel:
 
 def quantize_model(model: nnx.Module, calib_x: Any, *, weight_bits: int = 8,
                    act_bits: int = 8, percentile: float | None = None, fold: bool = True,
-                   batch_size: int = 256) -> IntegerModel:
+                   batch_size: int = 256,
+                   act_qparams: Sequence[QParams] | None = None) -> IntegerModel:
     """Integer (W8A8 by default) inference for ``model``; the model is not changed.
 
     Args:
@@ -148,13 +171,18 @@ def quantize_model(model: nnx.Module, calib_x: Any, *, weight_bits: int = 8,
             ``None`` takes the largest |x| seen.
         fold: fold BatchNorms into the preceding kernels first (recommended).
         batch_size: calibration batch size.
+        act_qparams: instead of calibrating, the unsigned per-tensor ``act_bits`` ranges
+            of each dense/conv layer's input in forward order -- what
+            :func:`pruning_kit.qat.calibrate_inputs` returns and QAT trained with (see the
+            module docstring). ``percentile`` is then unused.
 
     Returns:
         An :class:`IntegerModel`.
 
     Raises:
         ValueError: bits out of range, empty calibration data, a model with no dense or
-            conv layer, or a kernel read by something other than its layer.
+            conv layer, a kernel read by something other than its layer, or
+            ``act_qparams`` that are not one unsigned per-tensor ``act_bits`` range per layer.
     """
     weight_bits = validate.bits(weight_bits, name="weight_bits", minimum=2, maximum=8)
     act_bits = validate.bits(act_bits, name="act_bits", minimum=2, maximum=8)
@@ -199,6 +227,9 @@ def quantize_model(model: nnx.Module, calib_x: Any, *, weight_bits: int = 8,
             ranges[i] = max(ranges.get(i, 0.0), float(v))
             lows[i] = min(lows.get(i, np.inf), float(low))
     act_scales = {i: max(r, 1e-8) / _qmax(act_bits) for i, r in ranges.items()}
+    act_zero_points: dict[int, int] = {}
+    if act_qparams is not None:
+        act_scales, act_zero_points = _from_qparams(act_qparams, fwd, act_bits)
     codes, w_scales = {}, {}
     for op in fwd.kernel_ops:
         if op.path in codes:
@@ -214,4 +245,24 @@ def quantize_model(model: nnx.Module, calib_x: Any, *, weight_bits: int = 8,
         codes[op.path] = q.astype(np.int8)
         w_scales[op.path] = scale.astype(np.float32)
     return IntegerModel(fwd, codes, w_scales, act_scales, weight_bits, act_bits, folded_pairs,
-                        act_mins=lows)
+                        act_mins=lows, act_zero_points=act_zero_points)
+
+
+def _from_qparams(act_qparams: Sequence[QParams], fwd: interpret.Forward,
+                  act_bits: int) -> tuple[dict[int, float], dict[int, int]]:
+    """``({op index: scale}, {op index: zero point})`` from one QParams per kernel op."""
+    act_qparams = tuple(act_qparams)
+    if len(act_qparams) != len(fwd.kernel_ops):
+        raise ValueError(f"act_qparams hold {len(act_qparams)} ranges but the model has "
+                         f"{len(fwd.kernel_ops)} dense/conv layers; "
+                         "qat.calibrate_inputs gives one per layer.")
+    scales, zero_points = {}, {}
+    for op, qp in zip(fwd.kernel_ops, act_qparams, strict=True):
+        if not isinstance(qp, QParams) or qp.symmetric or qp.axis is not None \
+                or qp.bits != act_bits:
+            raise ValueError(f"act_qparams[{op.index}] must be per-tensor unsigned "
+                             f"{act_bits}-bit QParams (qat.calibrate_inputs(model, calib_x, "
+                             f"{act_bits})), got {qp!r:.120}.")
+        scales[op.index] = float(qp.scale)
+        zero_points[op.index] = int(qp.zero_point)
+    return scales, zero_points

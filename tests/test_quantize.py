@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from pruning_kit import codebook as cb
-from pruning_kit import deep_compression, fold, models, train, w8a8
+from pruning_kit import deep_compression, fold, models, qat, train, w8a8
 from pruning_kit import quant_infer as qi
 from pruning_kit import quant_storage as qs
 from pruning_kit import quantize as qz
@@ -397,3 +397,27 @@ def test_integer_cnn_runs_int8_convolutions(digits):
     assert {o[0] for o in ops if o[1] == ("int8", "int8")} == {"dot_general",
                                                               "conv_general_dilated"}
     assert all(o[2] == "int32" for o in ops if o[1] == ("int8", "int8"))
+
+
+def test_w4a4_integer_model_of_a_qat_mlp_matches_its_fake_quant_forward(digits, trained_mlp):
+    """QAT's fake-quant forward and w8a8's integer path share one grid at 4 bits (per-channel
+    symmetric weights, unsigned activations with a zero point), so QAT's gain carries over."""
+    model = nnx.clone(trained_mlp)
+    clips = qat.calibrate_inputs(model, digits.x_train, 4, method="mse")
+    train.fit(model, digits.x_train, digits.y_train, epochs=2, batch_size=32,
+              learning_rate=1e-3, loss_fn=qat.qat_loss(4, 4, act_clips=clips), progress=False)
+    fq = np.asarray(qat.fake_quant_model(model, digits.x_test, weight_bits=4, act_bits=4,
+                                         act_clips=clips))
+    qm = w8a8.quantize_model(model, digits.x_train[:256], weight_bits=4, act_bits=4,
+                             act_qparams=clips)
+    got = np.asarray(qm(digits.x_test))
+    assert np.mean(got.argmax(-1) == fq.argmax(-1)) >= 0.99
+    np.testing.assert_allclose(got, fq, atol=1e-4)
+    ops = _dot_and_conv_dtypes(jax.make_jaxpr(qm.__call__)(digits.x_test[:2]).jaxpr)
+    assert ops and all(o == ("dot_general", ("int8", "int8"), "int32") for o in ops)
+    with pytest.raises(ValueError, match="one per layer"):
+        w8a8.quantize_model(model, digits.x_train[:16], weight_bits=4, act_bits=4,
+                            act_qparams=clips[:1])
+    with pytest.raises(ValueError, match="unsigned 4-bit"):
+        w8a8.quantize_model(model, digits.x_train[:16], weight_bits=4, act_bits=4,
+                            act_qparams=qat.calibrate_inputs(model, digits.x_train, 8))
