@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    python -m benchmarks.quantization            # about 12 minutes on 2 CPU cores
+    python -m benchmarks.quantization            # 8 minutes on 2 CPU cores (cached QAT models)
     python -m benchmarks.quantization --seeds 0  # one seed, quicker
     python -m benchmarks.quantization --w4a4-only   # only the W4A4 section (about 6 min)
 
