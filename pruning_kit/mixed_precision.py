@@ -49,9 +49,6 @@ EXACT_MAX_LAYERS = 6
 Sensitivity = Mapping[str, Mapping[int, float]]
 
 
-def _is_kernel(name: str, leaf: jax.Array) -> bool:
-    return np.ndim(leaf) >= 2
-
 
 def _check_options(bits_options: Sequence[int]) -> tuple[int, ...]:
     options = tuple(bits_options)
@@ -65,7 +62,7 @@ def _check_options(bits_options: Sequence[int]) -> tuple[int, ...]:
 
 
 def kernel_shapes(model: nnx.Module, *,
-                  filter: Callable[[str, jax.Array], bool] = _is_kernel
+                  filter: Callable[[str, jax.Array], bool] = tree.is_kernel
                   ) -> dict[str, tuple[int, ...]]:
     """``{"layers/0/kernel": (784, 300), ...}``: the shapes of the tensors to quantize.
 
@@ -112,7 +109,7 @@ def stored_bytes(layer_sizes: Mapping[str, Sequence[int]], bits: Mapping[str, in
 def sensitivity_scan(model: nnx.Module, x_val: np.ndarray, y_val: np.ndarray,
                      bits_options: Sequence[int] = (2, 3, 4, 8), *, per_channel: bool = True,
                      method: str = "minmax",
-                     filter: Callable[[str, jax.Array], bool] = _is_kernel,
+                     filter: Callable[[str, jax.Array], bool] = tree.is_kernel,
                      ) -> dict[str, dict[int, float]]:
     """Accuracy when only one layer's kernel is quantized, for each layer and width.
 

@@ -194,13 +194,10 @@ def quantize_tensor(x: jax.typing.ArrayLike, bits: int = 8, *, axis: int | None 
     return QuantizedTensor(pack(q, bits, signed=symmetric), qp, tuple(q.shape))
 
 
-def _default_filter(path: str, leaf: jax.Array) -> bool:
-    return jnp.ndim(leaf) >= 2
-
 
 def quantize_tree(params: Params, bits: int | Mapping[str, int] = 8, *,
                   axis: int | None = -1, symmetric: bool = True, method: str = "minmax",
-                  filter: Callable[[str, jax.Array], bool] = _default_filter) -> Params:
+                  filter: Callable[[str, jax.Array], bool] = tree.is_kernel) -> Params:
     """Replace selected leaves of a params pytree by :class:`QuantizedTensor`.
 
     Args:

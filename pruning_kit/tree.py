@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 SEP = "/"
@@ -49,6 +50,16 @@ def path_name(path: tuple) -> str:
 def split_name(name: str) -> tuple[str | int, ...]:
     """A leaf name's keys, digits as ints: ``"layers/0/kernel"`` -> ``("layers", 0, "kernel")``."""
     return tuple(int(p) if p.isdigit() else p for p in name.split(SEP))
+
+
+def is_kernel(name: str, leaf: Any) -> bool:
+    """The default choice of layers to quantize or share: arrays with ``ndim >= 2``.
+
+    Kernels of dense and convolution layers, embeddings; not biases or BatchNorm vectors.
+    The ``filter(name, leaf)`` default of ``quant_storage.quantize_tree``,
+    ``weight_sharing.kmeans_codebooks`` and ``mixed_precision``.
+    """
+    return jnp.ndim(leaf) >= 2
 
 
 def _is_variable(x: Any) -> bool:

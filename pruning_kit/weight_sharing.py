@@ -62,9 +62,6 @@ def _params(model: nnx.Module) -> dict[str, jax.Array]:
     return tree.named_leaves(nnx.state(model, nnx.Param))
 
 
-def _is_kernel(name: str, leaf: Any) -> bool:
-    return jnp.ndim(leaf) >= 2
-
 
 # --------------------------------------------------------------------------- codebooks
 def kmeans_codebooks(model: nnx.Module, bits: int | Mapping[str, int], *,
@@ -103,7 +100,7 @@ def kmeans_codebooks(model: nnx.Module, bits: int | Mapping[str, int], *,
         >>> cbs["layers/0/kernel"].shape, int((idx["layers/0/kernel"] == -1).sum())
         ((4,), 8)
     """
-    kernels = {n: v for n, v in _params(model).items() if _is_kernel(n, v)}
+    kernels = {n: v for n, v in _params(model).items() if tree.is_kernel(n, v)}
     if isinstance(bits, Mapping):
         unknown = sorted(set(bits) - set(kernels))
         if unknown:
