@@ -13,6 +13,12 @@ and BatchNorm statistics; RNG state is not stored) is written with one encoding:
     are coded directly over whatever run lengths occur -- no cap and no filler zeros as in
     the paper's 4/8-bit relative indices -- so decoding is exact and the code table lists
     only the run lengths that occur. "Zero" means all bits zero: ``-0.0`` is a value.
+``"sparse-context"``
+    The same kernels, coded closer to what they hold: ``positions`` is the non-zero
+    bitmap and ``codes`` the codebook indices, both range-coded with probabilities
+    learnt per context (neighbouring weights, row and column densities;
+    :mod:`pruning_kit.context_coding`), which gets below the order-0 entropy that bounds
+    Huffman coding. No code tables are stored: the decoder learns the same probabilities.
 ``"int"`` / ``"int-huffman"``
     For a :class:`~pruning_kit.quant_storage.QuantizedTensor` handed in ``quantized=``:
     ``codes`` (packed as stored, or Huffman-coded), ``scale`` and, if asymmetric,
@@ -21,20 +27,22 @@ and BatchNorm statistics; RNG state is not stored) is written with one encoding:
     The array's bytes (biases, BatchNorm scale/bias/mean/var, dense kernels).
 
 ``coding="auto"`` codes a float kernel (ndim >= 2) with at most 256 distinct non-zero
-values as ``sparse-codebook`` (unless ``raw`` is smaller), every other array raw, and a
-quantized leaf with the smaller of ``int``/``int-huffman``.
+values with the smallest of ``sparse-codebook``, ``sparse-context`` and ``raw`` (all three
+are written and measured), every other array raw, and a quantized leaf with the smaller
+of ``int``/``int-huffman``.
 
 File layout (little-endian)::
 
     magic (8) | version u16 | reserved u16 | manifest length u32 | file length u64
     | manifest CRC-32 u32 | header CRC-32 u32      -- 32-byte header
-    manifest: compact JSON (kind, config, metadata, leaves with shapes, dtypes,
-              encodings and each stream's [offset, length, CRC-32])
+    manifest: compact JSON, deflated (zlib) -- kind, config, metadata, leaves with
+              shapes, dtypes, encodings and each stream's [offset, length, CRC-32]
     streams:  the bytes of every stream, in manifest order
 
-Every byte is covered by a check (magic, version, header CRC, file length, manifest CRC,
-one CRC per stream), so a truncated or corrupted file raises a ``ValueError`` saying
-what is wrong instead of loading into a wrong model. Files are written atomically.
+Version 1 files (plain-JSON manifest, no ``sparse-context``) still load. Every byte is
+covered by a check (magic, version, header CRC, file length, manifest CRC, one CRC per
+stream), so a truncated or corrupted file raises a ``ValueError`` saying what is wrong
+instead of loading into a wrong model. Files are written atomically.
 
 Used by ``notebooks/05_full_pipeline.ipynb`` (the Deep Compression chain).
 
@@ -47,9 +55,9 @@ Examples:
     >>> p = save(Path(tempfile.mkdtemp()) / "m.pkc", m)
     >>> info = inspect(p)
     >>> info["dense_bytes"], info["file_bytes"]      # 117 non-zeros of 1,024 in layers/0
-    (4840, 1570)
+    (4840, 1221)
     >>> [(r["stream"], r["bytes"]) for r in info["streams"] if r["leaf"] == "layers/0/kernel"]
-    [('codebook', 8), ('codes', 21), ('gaps', 104)]
+    [('codebook', 8), ('codes', 18), ('positions', 85)]
     >>> bool(jnp.array_equal(load(p).layers[0].kernel[...], k[...]))
     True
 """
@@ -70,6 +78,7 @@ import numpy as np
 from flax import nnx
 
 from pruning_kit import __version__
+from pruning_kit import context_coding as cc
 from pruning_kit import data as data_lib
 from pruning_kit import graph as graph_lib
 from pruning_kit import huffman as hf
@@ -83,14 +92,18 @@ __all__ = ["ENCODINGS", "FORMAT_VERSION", "MAGIC", "MAX_CODEBOOK", "inspect", "l
 #: First bytes of every file (PNG-style: a non-ASCII byte, then CR LF, ^Z, LF catch
 #: files mangled by text-mode transfers).
 MAGIC = b"\x89PKC\r\n\x1a\n"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Versions :func:`load` reads (1: the manifest was plain JSON).
+READABLE_VERSIONS = (1, 2)
 MAX_CODEBOOK = 256
-ENCODINGS = ("raw", "sparse-codebook", "int", "int-huffman")
+ENCODINGS = ("raw", "sparse-codebook", "sparse-context", "int", "int-huffman")
 _HEAD = struct.Struct("<8sHHIQI")  # magic, version, reserved, manifest len, file len, CRC
 _HEADER_SIZE = _HEAD.size + 4  # + CRC-32 of the fields above
 _CATEGORY = {"data": "values", "codes": "values", "codebook": "codebooks",
-             "scale": "codebooks", "zero_point": "codebooks", "gaps": "positions"}
+             "scale": "codebooks", "zero_point": "codebooks", "gaps": "positions",
+             "positions": "positions"}
 _HUFFMAN = {("sparse-codebook", "codes"), ("sparse-codebook", "gaps"), ("int-huffman", "codes")}
+_CONTEXT = {("sparse-context", "codes"), ("sparse-context", "positions")}
 _RNG = nnx.Not(nnx.RngState)  # everything but RNG state is stored
 
 
@@ -117,6 +130,26 @@ def _sparse_codebook(name: str, x: np.ndarray) -> tuple[dict[str, bytes], dict]:
     gaps = np.diff(pos, prepend=-1) - 1  # zeros skipped before each non-zero
     return ({"codebook": codebook.tobytes(), "codes": hf.encode(codes).to_bytes(),
              "gaps": hf.encode(gaps).to_bytes()}, {"nnz": len(pos)})
+
+
+def _sparse_context(name: str, x: np.ndarray) -> tuple[dict[str, bytes], dict]:
+    flat = _bits_view(x)
+    mask = flat != 0
+    codebook, codes = np.unique(flat[mask], return_inverse=True)
+    if len(codebook) > MAX_CODEBOOK:
+        raise ValueError(f"{name} has {len(codebook)} distinct non-zero values, but "
+                         f"sparse-context stores at most {MAX_CODEBOOK}. Share weights first "
+                         "(pruning_kit.codebook.kmeans_codebook), or code this leaf raw: "
+                         f"coding={{{name!r}: 'raw'}}.")
+    indices = np.full(flat.shape, -1, np.int64)
+    indices[mask] = codes
+    indices, mask = indices.reshape(x.shape), mask.reshape(x.shape)
+    # the index context (the neighbouring weight's index, or none) is chosen by measuring
+    options = {nb: cc.encode_indices(indices, len(codebook), neighbour=nb) for nb in (False, True)}
+    neighbour = len(options[True]) < len(options[False])
+    return ({"codebook": codebook.tobytes(), "codes": options[neighbour],
+             "positions": cc.encode_bitmap(mask)},
+            {"nnz": int(mask.sum()), "codes_context": "neighbour" if neighbour else "none"})
 
 
 def _int(name: str, x: np.ndarray, qt: QuantizedTensor, huffman: bool
@@ -150,8 +183,8 @@ def _encode_leaf(name: str, x: np.ndarray, qt: QuantizedTensor | None, requested
                          "quantized=quantize_tree(model, bits) (pruning_kit.quant_storage).")
     elif requested == "auto":
         kernel = x.ndim >= 2 and jnp.issubdtype(x.dtype, jnp.floating)
-        options = ["sparse-codebook", "raw"] if kernel and _distinct_nonzero(x) <= MAX_CODEBOOK \
-            else ["raw"]
+        options = ["sparse-codebook", "sparse-context", "raw"] \
+            if kernel and _distinct_nonzero(x) <= MAX_CODEBOOK else ["raw"]
     else:
         options = [requested]
     best = None
@@ -160,6 +193,8 @@ def _encode_leaf(name: str, x: np.ndarray, qt: QuantizedTensor | None, requested
             streams, info = {"data": np.ascontiguousarray(x).tobytes()}, {}
         elif enc == "sparse-codebook":
             streams, info = _sparse_codebook(name, x)
+        elif enc == "sparse-context":
+            streams, info = _sparse_context(name, x)
         else:
             streams, info = _int(name, x, qt, enc == "int-huffman")
         size = sum(len(b) for b in streams.values())
@@ -195,6 +230,22 @@ def _decode_leaf(entry: dict, blobs: dict[str, bytes]) -> np.ndarray:
             raise ValueError(f"{name}: its codes and gaps do not describe a {shape} array.")
         flat = np.zeros(size, uint)
         flat[pos] = codebook[codes]
+        return flat.view(dtype).reshape(shape)
+    if enc == "sparse-context":
+        uint = np.dtype(f"u{dtype.itemsize}")
+        codebook = np.frombuffer(blobs["codebook"], uint)
+        try:
+            mask = cc.decode_bitmap(blobs["positions"], shape)
+            indices = cc.decode_indices(blobs["codes"], mask, len(codebook),
+                                        neighbour=entry["codes_context"] == "neighbour")
+        except ValueError as err:
+            raise ValueError(f"{name}: {err}") from err
+        if int(mask.sum()) != entry["nnz"]:
+            raise ValueError(f"{name}: {int(mask.sum())} non-zeros decoded, "
+                             f"{entry['nnz']} stored.")
+        flat = np.zeros(size, uint)
+        keep = mask.reshape(-1)
+        flat[keep] = codebook[indices.reshape(-1)[keep]]
         return flat.view(dtype).reshape(shape)
     bits, symmetric = entry["bits"], entry["symmetric"]
     if enc == "int":
@@ -266,7 +317,7 @@ def _quantized_leaves(quantized: Any, leaves: dict) -> dict[str, QuantizedTensor
 
 
 def _requested(coding: Any, leaves: dict, quantized: dict) -> dict[str, str]:
-    choices = ("auto", "raw", "sparse-codebook")
+    choices = ("auto", "raw", "sparse-codebook", "sparse-context")
     if isinstance(coding, str):
         if coding not in choices:
             raise ValueError(f"coding must be one of {choices} or a dict by leaf name, got "
@@ -298,7 +349,7 @@ def save(path: str | os.PathLike, model: nnx.Module, *, coding: str | Mapping[st
             Pruned (zeros) and weight-shared (few distinct values) kernels compress, the
             rest is stored raw.
         coding: ``"auto"`` (see the module docstring), or ``"raw"`` / ``"sparse-codebook"``
-            for every kernel (ndim >= 2; other arrays auto), or a dict
+            / ``"sparse-context"`` for every kernel (ndim >= 2; other arrays auto), or a dict
             ``{"layers/0/kernel": "sparse-codebook", ...}`` (unnamed leaves auto).
         quantized: optional ``quantize_tree(model, bits)`` output; its
             :class:`QuantizedTensor` leaves are stored as integer codes (``"int"``).
@@ -331,7 +382,8 @@ def save(path: str | os.PathLike, model: nnx.Module, *, coding: str | Mapping[st
     manifest = {"kind": kind, "config": config, "writer": f"pruning_kit {__version__}",
                 "metadata": metadata or {}, "leaves": entries}
     try:
-        text = json.dumps(manifest, separators=(",", ":"), allow_nan=False).encode()
+        text = zlib.compress(json.dumps(manifest, separators=(",", ":"),
+                                        allow_nan=False).encode(), 9)
     except (TypeError, ValueError) as err:
         raise ValueError(f"model.config and metadata must be JSON-serialisable: {err}") from err
     size = _HEADER_SIZE + len(text) + offset
@@ -342,8 +394,8 @@ def save(path: str | os.PathLike, model: nnx.Module, *, coding: str | Mapping[st
     return path
 
 
-def _read(path: str | os.PathLike) -> tuple[dict, dict[tuple[str, str], bytes], int]:
-    """Check every byte of the file; return (manifest, streams, manifest length)."""
+def _read(path: str | os.PathLike) -> tuple[dict, dict[tuple[str, str], bytes], int, int]:
+    """Check every byte of the file; return (manifest, streams, manifest length, version)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No compressed model at {path}; write one with "
@@ -364,9 +416,10 @@ def _read(path: str | os.PathLike) -> tuple[dict, dict[tuple[str, str], bytes], 
     if n < len(MAGIC) + 2:
         raise truncated(_HEADER_SIZE, "at least ")
     version = int.from_bytes(data[8:10], "little")
-    if version != FORMAT_VERSION:
-        raise fail(f"unsupported format version {version}; this pruning_kit reads version "
-                   f"{FORMAT_VERSION}. Upgrade pruning_kit (or the file is corrupt).")
+    if version not in READABLE_VERSIONS:
+        raise fail(f"unsupported format version {version}; this pruning_kit reads versions "
+                   f"{', '.join(map(str, READABLE_VERSIONS))}. Upgrade pruning_kit (or the file "
+                   "is corrupt).")
     if n < _HEADER_SIZE:
         raise truncated(_HEADER_SIZE, "at least ")
     _, _, reserved, mlen, size, mcrc = _HEAD.unpack_from(data)
@@ -382,8 +435,8 @@ def _read(path: str | os.PathLike) -> tuple[dict, dict[tuple[str, str], bytes], 
     if _HEADER_SIZE + mlen > size or zlib.crc32(text) != mcrc:
         raise fail("checksum mismatch in the manifest; the file is corrupt.")
     try:
-        manifest = json.loads(text)
-    except ValueError as err:
+        manifest = json.loads(zlib.decompress(text) if version >= 2 else text)
+    except (ValueError, zlib.error) as err:
         raise fail(f"the manifest is not valid JSON ({err}).") from err
     start, streams = _HEADER_SIZE + mlen, {}
     for entry in manifest["leaves"]:
@@ -393,7 +446,7 @@ def _read(path: str | os.PathLike) -> tuple[dict, dict[tuple[str, str], bytes], 
                 raise fail(f"checksum mismatch in stream '{entry['name']}:{stream}'; the file "
                            "is corrupt.")
             streams[entry["name"], stream] = blob
-    return manifest, streams, mlen
+    return manifest, streams, mlen, version
 
 
 def load(path: str | os.PathLike, *, like: nnx.Module | None = None) -> nnx.Module:
@@ -424,7 +477,7 @@ def load(path: str | os.PathLike, *, like: nnx.Module | None = None) -> nnx.Modu
         >>> load(p, like=Net(nnx.Rngs(0))).fc.kernel.shape
         (3, 2)
     """
-    manifest, streams, _ = _read(path)
+    manifest, streams, _, _ = _read(path)
     kind, config = manifest["kind"], manifest["config"]
     if config is None:
         if like is None:
@@ -476,25 +529,34 @@ def inspect(path: str | os.PathLike) -> dict[str, Any]:
     """Byte accounting of a compressed file, per stream and per category.
 
     Returns:
-        A dict with ``kind``, ``config``, ``metadata``, ``file_bytes``, ``dense_bytes``
+        A dict with ``kind``, ``config``, ``metadata``, ``format_version`` (of the file),
+        ``file_bytes``, ``dense_bytes``
         (the arrays uncompressed), ``compression`` (their ratio), ``totals`` -- bytes by
         category: ``values`` (what each stored weight is: codebook indices, int codes, raw
         arrays), ``positions`` (where the non-zeros are), ``codebooks`` (codebooks and
         quantization scales) and ``metadata`` (header, manifest, Huffman tables); they sum
-        to ``file_bytes`` -- and ``streams``, one row per stream: ``leaf``, ``stream``,
-        ``encoding``, ``category``, ``symbols``, ``bytes``, ``payload_bytes``,
+        to ``file_bytes`` -- ``bits_per_nonzero`` (``positions`` and ``values`` bits per
+        non-zero weight over the sparse kernels, Huffman code tables included; empty if
+        there are none) and ``streams``,
+        one row per stream: ``leaf``, ``stream``,
+        ``encoding``, ``category``, ``coder`` (``"huffman"``, ``"context"`` -- the range
+        coder of :mod:`~pruning_kit.context_coding` -- or ``None``), ``nnz`` (non-zeros of a
+        sparse leaf), ``symbols``, ``bytes``, ``payload_bytes``,
         ``table_bytes``, ``entropy_bytes`` (the Shannon bound of a Huffman stream) and
         ``overhead_pct`` (payload over that bound), ``None`` where not Huffman-coded.
     """
-    manifest, streams, mlen = _read(path)
+    manifest, streams, mlen, version = _read(path)
     totals = {"values": 0, "positions": 0, "codebooks": 0, "metadata": _HEADER_SIZE + mlen}
     rows, dense = [], 0
     for e in manifest["leaves"]:
         dense += int(np.prod(e["shape"])) * jnp.dtype(e["dtype"]).itemsize
         for stream in e["streams"]:
             blob, category = streams[e["name"], stream], _CATEGORY[stream]
+            coder = ("huffman" if (e["encoding"], stream) in _HUFFMAN else
+                     "context" if (e["encoding"], stream) in _CONTEXT else None)
             row = {"leaf": e["name"], "stream": stream, "encoding": e["encoding"],
-                   "category": category, "symbols": None, "bytes": len(blob),
+                   "category": category, "coder": coder, "nnz": e.get("nnz"),
+                   "symbols": None, "bytes": len(blob),
                    "payload_bytes": len(blob), "table_bytes": 0, "entropy_bytes": None,
                    "overhead_pct": None}
             if (e["encoding"], stream) in _HUFFMAN:
@@ -509,7 +571,11 @@ def inspect(path: str | os.PathLike) -> dict[str, Any]:
             totals["metadata"] += row["table_bytes"]
             rows.append(row)
     size = sum(totals.values())
+    sparse = [r for r in rows if r["encoding"].startswith("sparse-")]
+    nnz = sum(r["nnz"] for r in sparse if r["stream"] == "codes")
+    per_nnz = {c: 8 * sum(r["bytes"] for r in sparse if r["category"] == c) / nnz
+               for c in ("positions", "values")} if nnz else {}
     return {"kind": manifest["kind"], "config": manifest["config"],
-            "metadata": manifest["metadata"], "format_version": FORMAT_VERSION,
+            "metadata": manifest["metadata"], "format_version": version,
             "file_bytes": size, "dense_bytes": dense, "compression": dense / size,
-            "totals": totals, "streams": rows}
+            "totals": totals, "bits_per_nonzero": per_nnz, "streams": rows}

@@ -12,6 +12,8 @@ coding (:mod:`pruning_kit.codec`). This module chains them:
   :func:`pruning_kit.codec.save` writes and :func:`pruning_kit.codec.load` gives back bit
   for bit.
 * :data:`MLP_CHAIN` -- the settings notebook 05 uses for LeNet-300-100.
+* :func:`bits_per_nonzero` -- where a file's bits go, per sparse kernel: Huffman against
+  the context-model range coder and the entropy bounds of both.
 * :class:`FoldedCNN` / :func:`fold_cnn_model` -- a :class:`~pruning_kit.models.SmallCNN`
   with its BatchNorms folded into the convolutions (no BatchNorm left to store or run),
   registered in ``models.MODEL_CLASSES`` so that the codec can save and load it (e.g.
@@ -32,13 +34,15 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from pruning_kit import context_coding, huffman, weight_sharing
 from pruning_kit import fold as fold_lib
 from pruning_kit import models as models_lib
 from pruning_kit import train as train_lib
-from pruning_kit import weight_sharing
 from pruning_kit.quant_storage import dequantized_model, quantize_tree
+from pruning_kit.tree import named_leaves
 
-__all__ = ["MLP_CHAIN", "Compressed", "FoldedCNN", "deep_compression", "fold_cnn_model"]
+__all__ = ["MLP_CHAIN", "Compressed", "FoldedCNN", "bits_per_nonzero", "deep_compression",
+           "fold_cnn_model"]
 
 #: The MLP chain of notebook 05: bits per kernel, fine-tuning epochs and T/alpha chosen on
 #: the validation split by ``python -m benchmarks.pipeline`` (bits: the smallest file within
@@ -148,3 +152,48 @@ def fold_cnn_model(model: models_lib.SmallCNN) -> FoldedCNN:
                          "fold.fold_batchnorm_model(model, example).")
     folded, _ = fold_lib.fold_batchnorm_model(model, model.example_input())
     return FoldedCNN.from_folded(folded)
+
+
+# --------------------------------------------------------------------------- bits
+def bits_per_nonzero(model: nnx.Module, huffman_info: Mapping[str, Any],
+                     shipped_info: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Bits per non-zero weight of each sparse kernel of ``model``, two files compared.
+
+    Args:
+        model: the compressed model both files hold.
+        huffman_info: ``codec.inspect`` of it saved with ``coding="sparse-codebook"``
+            (Deep Compression's Huffman coding).
+        shipped_info: ``codec.inspect`` of it saved another way (e.g. ``"auto"``).
+
+    Returns:
+        One row per sparse kernel: ``kernel``, ``nnz``, ``shipped`` (its encoding there);
+        positions -- ``pos_huffman`` (the Huffman-coded zero runs, code table included),
+        the bounds ``pos_iid`` (every position alike, :math:`H_2(d)/d`), ``pos_gaps_H0``
+        (order-0 entropy of the runs: the best Huffman can do), ``pos_context_H`` (the
+        conditional entropy of :mod:`~pruning_kit.context_coding`'s contexts) and
+        ``pos_shipped``; values -- ``val_huffman``, ``val_H0`` (order-0 entropy of the
+        codebook indices) and ``val_shipped``.
+    """
+    rows = []
+    shipped = {r["leaf"] for r in shipped_info["streams"] if r["nnz"]}
+    for name, x in named_leaves(nnx.state(model)).items():
+        if name not in shipped:
+            continue
+        x = np.asarray(x)
+        nnz = int((x != 0).sum())
+        h = {r["stream"]: r["bytes"] for r in huffman_info["streams"] if r["leaf"] == name}
+        c = {r["stream"]: r for r in shipped_info["streams"] if r["leaf"] == name}
+        if "gaps" not in h:
+            raise ValueError(f"{name} is not Huffman-coded in huffman_info; save the model "
+                             "with coding='sparse-codebook' for it.")
+        bounds = context_coding.bitmap_entropy_bits(x != 0)
+        _, idx = np.unique(x[x != 0], return_inverse=True)
+        pos = c["positions" if "positions" in c else "gaps"]["bytes"]
+        rows.append({"kernel": name, "nnz": nnz, "shipped": c["codes"]["encoding"],
+                     "pos_huffman": 8 * h["gaps"] / nnz, "pos_iid": bounds["iid"] / nnz,
+                     "pos_gaps_H0": bounds["gaps"] / nnz,
+                     "pos_context_H": bounds["context"] / nnz, "pos_shipped": 8 * pos / nnz,
+                     "val_huffman": 8 * h["codes"] / nnz,
+                     "val_H0": huffman.entropy_bits(idx) / nnz,
+                     "val_shipped": 8 * c["codes"]["bytes"] / nnz})
+    return rows

@@ -171,7 +171,8 @@ def test_mlp_round_trip_is_bit_exact_and_predicts_identically(tmp_path):
     assert np.array_equal(np.asarray(m(x)), np.asarray(back(x)))
     info = codec.inspect(path)
     enc = {r["leaf"]: r["encoding"] for r in info["streams"]}
-    assert enc["layers/0/kernel"] == enc["layers/1/kernel"] == "sparse-codebook"
+    assert {enc["layers/0/kernel"], enc["layers/1/kernel"]} <= {"sparse-codebook",
+                                                                "sparse-context"}
     assert enc["layers/0/bias"] == "raw" and info["metadata"] == {"note": "test"}
     assert sum(info["totals"].values()) == info["file_bytes"] == path.stat().st_size
     for r in info["streams"]:
@@ -212,7 +213,7 @@ def test_asymmetric_quantized_kernels_store_zero_points(tmp_path):
 @FAST
 @given(n_in=st.integers(1, 8), n_hidden=st.integers(1, 6),
        values=st.lists(st.sampled_from(SPECIAL), min_size=48, max_size=48),
-       coding=st.sampled_from(["auto", "raw", "sparse-codebook"]))
+       coding=st.sampled_from(["auto", "raw", "sparse-codebook", "sparse-context"]))
 def test_any_values_round_trip_bit_exactly(tmp_path_factory, n_in, n_hidden, values, coding):
     m = abstract(models.MLP, n_in, (n_hidden,), 3)
     palette = np.array(values, np.float32)  # includes -0.0, nan, inf, subnormals, all-zero
@@ -223,12 +224,15 @@ def test_any_values_round_trip_bit_exactly(tmp_path_factory, n_in, n_hidden, val
 
 def test_lenet_sized_file_is_over_40x_smaller(tmp_path):
     m = compressed_mlp((784, 300, 100, 10), sparsity=0.92, bits=4)
-    info = codec.inspect(codec.save(tmp_path / "lenet.pkc", m))
+    info = codec.inspect(codec.save(tmp_path / "lenet.pkc", m, coding="sparse-codebook"))
     assert info["dense_bytes"] == 266_610 * 4
     assert info["compression"] > 40
     overhead = {r["stream"]: r["overhead_pct"] for r in info["streams"]
                 if r["leaf"] == "layers/0/kernel" and r["entropy_bytes"]}
     assert overhead["gaps"] < 3.0 and overhead["codes"] < 5.0  # 0.55% and 2.98% here
+    # auto measures every encoding of every kernel: never larger than Huffman everywhere
+    auto = codec.inspect(codec.save(tmp_path / "auto.pkc", m))
+    assert auto["file_bytes"] <= info["file_bytes"]
 
 
 # --------------------------------------------------------------------------- robustness
@@ -243,7 +247,7 @@ def expected_error(data: bytes, position: int) -> str:
     mlen = struct.unpack_from("<I", data, 12)[0]
     if position < 32 + mlen:
         return "checksum mismatch in the manifest"
-    manifest = __import__("json").loads(data[32:32 + mlen])
+    manifest = __import__("json").loads(zlib.decompress(data[32:32 + mlen]))
     for entry in manifest["leaves"]:
         for stream, (offset, length, _) in entry["streams"].items():
             if offset <= position - 32 - mlen < offset + length:
@@ -285,8 +289,28 @@ def test_unknown_version_is_refused_with_both_versions(small_file, tmp_path):
     head[8:10] = (7).to_bytes(2, "little")
     newer = bytes(head) + struct.pack("<I", zlib.crc32(head)) + data[32:]
     (tmp_path / "v7.pkc").write_bytes(newer)
-    with pytest.raises(ValueError, match="unsupported format version 7.*reads version 1"):
+    with pytest.raises(ValueError, match="unsupported format version 7.*reads versions 1, 2"):
         codec.load(tmp_path / "v7.pkc")
+
+
+def as_version_1(data: bytes) -> bytes:
+    """The same file as format version 1 wrote it: a plain-JSON manifest."""
+    mlen = struct.unpack_from("<I", data, 12)[0]
+    text = zlib.decompress(data[32:32 + mlen])
+    streams = data[32 + mlen:]
+    head = struct.pack("<8sHHIQI", codec.MAGIC, 1, 0, len(text), 32 + len(text) + len(streams),
+                       zlib.crc32(text))
+    return head + struct.pack("<I", zlib.crc32(head)) + text + streams
+
+
+def test_version_1_files_still_load(tmp_path):
+    path = codec.save(tmp_path / "v2.pkc", compressed_mlp(), coding="sparse-codebook")
+    data = path.read_bytes()                 # (version 1 had no sparse-context)
+    old = tmp_path / "v1.pkc"
+    old.write_bytes(as_version_1(data))
+    assert_same_bits(leaves(codec.load(path)), leaves(codec.load(old)))
+    assert codec.inspect(old)["format_version"] == 1
+    assert codec.inspect(path)["format_version"] == codec.FORMAT_VERSION == 2
 
 
 def test_other_files_are_not_compressed_models(tmp_path):
