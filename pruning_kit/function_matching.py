@@ -1,0 +1,140 @@
+"""Distillation as function matching: the teacher and the student see the same view.
+
+"Knowledge distillation: a good teacher is patient and consistent" (Beyer et al., CVPR
+2022) found that the recipe matters more than the loss: the student should match the
+teacher's function *on the very images it trains on* -- the same augmented view through
+both (**consistent**) -- for a long time (**patient**). Precomputing the teacher's logits
+once on un-augmented images and then augmenting only the student's input breaks that: the
+student is asked to match the teacher on an image the teacher never saw.
+
+On a CPU, running a teacher on every training batch costs more than training the student.
+This module keeps the teaching consistent at a fraction of that cost with a **bank of
+views**: ``views`` augmented copies of every training image (a random flip and a shift of
+up to ``max_shift`` pixels, drawn per image and per view, zero-padded), each paired with
+the teacher's logits on exactly that copy. A student trained for ``e`` epochs reads views
+``0 .. e-1`` of every image once (:func:`budget`): every image it sees is a view the teacher
+labelled, and a control student trained on the labels alone can read the very same
+images in the very same order, so the loss is the only difference. (A bank is a finite
+sample of the augmentations the paper draws afresh at every step.)
+
+* :func:`augmented_views` -- the views, deterministic in ``seed``.
+* :func:`view_bank` -- views + the teacher's logits on them (:class:`ViewBank`).
+* :func:`budget` -- the first ``epochs`` views of every image, as arrays for ``train.fit``.
+
+Used by :mod:`pruning_kit.students` (``fm_student``) and ``python -m benchmarks.distillation``.
+
+Examples:
+    >>> x = np.arange(2 * 4 * 4, dtype=np.float32).reshape(2, 4, 4, 1)
+    >>> v = augmented_views(x, 3, seed=0, max_shift=1)
+    >>> v.shape                                   # (views, images, height, width, channels)
+    (3, 2, 4, 4, 1)
+    >>> bool(np.array_equal(v, augmented_views(x, 3, seed=0, max_shift=1)))   # deterministic
+    True
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+from flax import nnx
+
+from pruning_kit import distill, validate
+
+__all__ = ["ViewBank", "augmented_views", "budget", "view_bank"]
+
+
+class ViewBank(NamedTuple):
+    """``views`` augmented copies of ``n`` images and the teacher's logits on each.
+
+    ``x``: ``(views, n, H, W, C)`` float32; ``logits``: ``(views, n, classes)`` float32.
+    """
+
+    x: np.ndarray
+    logits: np.ndarray
+
+    @property
+    def views(self) -> int:
+        return int(self.x.shape[0])
+
+
+def augmented_views(x: np.ndarray, views: int, *, seed: int = 0, max_shift: int = 2
+                    ) -> np.ndarray:
+    """``views`` augmented copies of the NHWC images ``x``, shape ``(views, *x.shape)``.
+
+    Each copy of each image is flipped left-right with probability 1/2 and shifted by
+    ``(dy, dx)``, each uniform in ``[-max_shift, max_shift]``, with zeros shifted in. The
+    draws depend only on ``seed`` (and the view), so the same call gives the same bank.
+
+    Raises:
+        ValueError: ``x`` is not a batch of NHWC images, or ``views`` / ``max_shift`` are
+            not a positive / non-negative integer.
+    """
+    x = np.asarray(x, np.float32)
+    if x.ndim != 4:
+        raise ValueError(f"x must be NHWC images (n, height, width, channels), got shape "
+                         f"{x.shape}; reshape flat images first, e.g. x.reshape(-1, 28, 28, 1).")
+    views = validate.integer("views", views, minimum=1)
+    s = validate.integer("max_shift", max_shift, minimum=0)
+    n, h, w, _ = x.shape
+    padded = np.pad(x, ((0, 0), (s, s), (s, s), (0, 0)))
+    out = np.empty((views, *x.shape), np.float32)
+    rows = np.arange(n)[:, None, None]
+    for v in range(views):
+        rng = np.random.default_rng([seed, v])
+        flip = rng.random(n) < 0.5
+        dy, dx = rng.integers(0, 2 * s + 1, size=(2, n))
+        ys = dy[:, None, None] + np.arange(h)[None, :, None]
+        xs = dx[:, None, None] + np.arange(w)[None, None, :]
+        xs = np.where(flip[:, None, None], dx[:, None, None] + (w - 1 - np.arange(w)), xs)
+        out[v] = padded[rows, ys, xs]
+    return out
+
+
+def view_bank(teacher: nnx.Module, x: np.ndarray, views: int, *, seed: int = 0,
+              max_shift: int = 2, batch_size: int = 1000) -> ViewBank:
+    """:func:`augmented_views` of ``x`` and ``teacher``'s logits on every one of them.
+
+    The teacher runs once per view over the images, in eval mode on a copy (its own mode
+    and arrays are left as they are).
+
+    Examples:
+        >>> from pruning_kit import models
+        >>> t = models.small_cnn((2, 4), image_size=8, seed=0)
+        >>> x = np.random.default_rng(0).random((5, 8, 8, 1), np.float32)
+        >>> bank = view_bank(t, x, 2, max_shift=1)
+        >>> bank.x.shape, bank.logits.shape
+        ((2, 5, 8, 8, 1), (2, 5, 10))
+    """
+    xs = augmented_views(x, views, seed=seed, max_shift=max_shift)
+    logits = np.stack([distill.teacher_logits(teacher, xv, batch_size=batch_size)
+                       for xv in xs])
+    return ViewBank(xs, logits.astype(np.float32))
+
+
+def budget(bank: ViewBank, labels: np.ndarray, epochs: int
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The first ``epochs`` views of every image, flattened for one pass of ``train.fit``:
+    ``(x, labels, teacher_logits)`` with ``epochs * n`` rows.
+
+    ``train.fit(student, x, (labels, logits), epochs=1, loss_fn=distill.distillation_loss(
+    ...))`` distils consistently; ``train.fit(student, x, labels, epochs=1)`` is the
+    control on the same images (``fit`` shuffles rows with its seed, so with the same seed
+    the batches are the same).
+
+    Raises:
+        ValueError: ``epochs`` is not in ``1 .. bank.views``, or ``labels`` does not match
+            the bank's images.
+    """
+    epochs = validate.integer("epochs", epochs, minimum=1)
+    if epochs > bank.views:
+        raise ValueError(f"the bank holds {bank.views} views per image, so at most "
+                         f"{bank.views} epochs of distinct views; build it with "
+                         f"view_bank(..., views={epochs}) or lower epochs.")
+    labels = np.asarray(labels)
+    n = bank.x.shape[1]
+    if labels.shape != (n,):
+        raise ValueError(f"labels has shape {labels.shape}; the bank holds {n} images per "
+                         f"view, so pass their {n} labels.")
+    x = bank.x[:epochs].reshape(epochs * n, *bank.x.shape[2:])
+    return x, np.tile(labels, epochs), bank.logits[:epochs].reshape(epochs * n, -1)
