@@ -17,8 +17,9 @@ and BatchNorm statistics; RNG state is not stored) is written with one encoding:
     The same kernels, coded closer to what they hold: ``positions`` is the non-zero
     bitmap and ``codes`` the codebook indices, both range-coded with probabilities
     learnt per context (neighbouring weights, row and column densities;
-    :mod:`pruning_kit.context_coding`), which gets below the order-0 entropy that bounds
-    Huffman coding. No code tables are stored: the decoder learns the same probabilities.
+    :mod:`pruning_kit.context_coding`), which can get below the order-0 entropy that
+    bounds Huffman coding (it did in the course's LeNet-300-100, for the file as a whole).
+    No code tables are stored: the decoder learns the same probabilities.
 ``"int"`` / ``"int-huffman"``
     For a :class:`~pruning_kit.quant_storage.QuantizedTensor` handed in ``quantized=``:
     ``codes`` (packed as stored, or Huffman-coded), ``scale`` and, if asymmetric,
@@ -104,6 +105,7 @@ _CATEGORY = {"data": "values", "codes": "values", "codebook": "codebooks",
              "positions": "positions"}
 _HUFFMAN = {("sparse-codebook", "codes"), ("sparse-codebook", "gaps"), ("int-huffman", "codes")}
 _CONTEXT = {("sparse-context", "codes"), ("sparse-context", "positions")}
+_MAX_MANIFEST = 64 << 20  # bytes a manifest may inflate to (a corrupt one may claim more)
 _RNG = nnx.Not(nnx.RngState)  # everything but RNG state is stored
 
 
@@ -114,42 +116,41 @@ def _bits_view(x: np.ndarray) -> np.ndarray:
 
 
 def _distinct_nonzero(x: np.ndarray) -> int:
-    values = np.unique(_bits_view(x))
-    return len(values) - int(len(values) > 0 and values[0] == 0)
+    return len(np.unique(_bits_view(x)[_bits_view(x) != 0]))
 
 
-def _sparse_codebook(name: str, x: np.ndarray) -> tuple[dict[str, bytes], dict]:
+def _shared(name: str, x: np.ndarray, encoding: str) -> tuple[np.ndarray, ...]:
+    """(flat bit patterns, positions of the non-zeros, codebook, each one's index)."""
     flat = _bits_view(x)
     pos = np.flatnonzero(flat)
     codebook, codes = np.unique(flat[pos], return_inverse=True)
     if len(codebook) > MAX_CODEBOOK:
         raise ValueError(f"{name} has {len(codebook)} distinct non-zero values, but "
-                         f"sparse-codebook stores at most {MAX_CODEBOOK}. Share weights first "
+                         f"{encoding} stores at most {MAX_CODEBOOK}. Share weights first "
                          "(pruning_kit.codebook.kmeans_codebook), or code this leaf raw: "
                          f"coding={{{name!r}: 'raw'}}.")
+    return flat, pos, codebook, codes
+
+
+def _sparse_codebook(name: str, x: np.ndarray) -> tuple[dict[str, bytes], dict]:
+    _, pos, codebook, codes = _shared(name, x, "sparse-codebook")
     gaps = np.diff(pos, prepend=-1) - 1  # zeros skipped before each non-zero
     return ({"codebook": codebook.tobytes(), "codes": hf.encode(codes).to_bytes(),
              "gaps": hf.encode(gaps).to_bytes()}, {"nnz": len(pos)})
 
 
 def _sparse_context(name: str, x: np.ndarray) -> tuple[dict[str, bytes], dict]:
-    flat = _bits_view(x)
-    mask = flat != 0
-    codebook, codes = np.unique(flat[mask], return_inverse=True)
-    if len(codebook) > MAX_CODEBOOK:
-        raise ValueError(f"{name} has {len(codebook)} distinct non-zero values, but "
-                         f"sparse-context stores at most {MAX_CODEBOOK}. Share weights first "
-                         "(pruning_kit.codebook.kmeans_codebook), or code this leaf raw: "
-                         f"coding={{{name!r}: 'raw'}}.")
+    flat, pos, codebook, codes = _shared(name, x, "sparse-context")
     indices = np.full(flat.shape, -1, np.int64)
-    indices[mask] = codes
-    indices, mask = indices.reshape(x.shape), mask.reshape(x.shape)
+    indices[pos] = codes
+    indices = indices.reshape(x.shape)
     # the index context (the neighbouring weight's index, or none) is chosen by measuring
-    options = {nb: cc.encode_indices(indices, len(codebook), neighbour=nb) for nb in (False, True)}
+    options = {nb: cc.encode_indices(indices, max(len(codebook), 1), neighbour=nb)
+               for nb in (False, True)}
     neighbour = len(options[True]) < len(options[False])
     return ({"codebook": codebook.tobytes(), "codes": options[neighbour],
-             "positions": cc.encode_bitmap(mask)},
-            {"nnz": int(mask.sum()), "codes_context": "neighbour" if neighbour else "none"})
+             "positions": cc.encode_bitmap(indices >= 0)},
+            {"nnz": len(pos), "codes_context": "neighbour" if neighbour else "none"})
 
 
 def _int(name: str, x: np.ndarray, qt: QuantizedTensor, huffman: bool
@@ -210,6 +211,14 @@ def _huffman(blob: bytes, what: str) -> np.ndarray:
         raise ValueError(f"stream {what!r}: {err}") from err
 
 
+def _codebook(name: str, blob: bytes, dtype: np.dtype) -> np.ndarray:
+    size = len(blob) // dtype.itemsize
+    if len(blob) % dtype.itemsize or not 1 <= size <= MAX_CODEBOOK:
+        raise ValueError(f"{name}: a codebook of {len(blob)} bytes is not 1 to {MAX_CODEBOOK} "
+                         f"{dtype} values; the file is corrupt.")
+    return np.frombuffer(blob, np.dtype(f"u{dtype.itemsize}"))
+
+
 def _decode_leaf(entry: dict, blobs: dict[str, bytes]) -> np.ndarray:
     name, enc = entry["name"], entry["encoding"]
     shape, dtype = tuple(entry["shape"]), jnp.dtype(entry["dtype"])
@@ -220,7 +229,8 @@ def _decode_leaf(entry: dict, blobs: dict[str, bytes]) -> np.ndarray:
         return np.frombuffer(blobs["data"], dtype).reshape(shape).copy()
     if enc == "sparse-codebook":
         uint = np.dtype(f"u{dtype.itemsize}")
-        codebook = np.frombuffer(blobs["codebook"], uint)
+        codebook = (_codebook(name, blobs["codebook"], dtype) if entry["nnz"]
+                    else np.zeros(0, uint))
         codes = _huffman(blobs["codes"], f"{name}:codes")
         gaps = _huffman(blobs["gaps"], f"{name}:gaps")
         pos = np.cumsum(gaps + 1) - 1
@@ -233,10 +243,14 @@ def _decode_leaf(entry: dict, blobs: dict[str, bytes]) -> np.ndarray:
         return flat.view(dtype).reshape(shape)
     if enc == "sparse-context":
         uint = np.dtype(f"u{dtype.itemsize}")
-        codebook = np.frombuffer(blobs["codebook"], uint)
+        if entry.get("codes_context") not in ("neighbour", "none"):
+            raise ValueError(f"{name}: codes_context is {entry.get('codes_context')!r}, not "
+                             "'neighbour' or 'none'; the file is corrupt.")
+        codebook = (_codebook(name, blobs["codebook"], dtype) if entry["nnz"]
+                    else np.zeros(0, uint))
         try:
             mask = cc.decode_bitmap(blobs["positions"], shape)
-            indices = cc.decode_indices(blobs["codes"], mask, len(codebook),
+            indices = cc.decode_indices(blobs["codes"], mask, max(len(codebook), 1),
                                         neighbour=entry["codes_context"] == "neighbour")
         except ValueError as err:
             raise ValueError(f"{name}: {err}") from err
@@ -435,7 +449,12 @@ def _read(path: str | os.PathLike) -> tuple[dict, dict[tuple[str, str], bytes], 
     if _HEADER_SIZE + mlen > size or zlib.crc32(text) != mcrc:
         raise fail("checksum mismatch in the manifest; the file is corrupt.")
     try:
-        manifest = json.loads(zlib.decompress(text) if version >= 2 else text)
+        if version >= 2:
+            inflate = zlib.decompressobj()
+            text = inflate.decompress(text, _MAX_MANIFEST)
+            if inflate.unconsumed_tail:
+                raise ValueError(f"the manifest inflates to more than {_MAX_MANIFEST:,} bytes")
+        manifest = json.loads(text)
     except (ValueError, zlib.error) as err:
         raise fail(f"the manifest is not valid JSON ({err}).") from err
     start, streams = _HEADER_SIZE + mlen, {}
@@ -508,12 +527,13 @@ def load(path: str | os.PathLike, *, like: nnx.Module | None = None) -> nnx.Modu
     values = []
     for name, (_, leaf) in zip(names, flat, strict=True):
         e = entries[name]
+        if config is not None and (tuple(e["shape"]) != tuple(leaf.shape)
+                                   or jnp.dtype(e["dtype"]) != leaf.dtype):
+            raise ValueError(f"{path}: {name} is {e['dtype']} {tuple(e['shape'])}, a {kind} "
+                             f"with config {config} expects {leaf.dtype} {leaf.shape}.")
         blobs = {s: streams[name, s] for s in e["streams"]}
-        x = _decode_leaf(e, blobs)
-        if config is None and x.dtype == leaf.dtype:
-            values.append(jnp.asarray(x))           # your class: the file gives the shape
-            continue
-        if x.shape != leaf.shape or x.dtype != leaf.dtype:
+        x = _decode_leaf(e, blobs)       # your own class (no config): the file gives shapes
+        if x.dtype != leaf.dtype or (config is not None and x.shape != leaf.shape):
             raise ValueError(f"{path}: {name} is {x.dtype} {x.shape}, a {kind} with config "
                              f"{config} expects {leaf.dtype} {leaf.shape}.")
         values.append(jnp.asarray(x))

@@ -53,9 +53,11 @@ from collections.abc import Callable
 
 import numpy as np
 
-__all__ = ["DENSITY_EDGES", "bitmap_entropy_bits", "decode_bitmap", "decode_indices",
-           "encode_bitmap", "encode_indices"]
+__all__ = ["DENSITY_EDGES", "MAX_CODEBOOK", "bitmap_entropy_bits", "decode_bitmap",
+           "decode_indices", "encode_bitmap", "encode_indices"]
 
+#: Largest codebook whose indices are coded (one probability per tree node and context).
+MAX_CODEBOOK = 256
 #: Density buckets of the context (fraction of non-zeros seen so far in a row / column).
 DENSITY_EDGES = (0.01, 0.02, 0.04, 0.07, 0.1, 0.15, 0.22, 0.32, 0.45)
 _PROB_BITS = 16                     # probabilities are integers in 1 .. 2**16 - 1
@@ -127,8 +129,16 @@ class _Decoder:
         return bit
 
     def overrun(self) -> bool:
-        """True if decoding read past the end by more than the coder's 4-byte tail."""
-        return self.at > len(self.data) + 4
+        """True once decoding has read past the end of the stream."""
+        return self.at > len(self.data)
+
+    def check_end(self, what: str) -> None:
+        """A complete stream is read to its last byte, no further and no shorter."""
+        if self.at > len(self.data):
+            raise ValueError(f"the {what} stream ends before it is complete (cut short?).")
+        if self.at < len(self.data):
+            raise ValueError(f"the {what} stream has {len(self.data) - self.at} bytes more "
+                             "than it codes.")
 
 
 class _Counts:
@@ -163,10 +173,12 @@ def _as_matrix_shape(shape: tuple[int, ...]) -> tuple[int, int]:
 _NB = len(DENSITY_EDGES) + 1
 
 
-def _walk_bitmap(shape: tuple[int, int], code: Callable[[int, int], int]) -> np.ndarray:
+def _walk_bitmap(shape: tuple[int, int], code: Callable[[int, int], int],
+                 after_row: Callable[[], None] | None = None) -> np.ndarray:
     """Visit every weight in row-major order with its context; ``code(context, index)``
     returns the bit (the encoder knows it, the decoder decodes it). One walk for both, so
-    encoder and decoder cannot disagree about a context."""
+    encoder and decoder cannot disagree about a context. ``after_row()`` runs after each
+    row (the decoder stops there on a stream that has run out)."""
     rows, cols = shape
     m = np.zeros((rows, cols), bool)
     col_count = np.zeros(cols, np.int64)
@@ -189,6 +201,8 @@ def _walk_bitmap(shape: tuple[int, int], code: Callable[[int, int], int]) -> np.
                 so_far += 1
         col_count += row
         row_prev = so_far
+        if after_row is not None:
+            after_row()
     return m
 
 
@@ -220,7 +234,7 @@ def decode_bitmap(data: bytes, shape: tuple[int, ...]) -> np.ndarray:
     """The boolean array of ``shape`` that :func:`encode_bitmap` coded into ``data``.
 
     Raises:
-        ValueError: ``data`` ends too early for an array of ``shape`` (corrupt or cut).
+        ValueError: ``data`` is cut short, or longer than the bitmap it codes (corrupt).
     """
     dec, counts = _Decoder(data), _Counts(4 * _NB * _NB)
 
@@ -229,9 +243,12 @@ def decode_bitmap(data: bytes, shape: tuple[int, ...]) -> np.ndarray:
         counts.update(c, bit)
         return bit
 
-    m = _walk_bitmap(_as_matrix_shape(tuple(shape)), code)
-    if dec.overrun():
-        raise ValueError(f"the position stream ends before a {tuple(shape)} bitmap is complete.")
+    def after_row() -> None:
+        if dec.at > len(dec.data) + 8:   # well past the end: stop now, not after every row
+            dec.check_end("position")
+
+    m = _walk_bitmap(_as_matrix_shape(tuple(shape)), code, after_row)
+    dec.check_end("position")
     return m.reshape(shape)
 
 
@@ -253,7 +270,7 @@ def bitmap_entropy_bits(mask: np.ndarray) -> dict[str, float]:
     ctx: list[int] = []
     _walk_bitmap(_as_matrix_shape(mask.shape),
                  lambda c, i: (ctx.append(c), bool(flat[i]))[1])
-    keys = np.asarray(ctx) * 2 + flat
+    keys = np.asarray(ctx, np.int64) * 2 + flat
     table = np.bincount(keys, minlength=8 * _NB * _NB).reshape(-1, 2)
     tot = table.sum(1, keepdims=True)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -266,7 +283,7 @@ def _h2(p: float) -> float:
 
 
 # --------------------------------------------------------------------------- indices
-def _index_contexts(indices: np.ndarray, size: int, neighbour: bool) -> list[int]:
+def _index_contexts(indices: np.ndarray, neighbour: bool) -> list[int]:
     """Context of each non-zero (row-major order): the index held by weight (i-1, j)
     plus one (0 for a zero there), or 0 for all when ``neighbour`` is False."""
     rows, cols = _as_matrix_shape(indices.shape)
@@ -289,7 +306,12 @@ def encode_indices(indices: np.ndarray, codebook_size: int, *, neighbour: bool) 
     probability learnt per context (see :func:`_index_contexts`)."""
     indices = np.asarray(indices, np.int64)
     nbits = _index_bits(codebook_size)
-    ctx = _index_contexts(indices, codebook_size, neighbour)
+    if not 1 <= codebook_size <= MAX_CODEBOOK:
+        raise ValueError(f"codebook_size must be in [1, {MAX_CODEBOOK}], got {codebook_size}.")
+    if indices.size and (indices.min() < -1 or indices.max() >= codebook_size):
+        raise ValueError(f"indices must be -1 (a zero) or in [0, {codebook_size}); got "
+                         f"values in [{indices.min()}, {indices.max()}].")
+    ctx = _index_contexts(indices, neighbour)
     symbols = indices[indices >= 0].tolist()
     enc, counts = _Encoder(), _Counts((codebook_size + 1) << nbits)
     for c, s in zip(ctx, symbols, strict=True):
@@ -308,9 +330,12 @@ def decode_indices(data: bytes, mask: np.ndarray, codebook_size: int, *, neighbo
     (``-1`` where ``mask`` is False).
 
     Raises:
-        ValueError: the stream is cut short or decodes to an index outside the codebook.
+        ValueError: the stream is cut short or too long, or decodes to an index outside
+            the codebook.
     """
     mask = np.asarray(mask, bool)
+    if not 1 <= codebook_size <= MAX_CODEBOOK:
+        raise ValueError(f"codebook_size must be in [1, {MAX_CODEBOOK}], got {codebook_size}.")
     rows, cols = _as_matrix_shape(mask.shape)
     grid = np.full((rows, cols), -1, np.int64)
     m2 = mask.reshape(rows, cols)
@@ -329,9 +354,12 @@ def decode_indices(data: bytes, mask: np.ndarray, codebook_size: int, *, neighbo
                 node = 2 * node + bit
             s = node - (1 << nbits)
             if s >= codebook_size:
+                if dec.overrun():
+                    dec.check_end("index")
                 raise ValueError(f"the index stream decodes to {s}, outside a codebook of "
                                  f"{codebook_size}; the stream is corrupt.")
             out[j] = s
-    if dec.overrun():
-        raise ValueError("the index stream ends before every non-zero has its index.")
+        if dec.at > len(dec.data) + 8:
+            dec.check_end("index")
+    dec.check_end("index")
     return grid.reshape(mask.shape)

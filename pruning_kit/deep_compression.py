@@ -180,14 +180,15 @@ def bits_per_nonzero(model: nnx.Module, huffman_info: Mapping[str, Any],
         if name not in shipped:
             continue
         x = np.asarray(x)
-        nnz = int((x != 0).sum())
+        bits = x.reshape(-1).view(f"u{x.dtype.itemsize}")  # -0.0 is a value, as in codec
+        nnz = int((bits != 0).sum())
         h = {r["stream"]: r["bytes"] for r in huffman_info["streams"] if r["leaf"] == name}
         c = {r["stream"]: r for r in shipped_info["streams"] if r["leaf"] == name}
         if "gaps" not in h:
             raise ValueError(f"{name} is not Huffman-coded in huffman_info; save the model "
                              "with coding='sparse-codebook' for it.")
-        bounds = context_coding.bitmap_entropy_bits(x != 0)
-        _, idx = np.unique(x[x != 0], return_inverse=True)
+        bounds = context_coding.bitmap_entropy_bits((bits != 0).reshape(x.shape))
+        _, idx = np.unique(bits[bits != 0], return_inverse=True)
         pos = c["positions" if "positions" in c else "gaps"]["bytes"]
         rows.append({"kernel": name, "nnz": nnz, "shipped": c["codes"]["encoding"],
                      "pos_huffman": 8 * h["gaps"] / nnz, "pos_iid": bounds["iid"] / nnz,

@@ -405,3 +405,54 @@ def test_config_that_does_not_rebuild_the_model_is_refused_at_save(tmp_path):
     m._config = (("in_features", 64), ("hidden", (32,)), ("num_classes", 10))
     with pytest.raises(ValueError, match="layers/0/.*: build.*gives shape"):
         codec.save(tmp_path / "m.pkc", m)
+
+
+def rewritten(data: bytes, edit) -> bytes:
+    """The file with its manifest and streams passed through ``edit(manifest, streams)``
+    and every length and checksum recomputed: corruption the CRCs cannot catch."""
+    import json
+    mlen = struct.unpack_from("<I", data, 12)[0]
+    manifest = json.loads(zlib.decompress(data[32:32 + mlen]))
+    base = 32 + mlen
+    streams = {(e["name"], s): data[base + o:base + o + n]
+               for e in manifest["leaves"] for s, (o, n, _) in e["streams"].items()}
+    edit(manifest, streams)
+    blobs, offset = [], 0
+    for e in manifest["leaves"]:
+        for s in e["streams"]:
+            blob = streams[e["name"], s]
+            e["streams"][s] = [offset, len(blob), zlib.crc32(blob)]
+            blobs.append(blob)
+            offset += len(blob)
+    text = zlib.compress(json.dumps(manifest).encode())
+    head = struct.pack("<8sHHIQI", codec.MAGIC, 2, 0, len(text), 32 + len(text) + offset,
+                       zlib.crc32(text))
+    return head + struct.pack("<I", zlib.crc32(head)) + text + b"".join(blobs)
+
+
+def test_context_streams_that_pass_the_checksums_but_lie_are_refused(tmp_path):
+    path = codec.save(tmp_path / "m.pkc", compressed_mlp(), coding="sparse-context")
+    data, bad = path.read_bytes(), tmp_path / "bad.pkc"
+    leaf = "layers/0/kernel"
+
+    def context(m, s):
+        next(e for e in m["leaves"] if e["name"] == leaf)["codes_context"] = "diagonal"
+
+    def cut(m, s):
+        s[leaf, "codes"] = s[leaf, "codes"][:-1]
+
+    def longer(m, s):
+        s[leaf, "positions"] = s[leaf, "positions"] + b"\x00"
+
+    def huge_codebook(m, s):
+        s[leaf, "codebook"] = b"\x01\x00\x00\x00" * 300
+
+    for edit, message in ((context, "codes_context is 'diagonal'"),
+                          (cut, "index stream ends before|outside a codebook"),
+                          (longer, "position stream has 1 bytes more"),
+                          (huge_codebook, "codebook of 1200 bytes is not 1 to 256")):
+        bad.write_bytes(rewritten(data, edit))
+        with pytest.raises(ValueError, match=message):
+            codec.load(bad)
+    bad.write_bytes(rewritten(data, lambda m, s: None))        # the helper itself is exact
+    assert_same_bits(leaves(codec.load(path)), leaves(codec.load(bad)))

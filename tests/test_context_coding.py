@@ -74,3 +74,31 @@ def test_cut_or_corrupt_streams_raise():
         cc.decode_indices(cc.encode_indices(idx, 4, neighbour=False), m, 3, neighbour=False)
     with pytest.raises(ValueError, match="at least one axis"):
         cc.encode_bitmap(np.array(True))
+
+
+def test_a_stream_one_byte_short_or_long_is_refused():
+    m = structured()
+    idx = np.where(m, np.arange(m.size).reshape(m.shape) % 4, -1)
+    for blob, decode in ((cc.encode_bitmap(m), lambda b: cc.decode_bitmap(b, m.shape)),
+                         (cc.encode_indices(idx, 4, neighbour=True),
+                          lambda b: cc.decode_indices(b, m, 4, neighbour=True))):
+        for cut in (1, 2, 3, 4):
+            with pytest.raises(ValueError, match="ends before|outside a codebook"):
+                decode(blob[:-cut])
+        for extra in (b"\x00", b"\x7f" * 100):
+            with pytest.raises(ValueError, match="more than it codes"):
+                decode(blob + extra)
+
+
+def test_indices_outside_the_codebook_are_refused_before_coding():
+    with pytest.raises(ValueError, match="-1 \\(a zero\\) or in \\[0, 4\\)"):
+        cc.encode_indices(np.array([[0, 5], [1, -1]]), 4, neighbour=False)
+    with pytest.raises(ValueError, match="codebook_size must be in \\[1, 256\\]"):
+        cc.encode_indices(np.zeros((2, 2), int), 300, neighbour=False)
+
+
+def test_empty_arrays():
+    for shape in ((0, 5), (5, 0), (0,)):
+        m = np.zeros(shape, bool)
+        assert cc.decode_bitmap(cc.encode_bitmap(m), shape).shape == shape
+        assert cc.bitmap_entropy_bits(m)["context"] == 0.0
