@@ -144,9 +144,8 @@ def _sparse_context(name: str, x: np.ndarray) -> tuple[dict[str, bytes], dict]:
     indices = np.full(flat.shape, -1, np.int64)
     indices[pos] = codes
     indices = indices.reshape(x.shape)
-    # the index context (the neighbouring weight's index, or none) is chosen by measuring
     options = {nb: cc.encode_indices(indices, max(len(codebook), 1), neighbour=nb)
-               for nb in (False, True)}
+               for nb in (False, True)}     # the index context is chosen by measuring
     neighbour = len(options[True]) < len(options[False])
     return ({"codebook": codebook.tobytes(), "codes": options[neighbour],
              "positions": cc.encode_bitmap(indices >= 0)},

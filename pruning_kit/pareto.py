@@ -211,7 +211,7 @@ def front_table(points: Sequence[Point]) -> Table:
                                  ("b256", "latency_b256_ms"))}
     rows = [{"#": i, "family": p["family"], "method": p["method"],
              "technique": p["technique"], "accuracy": p["acc_mean"],
-             "std_delta": 100 * p["acc_std"], "seeds": len(p["seeds"]),
+             "std_pct": 100 * p["acc_std"], "seeds": len(p["seeds"]),
              "stored_bytes": p["stored_bytes"], "b1_ms": p["latency_b1_ms"],
              "b256_ms": p["latency_b256_ms"],
              "front": " ".join(k for k, ids in fronts.items() if id(p) in ids) or "-"}
