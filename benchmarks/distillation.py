@@ -9,9 +9,12 @@ Run from the repository root::
 
 The students are cached models (:mod:`pruning_kit.zoo`, ``data/checkpoints/
 student_cnn_*_seed<S>.npz`` and ``mlp_fashion_w2_*_seed<S>.npz``); a missing one is trained,
-nothing else is trained here. The one command that reproduces all of them is
-``python -m benchmarks.distillation --retrain`` (about 8 minutes on 2 CPU cores: ten
-5-epoch CNN students and six short 2-bit fine-tunings); notebook 02 loads the same files.
+and the stronger teacher (``cnn_fashion_teacher_seed0.npz``, made on first use or by
+``--teacher``, about 23 minutes) is the only other model trained here. The one command that
+reproduces all the students is ``python -m benchmarks.distillation --retrain`` (about 30
+minutes on 2 CPU cores: ten 5-epoch CNN students, six short 2-bit fine-tunings, the bank of
+views (3.5 min) and fifteen function-matching students, 22 min); notebook 02 loads the same
+files.
 
 * **Data**: students train on the 55,000 training images; every choice is made on the
   fixed 5,000-image validation split (``ds.x_val``); the 10,000 test images are only

@@ -34,7 +34,8 @@ KD_GRID = tuple((t, a) for a in (0.5, 0.9) for t in (2.0, 4.0))
 HINT = dict(layer="stage2", beta=0.5)
 #: The one command that (re)makes every cached student of notebook 02 (the grid on seed 0,
 #: plain and distilled CNN students on seeds 0, 1, 2, the hinted student on seed 0, the
-#: recovery fine-tunings on seeds 0, 1, 2): about 8 minutes on 2 CPU cores.
+#: recovery fine-tunings on seeds 0, 1, 2, the function-matching students of :data:`FM`):
+#: about 30 minutes on 2 CPU cores.
 STUDENTS_COMMAND = "python -m benchmarks.distillation --retrain"
 
 #: The stronger teacher: the course's residual SmallCNN at twice the width (32/64 channels,
