@@ -6,6 +6,7 @@ Run from the repository root::
     python -m benchmarks.distillation --retrain     # remakes every cached student first
     python -m benchmarks.distillation --speed-only  # section 2 only (size, latency)
     python -m benchmarks.distillation --teacher     # train (or load) the stronger teacher
+    python -m benchmarks.distillation --recovery-views   # + section 5 (about 3 min more)
 
 The students are cached models (:mod:`pruning_kit.zoo`, ``data/checkpoints/
 student_cnn_*_seed<S>.npz`` and ``mlp_fashion_w2_*_seed<S>.npz``); a missing one is trained,
@@ -43,6 +44,10 @@ files.
   distinct views) is shown for seed 0, and the longest budget is run on every seed. The
   figures of sections 1 and 3 (precomputed logits of the seed's 91.7 % SmallCNN, 5
   epochs, no augmentation) are kept beside it.
+* **Recovery on views** (section 5, ``--recovery-views``): section 3's 2-bit recovery with
+  the same recipe -- plain and KD fine-tuning read the same 16 views of the 3,000 images,
+  the float MLP's logits on each; the fraction of the gap closed is reported against
+  plain fine-tuning on the same views and against section 3's plain fine-tuning.
 
 Prints the machine, tables, then the figures (metric, value, unit, target) as a table;
 ``--out results.jsonl`` appends them as JSON lines (``benchmarks._common``).
@@ -58,7 +63,7 @@ from flax import nnx
 
 from benchmarks import _common
 from benchmarks._common import emit
-from pruning_kit import data, function_matching, measure, models, qat, students, train, zoo
+from pruning_kit import data, distill, function_matching, measure, models, qat, students, train, zoo
 
 SEEDS = (0, 1, 2)
 GRID_SEED = 0
@@ -276,6 +281,62 @@ def report_fm(result: dict, teacher_test: float) -> list[float]:
     return gains
 
 
+# --------------------------------------------------------------------------- 5. views
+#: KD recovery on consistent views: (T, alpha) cells scored on validation (seed 0), budget.
+RECOVERY_VIEWS = dict(grid=((2.0, 0.5), (1.0, 1.0), (4.0, 1.0)), views=16)
+
+
+def recovery_on_views(ds: data.Dataset, seeds) -> dict:
+    """Section 5: the 2-bit QAT recovery of section 3 on a bank of views of its images.
+
+    Each seed's 3,000 recovery images get ``RECOVERY_VIEWS["views"]`` augmented copies with
+    the float MLP's logits on each (``function_matching.view_bank``); plain QAT fine-tuning
+    and KD fine-tuning read the same views in the same order for the same budget (one view of
+    every image per epoch). Not cached: about 3 minutes.
+    """
+    r = students.RECOVERY
+    v = RECOVERY_VIEWS["views"]
+
+    def deployed(m, x, y):
+        return w2_accuracy(m, x, y)
+
+    def tune(seed, y, t_logits, t_alpha, x):
+        m = zoo.baseline("mlp_fashion", seed, progress=False)
+        loss = qat.qat_loss(r["weight_bits"], None, weight_method=r["weight_method"])
+        if t_alpha is not None:
+            y = (y, t_logits)
+            loss = distill.kd_wrap(loss, temperature=t_alpha[0], alpha=t_alpha[1])
+        train.fit(m, x, y, epochs=1, batch_size=r["batch_size"],
+                  learning_rate=r["learning_rate"], loss_fn=loss, seed=seed, progress=False)
+        return m
+
+    rows, chosen = [], None
+    for seed in sorted(seeds, key=lambda s: s != GRID_SEED):      # the grid's seed first
+        dense = zoo.baseline("mlp_fashion", seed, progress=False)
+        pick = students.recovery_images(seed, ds)
+        bank = function_matching.view_bank(dense, ds.x_train[pick], v, seed=seed)
+        x, y, t_logits = function_matching.budget(bank, ds.y_train[pick], v)
+        plain = tune(seed, y, t_logits, None, x)
+        if chosen is None:
+            scores = {c: deployed(tune(seed, y, t_logits, c, x), ds.x_val, ds.y_val)
+                      for c in RECOVERY_VIEWS["grid"]}
+            chosen = max(scores, key=lambda c: round(scores[c], 2))
+            print("  (T, alpha) on validation, seed", seed, ", deployed 2-bit accuracy: "
+                  + ", ".join(f"{c}: {a:.2f}%" for c, a in scores.items()) + f" -> {chosen}")
+        kd = tune(seed, y, t_logits, chosen, x)
+        dense_acc = 100 * train.evaluate(dense, ds.x_test, ds.y_test)
+        best_plain = w2_accuracy(students.recovered_mlp(seed, dataset=ds, progress=False),
+                                 ds.x_test, ds.y_test)
+        row = {"seed": seed, "dense_pct": dense_acc, "plain_views_pct": deployed(
+            plain, ds.x_test, ds.y_test), "kd_views_pct": deployed(kd, ds.x_test, ds.y_test),
+            "plain_no_views_pct": best_plain}
+        row["closed"] = ((row["kd_views_pct"] - row["plain_views_pct"])
+                         / (dense_acc - row["plain_views_pct"]))
+        row["closed_vs_no_views"] = ((row["kd_views_pct"] - best_plain) / (dense_acc - best_plain))
+        rows.append(row)
+    return {"t_alpha": chosen, "rows": rows}
+
+
 # --------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> None:
     parser = _common.argument_parser(__doc__)
@@ -287,6 +348,9 @@ def main(argv: list[str] | None = None) -> None:
                              "students.recovered_mlp); the teachers are never retrained")
     parser.add_argument("--speed-only", action="store_true",
                         help="only section 2 (size and speed, about a minute): no training")
+    parser.add_argument("--recovery-views", action="store_true",
+                        help="also section 5: the 2-bit recovery on consistent views (about "
+                             "3 minutes, not cached)")
     parser.add_argument("--teacher", action="store_true",
                         help="train the stronger teacher if it is not cached (about 40 "
                              "minutes on 2 CPU cores), print its accuracy, stop")
@@ -369,6 +433,13 @@ def main(argv: list[str] | None = None) -> None:
                   f"{np.mean(fractions[setting]):.2f} +- {std(fractions[setting]):.2f}")
         fm = patient_and_consistent(ds, strong, args.seeds, args.retrain)
         fm_gains = report_fm(fm, teacher_test)
+        if args.recovery_views:
+            print(f"\n5. KD recovery of the 2-bit MLP on {RECOVERY_VIEWS['views']} consistent "
+                  "views of its 3,000 images (plain and KD read the same views)")
+            rv = recovery_on_views(ds, args.seeds)
+            print(measure.Table(rv["rows"], ["seed", "dense_pct", "plain_no_views_pct",
+                                             "plain_views_pct", "kd_views_pct", "closed",
+                                             "closed_vs_no_views"]))
         print(f"\ntotal {time.perf_counter() - start:.0f} s\n")
 
         emit("teacher_acc", teacher_test, "%")
@@ -378,6 +449,13 @@ def main(argv: list[str] | None = None) -> None:
         emit_speed(speed)
         (headline,) = list(fractions)
         emit("kd_recovery_fraction", np.mean(fractions[headline]), "fraction")
+        if args.recovery_views:
+            emit("kd_recovery_fraction_views", np.mean([r["closed"] for r in rv["rows"]]),
+                 "fraction", target="extra: KD vs plain on the same views",
+                 std=std([r["closed"] for r in rv["rows"]]))
+            emit("kd_recovery_fraction_views_vs_no_views",
+                 np.mean([r["closed_vs_no_views"] for r in rv["rows"]]), "fraction",
+                 target="extra: KD on views vs section 3's plain fine-tuning (no views)")
 
 
 if __name__ == "__main__":
