@@ -63,7 +63,7 @@ from flax import nnx
 
 from benchmarks import _common
 from benchmarks._common import emit
-from pruning_kit import data, distill, function_matching, measure, models, qat, students, train, zoo
+from pruning_kit import data, function_matching, measure, models, qat, students, train, zoo
 
 SEEDS = (0, 1, 2)
 GRID_SEED = 0
@@ -294,21 +294,15 @@ def recovery_on_views(ds: data.Dataset, seeds) -> dict:
     and KD fine-tuning read the same views in the same order for the same budget (one view of
     every image per epoch). Not cached: about 3 minutes.
     """
-    r = students.RECOVERY
     v = RECOVERY_VIEWS["views"]
 
-    def deployed(m, x, y):
-        return w2_accuracy(m, x, y)
-
     def tune(seed, y, t_logits, t_alpha, x):
-        m = zoo.baseline("mlp_fashion", seed, progress=False)
-        loss = qat.qat_loss(r["weight_bits"], None, weight_method=r["weight_method"])
-        if t_alpha is not None:
-            y = (y, t_logits)
-            loss = distill.kd_wrap(loss, temperature=t_alpha[0], alpha=t_alpha[1])
-        train.fit(m, x, y, epochs=1, batch_size=r["batch_size"],
-                  learning_rate=r["learning_rate"], loss_fn=loss, seed=seed, progress=False)
-        return m
+        """One pass over the views (one view of every image per epoch) from the float MLP."""
+        t, a = t_alpha if t_alpha is not None else (None, None)
+        return students.recovery_finetune(
+            zoo.baseline("mlp_fashion", seed, progress=False), x, y,
+            teacher_logits=None if t_alpha is None else t_logits, temperature=t, alpha=a,
+            epochs=1, seed=seed)
 
     rows, chosen = [], None
     for seed in sorted(seeds, key=lambda s: s != GRID_SEED):      # the grid's seed first
@@ -318,7 +312,7 @@ def recovery_on_views(ds: data.Dataset, seeds) -> dict:
         x, y, t_logits = function_matching.budget(bank, ds.y_train[pick], v)
         plain = tune(seed, y, t_logits, None, x)
         if chosen is None:
-            scores = {c: deployed(tune(seed, y, t_logits, c, x), ds.x_val, ds.y_val)
+            scores = {c: w2_accuracy(tune(seed, y, t_logits, c, x), ds.x_val, ds.y_val)
                       for c in RECOVERY_VIEWS["grid"]}
             chosen = max(scores, key=lambda c: round(scores[c], 2))
             print("  (T, alpha) on validation, seed", seed, ", deployed 2-bit accuracy: "
@@ -327,8 +321,8 @@ def recovery_on_views(ds: data.Dataset, seeds) -> dict:
         dense_acc = 100 * train.evaluate(dense, ds.x_test, ds.y_test)
         best_plain = w2_accuracy(students.recovered_mlp(seed, dataset=ds, progress=False),
                                  ds.x_test, ds.y_test)
-        row = {"seed": seed, "dense_pct": dense_acc, "plain_views_pct": deployed(
-            plain, ds.x_test, ds.y_test), "kd_views_pct": deployed(kd, ds.x_test, ds.y_test),
+        row = {"seed": seed, "dense_pct": dense_acc, "plain_views_pct": w2_accuracy(
+            plain, ds.x_test, ds.y_test), "kd_views_pct": w2_accuracy(kd, ds.x_test, ds.y_test),
             "plain_no_views_pct": best_plain}
         row["closed"] = ((row["kd_views_pct"] - row["plain_views_pct"])
                          / (dense_acc - row["plain_views_pct"]))

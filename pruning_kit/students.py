@@ -142,11 +142,8 @@ def fm_grid(seed: int = 0, *, bank: Callable[[], Any] | None = None, retrain: bo
     ds = dataset if dataset is not None else data_lib.load_fashion_mnist()
     kw = dict(epochs=FM["grid_epochs"], bank=bank, retrain=retrain, dataset=ds,
               progress=progress)
-    scores = {"plain": train_lib.evaluate(fm_student(seed, **kw), ds.x_val, ds.y_val)}
-    for t, a in FM_GRID:
-        model = fm_student(seed, temperature=t, alpha=a, **kw)
-        scores[(t, a)] = train_lib.evaluate(model, ds.x_val, ds.y_val)
-    return scores
+    return _validation_scores(ds, lambda: fm_student(seed, **kw), FM_GRID,
+                              lambda t, a: fm_student(seed, temperature=t, alpha=a, **kw))
 
 
 def _student(arch: str, seed: int) -> nnx.Module:
@@ -249,10 +246,16 @@ def kd_grid(seed: int = 0, *, arch: str = "cnn", retrain: bool = False,
     """
     ds = dataset if dataset is not None else data_lib.load_fashion_mnist()
     kw = dict(arch=arch, retrain=retrain, dataset=ds, progress=progress)
-    scores = {"plain": train_lib.evaluate(plain_student(seed, **kw), ds.x_val, ds.y_val)}
-    for t, a in KD_GRID:
-        model = kd_student(seed, temperature=t, alpha=a, **kw)
-        scores[(t, a)] = train_lib.evaluate(model, ds.x_val, ds.y_val)
+    return _validation_scores(ds, lambda: plain_student(seed, **kw), KD_GRID,
+                              lambda t, a: kd_student(seed, temperature=t, alpha=a, **kw))
+
+
+def _validation_scores(ds: data_lib.Dataset, plain: Callable[[], nnx.Module], cells: Any,
+                       distilled: Callable[[float, float], nnx.Module]) -> dict[Any, float]:
+    """``{"plain": acc, (T, alpha): acc, ...}`` on the validation split (fractions)."""
+    scores = {"plain": train_lib.evaluate(plain(), ds.x_val, ds.y_val)}
+    for t, a in cells:
+        scores[(t, a)] = train_lib.evaluate(distilled(t, a), ds.x_val, ds.y_val)
     return scores
 
 
@@ -317,6 +320,23 @@ def recovery_images(seed: int, dataset: data_lib.Dataset) -> Any:
         :RECOVERY["images"]]
 
 
+def recovery_finetune(model: nnx.Module, x: Any, y: Any, *, teacher_logits: Any = None,
+                      temperature: float | None = None, alpha: float | None = None,
+                      epochs: int = RECOVERY["epochs"], seed: int = 0,
+                      progress: bool = False) -> nnx.Module:
+    """Fine-tune ``model`` in place with 2-bit QAT (:data:`RECOVERY`): QAT's cross-entropy,
+    or, with ``teacher_logits`` (aligned with ``x``) and ``temperature``/``alpha``, the
+    distillation loss through QAT's fake-quantized forward (``distill.kd_wrap``)."""
+    loss = qat.qat_loss(RECOVERY["weight_bits"], None, weight_method=RECOVERY["weight_method"])
+    if teacher_logits is not None:
+        y = (y, teacher_logits)
+        loss = distill.kd_wrap(loss, temperature=temperature, alpha=alpha)
+    train_lib.fit(model, x, y, epochs=epochs, batch_size=RECOVERY["batch_size"],
+                  learning_rate=RECOVERY["learning_rate"], loss_fn=loss, seed=seed,
+                  progress=progress)
+    return model
+
+
 def recovered_mlp(seed: int = 0, *, temperature: float | None = None,
                   alpha: float | None = None, retrain: bool = False,
                   dataset: data_lib.Dataset | None = None, progress: bool = True
@@ -346,16 +366,10 @@ def recovered_mlp(seed: int = 0, *, temperature: float | None = None,
     def make() -> nnx.Module:
         dense = baseline("mlp_fashion", seed, progress=progress, dataset=ds)
         pick = recovery_images(seed, ds)
-        x, y = ds.x_train[pick], ds.y_train[pick]
-        loss = qat.qat_loss(RECOVERY["weight_bits"], None,
-                                weight_method=RECOVERY["weight_method"])
-        if kd:
-            y = (y, distill.teacher_logits(dense, x))
-            loss = distill.kd_wrap(loss, temperature=temperature, alpha=alpha)
-        train_lib.fit(dense, x, y, epochs=RECOVERY["epochs"],
-                      batch_size=RECOVERY["batch_size"],
-                      learning_rate=RECOVERY["learning_rate"], loss_fn=loss, seed=seed,
-                      progress=progress)
+        x = ds.x_train[pick]
+        logits = distill.teacher_logits(dense, x) if kd else None
+        recovery_finetune(dense, x, ds.y_train[pick], teacher_logits=logits,
+                          temperature=temperature, alpha=alpha, seed=seed, progress=progress)
         return dense
 
     return cached(name, seed, make, retrain=retrain, dataset=ds,
