@@ -155,11 +155,13 @@ def methods(ds: data.Dataset, calib: np.ndarray, seeds: tuple[int, ...]) -> list
     t, a = students.kd_choice(students.kd_grid(0, dataset=ds, progress=False))
     # patient and consistent students (notebook 02, section 7): (T, alpha) on validation
     e0, fm_e = students.FM["grid_epochs"], max(students.FM["epochs"])
-    fm_grid = [f"student_cnn_fm_plain_e{e0}"] + [f"student_cnn_fm_kd_T{ft:g}_a{fa:g}_e{e0}"
-                                                 for ft, fa in students.FM_GRID]
+    fm_grid = [students.fm_name(e0)] + [students.fm_name(e0, ft, fa)
+                                        for ft, fa in students.FM_GRID]
     ft, fa = (students.kd_choice(students.fm_grid(0, dataset=ds, progress=False))
               if all(zoo.checkpoint_path(c, 0).exists() for c in fm_grid) else (None, None))
     fm_label = f"T={ft:g}, a={fa:g}" if ft else "not chosen: grid not cached"
+    fm_w = "{}/{}".format(*students.FM["widths"])
+    rfm = students.RECOVERY_FM
 
     def qat_w4a4(kind: str, s: int, path: Path):
         base, x = zoo.baseline(f"{kind}_fashion", s, progress=False), \
@@ -217,6 +219,12 @@ def methods(ds: data.Dataset, calib: np.ndarray, seeds: tuple[int, ...]) -> list
           lambda s, p: weight_only(students.recovered_mlp(s, temperature=t, alpha=a,
                                                           dataset=ds, progress=False), 2, w2, p),
           (f"mlp_fashion_w2_kd_{kd}",)),
+        M(f"2-bit weights, QAT + KD on {rfm['views']} mixup views", "mlp", "distillation", pkc,
+          lambda s, p: weight_only(students.recovered_mlp(
+              s, temperature=rfm["temperature"], alpha=rfm["alpha"],
+              mixup_views=rfm["views"], dataset=ds, progress=False), 2, w2, p),
+          ("mlp_fashion_w2_kd_T{:g}_a{:g}_mix{}".format(rfm["temperature"], rfm["alpha"],
+                                                       rfm["views"]),)),
         M("W8A8 integer", "mlp", "quantization", pkc,
           lambda s, p: integer_file(w8a8.quantize_model(mlp(s), calib), p), ("mlp_fashion",)),
         M("W4A4 integer, QAT", "mlp", "quantization", pkc, lambda s, p: qat_w4a4("mlp", s, p),
@@ -260,14 +268,14 @@ def methods(ds: data.Dataset, calib: np.ndarray, seeds: tuple[int, ...]) -> list
         M("SmallCNN 32/64 (the stronger teacher)", "cnn", "float", raw,
           lambda s, p: codec_file(students.strong_teacher(s, dataset=ds, progress=False), p),
           ("cnn_fashion_teacher",)),
-        M(f"student 4/8, plain, {fm_e} epochs of views", "cnn", "distillation", raw,
+        M(f"student {fm_w}, plain, {fm_e} epochs of views", "cnn", "distillation", raw,
           lambda s, p: codec_file(students.fm_student(s, epochs=fm_e, dataset=ds,
                                                       progress=False), p),
-          (f"student_cnn_fm_plain_e{fm_e}",)),
-        M(f"student 4/8, patient + consistent KD ({fm_label})", "cnn", "distillation", raw,
+          (students.fm_name(fm_e),)),
+        M(f"student {fm_w}, patient + consistent KD ({fm_label})", "cnn", "distillation", raw,
           lambda s, p: codec_file(students.fm_student(s, epochs=fm_e, temperature=ft, alpha=fa,
                                                       dataset=ds, progress=False), p),
-          (f"student_cnn_fm_kd_T{ft:g}_a{fa:g}_e{fm_e}" if ft else "student_cnn_fm_missing",)),
+          (students.fm_name(fm_e, ft, fa) if ft else "student_cnn_fm_missing",)),
         M("W8A8 int8 ONNX", "cnn", "quantization", ort,
           lambda s, p: onnx_file(w8a8.quantize_model(cnn(s), calib[:CNN_CALIB]), calib[:2], p),
           ("cnn_fashion",), "ONNX Runtime"),

@@ -18,8 +18,12 @@ images in the very same order, so the loss is the only difference. (A bank is a 
 sample of the augmentations the paper draws afresh at every step.)
 
 * :func:`augmented_views` -- the views, deterministic in ``seed``.
-* :func:`view_bank` -- views + the teacher's logits on them (:class:`ViewBank`).
+* :func:`view_bank` -- views + the teacher's logits on them (:class:`ViewBank`), optionally
+  averaged over each view and its mirror (:func:`mirror_averaged_logits`).
 * :func:`budget` -- the first ``epochs`` views of every image, as arrays for ``train.fit``.
+* :func:`mixup_views` -- views that blend each image with another (mixup), for models that
+  are not shift- or flip-invariant (an MLP): :class:`MixedViews`, whose
+  :meth:`~MixedViews.label_logits` give the plain control its mixed labels.
 
 Used by :mod:`pruning_kit.students` (``fm_student``) and ``python -m benchmarks.distillation``.
 
@@ -41,7 +45,8 @@ from flax import nnx
 
 from pruning_kit import distill, validate
 
-__all__ = ["ViewBank", "augmented_views", "budget", "view_bank"]
+__all__ = ["MixedViews", "ViewBank", "augmented_views", "budget", "mirror_averaged_logits",
+           "mixup_views", "view_bank"]
 
 
 class ViewBank(NamedTuple):
@@ -91,11 +96,39 @@ def augmented_views(x: np.ndarray, views: int, *, seed: int = 0, max_shift: int 
     return out
 
 
+def mirror_averaged_logits(teacher: nnx.Module, x: np.ndarray, *, batch_size: int = 1000
+                           ) -> np.ndarray:
+    """The mean of ``teacher``'s logits on the NHWC images ``x`` and on their mirror images.
+
+    Test-time augmentation with a left-right flip: a classifier trained with random flips
+    answers a little differently on an image and its mirror, and the mean of the two answers
+    is usually more accurate than either (two forward passes instead of one). Runs on an
+    eval-mode copy, like ``distill.teacher_logits``.
+
+    Examples:
+        >>> from pruning_kit import models
+        >>> t = models.small_cnn((2, 4), image_size=8, seed=0)
+        >>> x = np.random.default_rng(0).random((3, 8, 8, 1), np.float32)
+        >>> bool(np.allclose(mirror_averaged_logits(t, x),
+        ...                  mirror_averaged_logits(t, x[:, :, ::-1]), atol=1e-5))
+        True
+    """
+    x = np.asarray(x, np.float32)
+    if x.ndim != 4:
+        raise ValueError(f"x must be NHWC images (n, height, width, channels), got shape "
+                         f"{x.shape}; reshape flat images first, e.g. x.reshape(-1, 28, 28, 1).")
+    return 0.5 * (distill.teacher_logits(teacher, x, batch_size=batch_size)
+                  + distill.teacher_logits(teacher, np.ascontiguousarray(x[:, :, ::-1]),
+                                           batch_size=batch_size))
+
+
 def view_bank(teacher: nnx.Module, x: np.ndarray, views: int, *, seed: int = 0,
-              max_shift: int = 2, batch_size: int = 1000) -> ViewBank:
+              max_shift: int = 2, mirror_average: bool = False, batch_size: int = 1000
+              ) -> ViewBank:
     """:func:`augmented_views` of ``x`` and ``teacher``'s logits on every one of them.
 
-    The teacher runs once per view over the images, in eval mode on a copy (its own mode
+    The teacher runs once per view over the images (twice with ``mirror_average``: its
+    answer is then :func:`mirror_averaged_logits`), in eval mode on a copy (its own mode
     and arrays are left as they are).
 
     Examples:
@@ -107,8 +140,8 @@ def view_bank(teacher: nnx.Module, x: np.ndarray, views: int, *, seed: int = 0,
         ((2, 5, 8, 8, 1), (2, 5, 10))
     """
     xs = augmented_views(x, views, seed=seed, max_shift=max_shift)
-    logits = np.stack([distill.teacher_logits(teacher, xv, batch_size=batch_size)
-                       for xv in xs])
+    answer = mirror_averaged_logits if mirror_average else distill.teacher_logits
+    logits = np.stack([answer(teacher, xv, batch_size=batch_size) for xv in xs])
     return ViewBank(xs, logits.astype(np.float32))
 
 
@@ -138,3 +171,93 @@ def budget(bank: ViewBank, labels: np.ndarray, epochs: int
                          f"view, so pass their {n} labels.")
     x = bank.x[:epochs].reshape(epochs * n, *bank.x.shape[2:])
     return x, np.tile(labels, epochs), bank.logits[:epochs].reshape(epochs * n, -1)
+
+
+class MixedViews(NamedTuple):
+    """``views`` mixup copies of ``n`` images, flattened to ``views * n`` rows.
+
+    Row ``v * n + i`` is ``lam * x[i] + (1 - lam) * x[partner]`` for that row's ``lam`` (in
+    ``[0.5, 1]``: image ``i`` dominates) and ``partner``. ``x`` keeps the images' trailing
+    shape; ``partner``: int, ``lam``: float32, both ``(views * n,)``.
+    """
+
+    x: np.ndarray
+    partner: np.ndarray
+    lam: np.ndarray
+
+    def label_logits(self, labels: np.ndarray, num_classes: int) -> np.ndarray:
+        """Log-probabilities of the mixed labels: ``lam`` on image ``i``'s class, ``1 - lam``
+        on its partner's, ``(views * n, num_classes)`` float32.
+
+        The plain control of a distillation on these views: passed as "teacher logits" to
+        ``distill.distillation_loss(temperature=1.0, alpha=1.0)``, the loss is the
+        cross-entropy against the mixed labels minus their (constant) entropy -- mixup's
+        usual loss, with the same gradients.
+
+        Raises:
+            ValueError: ``labels`` is not one integer label in ``[0, num_classes)`` per image.
+        """
+        labels = np.asarray(labels)
+        if (labels.ndim != 1 or not len(labels) or len(self.x) % len(labels)
+                or self.partner.max() >= len(labels)):
+            raise ValueError(f"labels must hold one label per image (the {len(self.x)} rows "
+                             f"are views of the images), got shape {labels.shape}.")
+        if labels.min() < 0 or labels.max() >= num_classes:
+            raise ValueError(f"labels must be in [0, {num_classes}), got {labels.min()} .. "
+                             f"{labels.max()}; pass the number of classes as num_classes.")
+        own = np.tile(labels, len(self.x) // len(labels))
+        probs = np.zeros((len(own), num_classes), np.float32)
+        rows = np.arange(len(own))
+        probs[rows, own] += self.lam
+        probs[rows, labels[self.partner]] += 1.0 - self.lam
+        return np.log(np.maximum(probs, 1e-6))
+
+
+def mixup_views(x: np.ndarray, views: int, *, seed: int = 0, concentration: float = 0.4
+                ) -> MixedViews:
+    """``views`` mixup copies of the images ``x`` (any shape ``(n, ...)``), flattened.
+
+    For view ``v`` every image ``i`` is blended with a partner drawn by a random
+    permutation: ``lam * x[i] + (1 - lam) * x[partner]`` with ``lam = max(b, 1 - b)``,
+    ``b ~ Beta(concentration, concentration)`` (Zhang et al., 2018; small concentrations
+    keep most views close to one image). Unlike flips and shifts, a blend is as meaningful
+    to an MLP as to a CNN, and a teacher's answer on it is far richer than the two labels:
+    Beyer et al. (2022) distil on such views. Deterministic in ``seed``.
+
+    Returns:
+        :class:`MixedViews` with ``views * n`` rows, view by view: pass ``.x`` to
+        ``distill.teacher_logits`` for the teacher's answers, and
+        ``np.tile(labels, views)`` as the labels.
+
+    Raises:
+        ValueError: ``x`` holds fewer than two images, ``views`` is not a positive integer
+            or ``concentration`` is not positive.
+
+    Examples:
+        >>> x = np.eye(3, dtype=np.float32)                # three "images" of 3 pixels
+        >>> m = mixup_views(x, 2, seed=0)
+        >>> m.x.shape, m.partner.shape
+        ((6, 3), (6,))
+        >>> bool(np.allclose(m.x.sum(axis=1), 1.0))        # blends of two images
+        True
+        >>> np.round(np.exp(m.label_logits(np.array([0, 1, 2]), 3)).sum(axis=1), 3)
+        array([1., 1., 1., 1., 1., 1.], dtype=float32)
+    """
+    x = np.asarray(x, np.float32)
+    if x.ndim < 2 or len(x) < 2:
+        raise ValueError(f"x must hold at least two images along its first axis, got shape "
+                         f"{x.shape}.")
+    views = validate.integer("views", views, minimum=1)
+    concentration = validate.number("concentration", concentration, 0.0, low_open=True)
+    n = len(x)
+    blends, partners, lams = [], [], []
+    for v in range(views):
+        rng = np.random.default_rng([seed, 7, v])
+        partner = rng.permutation(n)
+        b = rng.beta(concentration, concentration, n).astype(np.float32)
+        lam = np.maximum(b, 1.0 - b)
+        shape = (n,) + (1,) * (x.ndim - 1)
+        blends.append(lam.reshape(shape) * x + (1.0 - lam.reshape(shape)) * x[partner])
+        partners.append(partner)
+        lams.append(lam)
+    return MixedViews(np.concatenate(blends), np.concatenate(partners), np.concatenate(lams))

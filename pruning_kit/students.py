@@ -15,7 +15,7 @@ import numpy as np
 from flax import nnx
 
 from pruning_kit import data as data_lib
-from pruning_kit import distill, function_matching, qat
+from pruning_kit import distill, function_matching, qat, validate
 from pruning_kit import models as models_lib
 from pruning_kit import train as train_lib
 from pruning_kit.zoo import baseline, cached
@@ -44,14 +44,20 @@ STUDENTS_COMMAND = "python -m benchmarks.distillation --retrain"
 #: :data:`TEACHER_COMMAND`; about 40 minutes on 2 CPU cores.
 TEACHER = dict(widths=(32, 64), epochs=20, batch_size=128, learning_rate=2e-3)
 TEACHER_COMMAND = "python -m benchmarks.distillation --teacher"
+#: The teacher answers with the mean of its logits on an image and on its mirror image
+#: (``function_matching.mirror_averaged_logits``: two passes): chosen on validation, where
+#: it beats the single pass (``python -m benchmarks.distillation`` prints both).
+TEACHER_MIRROR_AVERAGE = True
 
 #: Patient and consistent distillation (:mod:`pruning_kit.function_matching`) from the
-#: stronger teacher: a bank of ``views`` augmented copies of every training image with the
-#: teacher's logits on each; a student trained for ``e`` epochs reads views ``0 .. e-1``
+#: stronger teacher into a SmallCNN of ``widths`` (8/16: 13,794 parameters, 9x fewer than
+#: the teacher): a bank of ``views`` augmented copies of every training image with the
+#: teacher's answer on each; a student trained for ``e`` epochs reads views ``0 .. e-1``
 #: once, and its plain control reads the same images in the same order. ``grid_epochs`` is
 #: the budget at which :data:`FM_GRID` is scored on validation (seed 0); ``epochs`` the
 #: budgets of the accuracy-vs-budget curve (seed 0) -- the longest is run on every seed.
-FM = dict(views=16, grid_epochs=4, epochs=(4, 8, 16), batch_size=128, learning_rate=3e-3)
+FM = dict(widths=(8, 16), views=16, grid_epochs=4, epochs=(4, 8, 16), batch_size=128,
+          learning_rate=3e-3)
 #: The (temperature, alpha) cells of the function-matching student scored on validation.
 #: Beyer et al. (2022) distil with the KL term alone (alpha = 1).
 FM_GRID = ((1.0, 1.0), (2.0, 1.0), (4.0, 1.0), (2.0, 0.5))
@@ -86,26 +92,53 @@ def strong_teacher(seed: int = 0, *, retrain: bool = False,
                   dataset=ds)
 
 
+def teacher_answer(teacher: nnx.Module, x: Any) -> np.ndarray:
+    """The stronger teacher's logits on ``x`` as the students see them: averaged over each
+    image and its mirror when :data:`TEACHER_MIRROR_AVERAGE` (else one pass)."""
+    if TEACHER_MIRROR_AVERAGE:
+        return function_matching.mirror_averaged_logits(teacher, x)
+    return distill.teacher_logits(teacher, x)
+
+
+def fm_bank(teacher: nnx.Module, x: Any, views: int = FM["views"]
+            ) -> function_matching.ViewBank:
+    """The bank of views :func:`fm_student` reads, the teacher answering as in
+    :func:`teacher_answer` (``views`` x ``len(x)`` images: several minutes for the training
+    set)."""
+    return function_matching.view_bank(teacher, x, views,
+                                       mirror_average=TEACHER_MIRROR_AVERAGE)
+
+
+def fm_name(epochs: int, temperature: float | None = None, alpha: float | None = None
+            ) -> str:
+    """The cache name of :func:`fm_student` (plain without ``temperature``/``alpha``)."""
+    arch = "cnn{}x{}".format(*FM["widths"])
+    if temperature is None:
+        return f"student_{arch}_fm_plain_e{epochs}"
+    return f"student_{arch}_fm_kd_T{float(temperature):g}_a{float(alpha):g}_e{epochs}"
+
+
 def fm_student(seed: int = 0, *, epochs: int, temperature: float | None = None,
                alpha: float | None = None, bank: Callable[[], Any] | None = None,
                retrain: bool = False, dataset: data_lib.Dataset | None = None,
                progress: bool = True) -> nnx.Module:
-    """The CNN student (4/8) trained on the first ``epochs`` views of the bank, cached.
+    """The CNN student (``FM["widths"]``) trained on the first ``epochs`` views of the bank,
+    cached.
 
     With ``temperature``/``alpha``: distilled from :func:`strong_teacher` on exactly the
     views it reads (``distill.distillation_loss`` against the bank's logits); without:
     the plain control on the same views, batches and seed. ``bank`` is called (once) only
-    if the model must be trained: ``lambda: function_matching.view_bank(strong_teacher(),
-    ds.x_train, FM["views"])``. Cached as ``student_cnn_fm_{plain|kd_T<T>_a<alpha>}_e<epochs>``.
+    if the model must be trained: ``lambda: fm_bank(strong_teacher(), ds.x_train)``.
+    Cached as ``student_cnn8x16_fm_{plain|kd_T<T>_a<alpha>}_e<epochs>``.
     """
     ds = dataset if dataset is not None else data_lib.load_fashion_mnist()
     kd = temperature is not None
     if kd != (alpha is not None):
         raise ValueError("pass both temperature and alpha (distilled) or neither (plain).")
-    name = (f"student_cnn_fm_kd_T{float(temperature):g}_a{float(alpha):g}_e{epochs}" if kd
-            else f"student_cnn_fm_plain_e{epochs}")
+    arch = "cnn{}x{}".format(*FM["widths"])
+    name = fm_name(epochs, temperature, alpha)
     recipe = {**{k: v for k, v in FM.items() if k in ("views", "batch_size", "learning_rate")},
-              "epochs": epochs, "arch": "cnn"}
+              "epochs": epochs, "arch": arch, "mirror_average": TEACHER_MIRROR_AVERAGE}
     if kd:
         recipe.update(loss="distillation_loss", temperature=float(temperature),
                       alpha=float(alpha))
@@ -119,7 +152,7 @@ def fm_student(seed: int = 0, *, epochs: int, temperature: float | None = None,
             raise ValueError(f"{name} seed {seed} is not cached; pass bank= (see docstring) "
                              "to train it.")
         x, labels, logits = function_matching.budget(bank(), ds.y_train, epochs)
-        model = _student("cnn", seed)
+        model = models_lib.small_cnn(FM["widths"], seed=seed)
         y = (labels, logits) if kd else labels
         loss = (distill.distillation_loss(temperature=float(temperature), alpha=float(alpha))
                 if kd else train_lib.cross_entropy_loss)
@@ -314,6 +347,14 @@ RECOVERY = dict(weight_bits=2, weight_method="mse", images=3000, epochs=10, batc
                 learning_rate=3e-4)
 
 
+#: Patient and consistent recovery (notebook 02, section 8): the float model labels
+#: ``views`` mixup blends (``function_matching.mixup_views``) of each recovery image, and the
+#: 2-bit copy is fine-tuned once over all of them with the KD loss at ``(temperature,
+#: alpha)``, with :data:`RECOVERY`'s batch and learning rate. Chosen on validation (seed 0)
+#: against the other cells of ``benchmarks.distillation.RECOVERY_FM_GRID``.
+RECOVERY_FM = dict(views=40, concentration=0.4, temperature=1.0, alpha=1.0)
+
+
 def recovery_images(seed: int, dataset: data_lib.Dataset) -> Any:
     """Indices into ``dataset.x_train`` of :func:`recovered_mlp`'s fine-tuning set."""
     return np.random.default_rng([seed, 4]).permutation(len(dataset.x_train))[
@@ -337,17 +378,36 @@ def recovery_finetune(model: nnx.Module, x: Any, y: Any, *, teacher_logits: Any 
     return model
 
 
+def mixup_recovery_set(dense: nnx.Module, seed: int, dataset: data_lib.Dataset, *,
+                       views: int = RECOVERY_FM["views"], kd: bool = True
+                       ) -> tuple[Any, Any, Any]:
+    """``(x, labels, targets)`` for one pass of :func:`recovery_finetune` on mixup views of
+    :func:`recovery_images`: ``targets`` are ``dense``'s logits on every blend (``kd``) or
+    the mixed labels as log-probabilities (the plain control, ``MixedViews.label_logits``);
+    both are fitted with the KD loss (at ``T = alpha = 1`` for the control)."""
+    pick = recovery_images(seed, dataset)
+    mixed = function_matching.mixup_views(dataset.x_train[pick], views, seed=seed,
+                                          concentration=RECOVERY_FM["concentration"])
+    labels = np.tile(dataset.y_train[pick], views)
+    targets = (distill.teacher_logits(dense, mixed.x) if kd else
+               mixed.label_logits(dataset.y_train[pick], len(dataset.classes)))
+    return mixed.x, labels, targets
+
+
 def recovered_mlp(seed: int = 0, *, temperature: float | None = None,
-                  alpha: float | None = None, retrain: bool = False,
-                  dataset: data_lib.Dataset | None = None, progress: bool = True
-                  ) -> nnx.Module:
+                  alpha: float | None = None, mixup_views: int | None = None,
+                  retrain: bool = False, dataset: data_lib.Dataset | None = None,
+                  progress: bool = True) -> nnx.Module:
     """``mlp_fashion`` fine-tuned with 2-bit QAT (:data:`RECOVERY`), plainly or with KD, cached.
 
     Without ``temperature``/``alpha`` the loss is QAT's own cross-entropy
     (``qat.qat_loss``); with them, ``distill.kd_wrap`` keeps QAT's fake-quantized
     forward pass and replaces its loss by the distillation loss against the float model's
     logits (the same seed's baseline). Both fine-tune on the same :func:`recovery_images`
-    with the same epochs, batch, learning rate and seed. Measure the result as deployed:
+    with the same epochs, batch, learning rate and seed. With ``mixup_views`` (KD only):
+    one pass over that many mixup blends of each image with the float model's logits on
+    each (:func:`mixup_recovery_set`, :data:`RECOVERY_FM`), cached with a ``_mix<views>``
+    suffix. Measure the result as deployed:
     ``qat.evaluate_deployed_mlp(model, x, y, weight_bits=2, act_bits=None,
     weight_method="mse")``.
     """
@@ -362,9 +422,21 @@ def recovered_mlp(seed: int = 0, *, temperature: float | None = None,
         recipe.update(temperature=float(temperature), alpha=float(alpha))
     name = (f"mlp_fashion_w2_kd_T{float(temperature):g}_a{float(alpha):g}" if kd
             else "mlp_fashion_w2_plain")
+    if mixup_views is not None:
+        if not kd:
+            raise ValueError("mixup_views is for KD fine-tuning: pass temperature and alpha "
+                             "too (the plain control's best recipe is the one without views).")
+        mixup_views = validate.integer("mixup_views", mixup_views, minimum=1)
+        recipe.update(views=mixup_views, concentration=RECOVERY_FM["concentration"], epochs=1)
+        name += f"_mix{mixup_views}"
 
     def make() -> nnx.Module:
         dense = baseline("mlp_fashion", seed, progress=progress, dataset=ds)
+        if mixup_views is not None:
+            x, y, logits = mixup_recovery_set(dense, seed, ds, views=mixup_views)
+            return recovery_finetune(dense, x, y, teacher_logits=logits,
+                                     temperature=temperature, alpha=alpha, epochs=1,
+                                     seed=seed, progress=progress)
         pick = recovery_images(seed, ds)
         x = ds.x_train[pick]
         logits = distill.teacher_logits(dense, x) if kd else None

@@ -1,4 +1,5 @@
-"""Distillation as function matching: the bank of views (function_matching, students.fm_student)."""
+"""Distillation as function matching: views, mixup views, the mirror-averaged teacher
+(function_matching, students.fm_student, students.recovered_mlp)."""
 
 import numpy as np
 import pytest
@@ -80,3 +81,65 @@ def test_fm_student_needs_a_bank_to_train_and_both_kd_settings(tmp_path, monkeyp
         students.fm_student(0, epochs=4, temperature=2.0, dataset=ds)
     with pytest.raises(ValueError, match="not cached; pass bank="):
         students.fm_student(0, epochs=4, dataset=ds)
+
+
+def test_mirror_average_is_the_mean_of_image_and_mirror_and_is_flip_invariant():
+    teacher = models.small_cnn((2, 4), image_size=8, seed=0)
+    x = images()
+    both = fm.mirror_averaged_logits(teacher, x)
+    one, mirrored = (distill.teacher_logits(teacher, v) for v in (x, x[:, :, ::-1]))
+    np.testing.assert_allclose(both, (one + mirrored) / 2, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(fm.mirror_averaged_logits(teacher, x[:, :, ::-1]), both,
+                               rtol=1e-5, atol=1e-5)
+    assert not np.allclose(both, one, atol=1e-4)          # the average is not one pass
+    bank = fm.view_bank(teacher, x, 2, max_shift=1, mirror_average=True)
+    np.testing.assert_allclose(bank.logits[1], fm.mirror_averaged_logits(teacher, bank.x[1]),
+                               rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="NHWC"):
+        fm.mirror_averaged_logits(teacher, np.zeros((3, 64), np.float32))
+
+
+def test_mixup_views_blend_each_image_with_its_partner():
+    x = np.random.default_rng(0).random((5, 12)).astype(np.float32)   # flat, MLP-style
+    m = fm.mixup_views(x, 3, seed=4, concentration=0.4)
+    assert m.x.shape == (15, 12) and m.partner.shape == m.lam.shape == (15,)
+    assert np.all((m.lam >= 0.5) & (m.lam <= 1.0))
+    own = np.tile(np.arange(5), 3)
+    np.testing.assert_allclose(m.x, m.lam[:, None] * x[own]
+                               + (1 - m.lam[:, None]) * x[m.partner], rtol=1e-6)
+    for v in range(3):                                     # each view pairs by a permutation
+        assert sorted(m.partner[5 * v:5 * v + 5]) == list(range(5))
+    again = fm.mixup_views(x, 3, seed=4, concentration=0.4)
+    np.testing.assert_array_equal(again.x, m.x)
+    assert not np.array_equal(fm.mixup_views(x, 3, seed=5).x, m.x)
+
+
+def test_mixed_labels_put_lam_on_the_image_and_the_rest_on_its_partner():
+    x = np.random.default_rng(1).random((4, 2, 2, 1)).astype(np.float32)
+    labels = np.array([0, 1, 2, 1])
+    m = fm.mixup_views(x, 2, seed=0)
+    probs = np.exp(m.label_logits(labels, 3))
+    own = np.tile(labels, 2)
+    for row in range(8):
+        expected = np.zeros(3)
+        expected[own[row]] += m.lam[row]
+        expected[labels[m.partner[row]]] += 1 - m.lam[row]
+        np.testing.assert_allclose(probs[row], expected, atol=1e-5)
+    with pytest.raises(ValueError, match="one label per image"):
+        m.label_logits(labels[:3], 3)
+    with pytest.raises(ValueError, match="num_classes"):
+        m.label_logits(labels, 2)
+    with pytest.raises(ValueError, match="at least two images"):
+        fm.mixup_views(x[:1], 2)
+    with pytest.raises(ValueError, match="concentration"):
+        fm.mixup_views(x, 2, concentration=0.0)
+
+
+def test_recovered_mlp_refuses_views_for_plain_fine_tuning(tmp_path, monkeypatch):
+    monkeypatch.setenv("PRUNING_KIT_CHECKPOINTS", str(tmp_path))
+    from pruning_kit import data
+    ds = data.load_fashion_mnist()
+    with pytest.raises(ValueError, match="mixup_views is for KD"):
+        students.recovered_mlp(0, mixup_views=40, dataset=ds)
+    with pytest.raises(ValueError, match="mixup_views must be an integer"):
+        students.recovered_mlp(0, temperature=1.0, alpha=1.0, mixup_views=0, dataset=ds)
