@@ -13,7 +13,7 @@ and the stronger teacher (``cnn_fashion_teacher_seed0.npz``, made on first use o
 ``--teacher``, about 23 minutes) is the only other model trained here. The one command that
 reproduces all the students is ``python -m benchmarks.distillation --retrain`` (about 40
 minutes on 2 CPU cores: ten 5-epoch CNN students, nine short 2-bit fine-tunings, the bank of
-views (about 7 min: the teacher answers twice per view) and fifteen function-matching
+views (about 8 min: the teacher answers twice per view) and fifteen function-matching
 students, about 25 min); notebook 02 loads the same files. Section 5's recipe grid is not
 cached (about 2 min).
 
@@ -72,7 +72,7 @@ from flax import nnx
 
 from benchmarks import _common
 from benchmarks._common import emit
-from pruning_kit import data, distill, measure, models, qat, students, train, zoo
+from pruning_kit import data, distill, function_matching, measure, models, qat, students, train, zoo
 
 SEEDS = (0, 1, 2)
 GRID_SEED = 0
@@ -299,23 +299,27 @@ def report_fm(result: dict, teacher_test: float) -> list[float]:
 
 # --------------------------------------------------------------------------- 5. patient
 #: Section 5's recipes for the 2-bit recovery, scored on validation (seed 0, deployed 2-bit
-#: accuracy): ``(fine-tuning, data, epochs or views, (T, alpha))``. "images": the 3,000
-#: recovery images for that many epochs; "mixup": one pass over that many mixup blends of
-#: each (``students.mixup_recovery_set``), labelled by the float model (KD) or by the mixed
-#: labels (plain). Section 3's two cached runs are scored beside them.
-RECOVERY_FM_GRID = (("plain", "images", 40, None), ("plain", "mixup", 40, None),
-                    ("KD", "images", 40, (1.0, 1.0)), ("KD", "mixup", 40, (1.0, 1.0)),
-                    ("KD", "mixup", 40, (2.0, 1.0)), ("KD", "mixup", 40, (4.0, 1.0)))
+#: accuracy): ``(fine-tuning, data, epochs or views, (T, alpha), concentration)``.
+#: "images": the 3,000 recovery images for that many epochs; "mixup": one pass over that
+#: many mixup blends of each (``students.mixup_recovery_set``; concentration ``None`` is
+#: ``students.RECOVERY_FM``'s), labelled by the float model (KD) or by the mixed labels
+#: (plain). Section 3's two cached runs are scored beside them.
+RECOVERY_FM_GRID = (("plain", "images", 40, None, None), ("plain", "mixup", 40, None, None),
+                    ("KD", "images", 40, (1.0, 1.0), None),
+                    ("KD", "mixup", 40, (1.0, 1.0), None), ("KD", "mixup", 40, (2.0, 1.0), None),
+                    ("KD", "mixup", 40, (4.0, 1.0), None), ("KD", "mixup", 80, (1.0, 1.0), None),
+                    ("KD", "mixup", 40, (1.0, 1.0), 0.2), ("KD", "mixup", 40, (1.0, 1.0), 1.0))
 
 
 def recovery_cell(seed: int, ds: data.Dataset, cell: tuple) -> nnx.Module:
     """One cell of :data:`RECOVERY_FM_GRID` fine-tuned from the seed's float MLP (not cached)."""
-    how, kind, amount, t_alpha = cell
+    how, kind, amount, t_alpha, concentration = cell
     dense = zoo.baseline("mlp_fashion", seed, progress=False)
     t, a = t_alpha if how == "KD" else (1.0, 1.0)
     if kind == "mixup":
+        c = students.RECOVERY_FM["concentration"] if concentration is None else concentration
         x, y, targets = students.mixup_recovery_set(dense, seed, ds, views=amount,
-                                                    kd=how == "KD")
+                                                    concentration=c, kd=how == "KD")
         return students.recovery_finetune(dense, x, y, teacher_logits=targets, temperature=t,
                                           alpha=a, epochs=1, seed=seed)
     pick = students.recovery_images(seed, ds)
@@ -328,8 +332,10 @@ def recovery_cell(seed: int, ds: data.Dataset, cell: tuple) -> nnx.Module:
 
 
 def cell_name(cell: tuple) -> str:
-    how, kind, amount, t_alpha = cell
+    how, kind, amount, t_alpha, concentration = cell
     what = f"{amount} epochs of the images" if kind == "images" else f"{amount} mixup views"
+    if concentration is not None:
+        what += f" (Beta {concentration:g})"
     return how + (f" T={t_alpha[0]:g} a={t_alpha[1]:g}" if t_alpha else "") + ", " + what
 
 
@@ -344,9 +350,9 @@ def patient_recovery(ds: data.Dataset, seeds, t_alpha: tuple[float, float],
     on the test set.
     """
     fm = students.RECOVERY_FM
-    section3 = (("plain", "images", students.RECOVERY["epochs"], None),
-                ("KD", "images", students.RECOVERY["epochs"], t_alpha))
-    chosen_kd = ("KD", "mixup", fm["views"], (fm["temperature"], fm["alpha"]))
+    section3 = (("plain", "images", students.RECOVERY["epochs"], None, None),
+                ("KD", "images", students.RECOVERY["epochs"], t_alpha, None))
+    chosen_kd = ("KD", "mixup", fm["views"], (fm["temperature"], fm["alpha"]), None)
 
     def model(seed, cell):
         if cell == section3[0]:
@@ -419,7 +425,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--speed-only", action="store_true",
                         help="only section 2 (size and speed, about a minute): no training")
     parser.add_argument("--teacher", action="store_true",
-                        help="train the stronger teacher if it is not cached (about 40 "
+                        help="train the stronger teacher if it is not cached (about 23 "
                              "minutes on 2 CPU cores), print its accuracy, stop")
     args = parser.parse_args(argv)
     with _common.reporting(args.out, TARGETS):
@@ -431,8 +437,8 @@ def main(argv: list[str] | None = None) -> None:
         single = [100 * train.evaluate(strong, x, y) for x, y in
                   ((ds.x_val, ds.y_val), (ds.x_test, ds.y_test))]
         teacher_val, teacher_test = (
-            100 * float(np.mean(students.teacher_answer(strong, x).argmax(1) == y))
-            for x, y in ((ds.x_val, ds.y_val), (ds.x_test, ds.y_test)))
+            100 * float(np.mean(function_matching.mirror_averaged_logits(strong, x).argmax(1)
+                                == y)) for x, y in ((ds.x_val, ds.y_val), (ds.x_test, ds.y_test)))
         print(f"stronger teacher (SmallCNN 32/64, {measure.count_params(strong):,} parameters, "
               f"students.TEACHER): one pass validation {single[0]:.2f} %, test {single[1]:.2f} "
               f"%; mean over image and mirror (two passes) validation {teacher_val:.2f} %, test "

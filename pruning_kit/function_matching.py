@@ -105,6 +105,9 @@ def mirror_averaged_logits(teacher: nnx.Module, x: np.ndarray, *, batch_size: in
     is usually more accurate than either (two forward passes instead of one). Runs on an
     eval-mode copy, like ``distill.teacher_logits``.
 
+    Raises:
+        ValueError: ``x`` is not a batch of NHWC images, or ``teacher`` not an NNX module.
+
     Examples:
         >>> from pruning_kit import models
         >>> t = models.small_cnn((2, 4), image_size=8, seed=0)

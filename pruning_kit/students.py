@@ -41,7 +41,7 @@ STUDENTS_COMMAND = "python -m benchmarks.distillation --retrain"
 #: The stronger teacher: the course's residual SmallCNN at twice the width (32/64 channels,
 #: 124,266 parameters, 3.2x the baseline), trained longer with flips and +-2 pixel shifts
 #: (``train.shift_augment``), Adam with a cosine decay. Trained once (seed 0) by
-#: :data:`TEACHER_COMMAND`; about 40 minutes on 2 CPU cores.
+#: :data:`TEACHER_COMMAND`; about 23 minutes on 2 CPU cores.
 TEACHER = dict(widths=(32, 64), epochs=20, batch_size=128, learning_rate=2e-3)
 TEACHER_COMMAND = "python -m benchmarks.distillation --teacher"
 #: The teacher answers with the mean of its logits on an image and on its mirror image
@@ -93,8 +93,17 @@ def strong_teacher(seed: int = 0, *, retrain: bool = False,
 
 
 def teacher_answer(teacher: nnx.Module, x: Any) -> np.ndarray:
-    """The stronger teacher's logits on ``x`` as the students see them: averaged over each
-    image and its mirror when :data:`TEACHER_MIRROR_AVERAGE` (else one pass)."""
+    """The stronger teacher's logits on the NHWC images ``x`` as the students see them.
+
+    Averaged over each image and its mirror (``function_matching.mirror_averaged_logits``)
+    when :data:`TEACHER_MIRROR_AVERAGE`, else one pass (``distill.teacher_logits``); the
+    teacher's mode and arrays are left as they are.
+
+    Examples:
+        >>> t = models_lib.small_cnn((2, 4), image_size=8, seed=0)
+        >>> teacher_answer(t, np.zeros((3, 8, 8, 1), np.float32)).shape
+        (3, 10)
+    """
     if TEACHER_MIRROR_AVERAGE:
         return function_matching.mirror_averaged_logits(teacher, x)
     return distill.teacher_logits(teacher, x)
@@ -102,20 +111,43 @@ def teacher_answer(teacher: nnx.Module, x: Any) -> np.ndarray:
 
 def fm_bank(teacher: nnx.Module, x: Any, views: int = FM["views"]
             ) -> function_matching.ViewBank:
-    """The bank of views :func:`fm_student` reads, the teacher answering as in
-    :func:`teacher_answer` (``views`` x ``len(x)`` images: several minutes for the training
-    set)."""
+    """The bank of views :func:`fm_student` reads: ``function_matching.view_bank`` with the
+    teacher answering as in :func:`teacher_answer`.
+
+    ``views`` copies of every image of ``x``: for the 55,000 training images and 16 views
+    about 8 minutes on 2 CPU cores (the teacher runs twice per view with the mirror average)
+    and 2.8 GB of memory.
+
+    Examples:
+        >>> t = models_lib.small_cnn((2, 4), image_size=8, seed=0)
+        >>> bank = fm_bank(t, np.zeros((5, 8, 8, 1), np.float32), views=2)
+        >>> bank.x.shape, bank.logits.shape
+        ((2, 5, 8, 8, 1), (2, 5, 10))
+    """
     return function_matching.view_bank(teacher, x, views,
                                        mirror_average=TEACHER_MIRROR_AVERAGE)
 
 
 def fm_name(epochs: int, temperature: float | None = None, alpha: float | None = None
             ) -> str:
-    """The cache name of :func:`fm_student` (plain without ``temperature``/``alpha``)."""
+    """The cache name of :func:`fm_student`: plain without ``temperature``/``alpha``,
+    distilled with both. A teacher answering in one pass (``TEACHER_MIRROR_AVERAGE`` off)
+    gets its own names, so the committed students are never mistaken for its students.
+
+    Examples:
+        >>> fm_name(16), fm_name(16, 1.0, 1.0)
+        ('student_cnn8x16_fm_plain_e16', 'student_cnn8x16_fm_kd_T1_a1_e16')
+
+    Raises:
+        ValueError: only one of ``temperature`` and ``alpha`` is given.
+    """
+    if (temperature is None) != (alpha is None):
+        raise ValueError("pass both temperature and alpha (distilled) or neither (plain).")
     arch = "cnn{}x{}".format(*FM["widths"])
+    tail = f"_e{epochs}" + ("" if TEACHER_MIRROR_AVERAGE else "_onepass")
     if temperature is None:
-        return f"student_{arch}_fm_plain_e{epochs}"
-    return f"student_{arch}_fm_kd_T{float(temperature):g}_a{float(alpha):g}_e{epochs}"
+        return f"student_{arch}_fm_plain{tail}"
+    return f"student_{arch}_fm_kd_T{float(temperature):g}_a{float(alpha):g}{tail}"
 
 
 def fm_student(seed: int = 0, *, epochs: int, temperature: float | None = None,
@@ -351,8 +383,12 @@ RECOVERY = dict(weight_bits=2, weight_method="mse", images=3000, epochs=10, batc
 #: ``views`` mixup blends (``function_matching.mixup_views``) of each recovery image, and the
 #: 2-bit copy is fine-tuned once over all of them with the KD loss at ``(temperature,
 #: alpha)``, with :data:`RECOVERY`'s batch and learning rate. Chosen on validation (seed 0)
-#: against the other cells of ``benchmarks.distillation.RECOVERY_FM_GRID``.
+#: against the other cells of ``benchmarks.distillation.RECOVERY_FM_GRID`` (other views,
+#: concentrations and temperatures, and the plain recipes; the benchmark prints them all).
 RECOVERY_FM = dict(views=40, concentration=0.4, temperature=1.0, alpha=1.0)
+#: The concentration of the committed ``_mix<views>`` files; another one is cached with a
+#: ``_c<concentration>`` suffix, so a changed recipe never loads the old models.
+_MIX_CONCENTRATION_OF_NAME = 0.4
 
 
 def recovery_images(seed: int, dataset: data_lib.Dataset) -> Any:
@@ -379,15 +415,29 @@ def recovery_finetune(model: nnx.Module, x: Any, y: Any, *, teacher_logits: Any 
 
 
 def mixup_recovery_set(dense: nnx.Module, seed: int, dataset: data_lib.Dataset, *,
-                       views: int = RECOVERY_FM["views"], kd: bool = True
+                       views: int = RECOVERY_FM["views"],
+                       concentration: float = RECOVERY_FM["concentration"], kd: bool = True
                        ) -> tuple[Any, Any, Any]:
-    """``(x, labels, targets)`` for one pass of :func:`recovery_finetune` on mixup views of
-    :func:`recovery_images`: ``targets`` are ``dense``'s logits on every blend (``kd``) or
-    the mixed labels as log-probabilities (the plain control, ``MixedViews.label_logits``);
-    both are fitted with the KD loss (at ``T = alpha = 1`` for the control)."""
+    """Mixup views of :func:`recovery_images` for one pass of :func:`recovery_finetune`.
+
+    Args:
+        dense: the float model; with ``kd`` its logits on every blend are the targets (it is
+            run on an eval-mode copy and left as it is).
+        seed: picks the recovery images and the blends.
+        dataset: the split the images come from.
+        views: blends of each image (``function_matching.mixup_views``).
+        concentration: of the Beta distribution of the blend weights.
+        kd: ``False`` for the plain control: the targets are the mixed labels as
+            log-probabilities (``MixedViews.label_logits``). Fit both with the KD loss
+            (``T = alpha = 1`` for the control: the cross-entropy against the mixed labels).
+
+    Returns:
+        ``(x, labels, targets)`` with ``views * 3,000`` rows: pass as ``recovery_finetune(
+        model, x, labels, teacher_logits=targets, temperature=..., alpha=..., epochs=1)``.
+    """
     pick = recovery_images(seed, dataset)
     mixed = function_matching.mixup_views(dataset.x_train[pick], views, seed=seed,
-                                          concentration=RECOVERY_FM["concentration"])
+                                          concentration=concentration)
     labels = np.tile(dataset.y_train[pick], views)
     targets = (distill.teacher_logits(dense, mixed.x) if kd else
                mixed.label_logits(dataset.y_train[pick], len(dataset.classes)))
@@ -429,6 +479,8 @@ def recovered_mlp(seed: int = 0, *, temperature: float | None = None,
         mixup_views = validate.integer("mixup_views", mixup_views, minimum=1)
         recipe.update(views=mixup_views, concentration=RECOVERY_FM["concentration"], epochs=1)
         name += f"_mix{mixup_views}"
+        if RECOVERY_FM["concentration"] != _MIX_CONCENTRATION_OF_NAME:
+            name += f"_c{RECOVERY_FM['concentration']:g}"
 
     def make() -> nnx.Module:
         dense = baseline("mlp_fashion", seed, progress=progress, dataset=ds)

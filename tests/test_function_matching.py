@@ -143,3 +143,16 @@ def test_recovered_mlp_refuses_views_for_plain_fine_tuning(tmp_path, monkeypatch
         students.recovered_mlp(0, mixup_views=40, dataset=ds)
     with pytest.raises(ValueError, match="mixup_views must be an integer"):
         students.recovered_mlp(0, temperature=1.0, alpha=1.0, mixup_views=0, dataset=ds)
+
+
+def test_fm_names_keep_a_one_pass_teachers_students_apart(monkeypatch):
+    assert students.fm_name(16) == "student_cnn8x16_fm_plain_e16"
+    assert students.fm_name(4, 2.0, 0.5) == "student_cnn8x16_fm_kd_T2_a0.5_e4"
+    with pytest.raises(ValueError, match="both temperature and alpha"):
+        students.fm_name(4, 2.0)
+    monkeypatch.setattr(students, "TEACHER_MIRROR_AVERAGE", False)
+    assert students.fm_name(16) == "student_cnn8x16_fm_plain_e16_onepass"
+    x = images()
+    teacher = models.small_cnn((2, 4), image_size=8, seed=0)
+    np.testing.assert_allclose(students.teacher_answer(teacher, x),
+                               distill.teacher_logits(teacher, x), rtol=1e-6, atol=1e-6)
