@@ -72,7 +72,7 @@ from flax import nnx
 
 from benchmarks import _common
 from benchmarks._common import emit
-from pruning_kit import data, distill, function_matching, measure, models, qat, students, train, zoo
+from pruning_kit import data, function_matching, measure, models, qat, students, train, zoo
 
 SEEDS = (0, 1, 2)
 GRID_SEED = 0
@@ -314,21 +314,12 @@ RECOVERY_FM_GRID = (("plain", "images", 40, None, None), ("plain", "mixup", 40, 
 def recovery_cell(seed: int, ds: data.Dataset, cell: tuple) -> nnx.Module:
     """One cell of :data:`RECOVERY_FM_GRID` fine-tuned from the seed's float MLP (not cached)."""
     how, kind, amount, t_alpha, concentration = cell
-    dense = zoo.baseline("mlp_fashion", seed, progress=False)
-    t, a = t_alpha if how == "KD" else (1.0, 1.0)
+    t, a = t_alpha if how == "KD" else (None, None)
     if kind == "mixup":
         c = students.RECOVERY_FM["concentration"] if concentration is None else concentration
-        x, y, targets = students.mixup_recovery_set(dense, seed, ds, views=amount,
-                                                    concentration=c, kd=how == "KD")
-        return students.recovery_finetune(dense, x, y, teacher_logits=targets, temperature=t,
-                                          alpha=a, epochs=1, seed=seed)
-    pick = students.recovery_images(seed, ds)
-    x, y = ds.x_train[pick], ds.y_train[pick]
-    logits = distill.teacher_logits(dense, x) if how == "KD" else None
-    return students.recovery_finetune(dense, x, y, teacher_logits=logits,
-                                      temperature=t if logits is not None else None,
-                                      alpha=a if logits is not None else None,
-                                      epochs=amount, seed=seed)
+        return students.recovery_recipe(seed, ds, temperature=t, alpha=a, mixup_views=amount,
+                                        concentration=c)
+    return students.recovery_recipe(seed, ds, temperature=t, alpha=a, epochs=amount)
 
 
 def cell_name(cell: tuple) -> str:

@@ -143,11 +143,15 @@ def fm_name(epochs: int, temperature: float | None = None, alpha: float | None =
     """
     if (temperature is None) != (alpha is None):
         raise ValueError("pass both temperature and alpha (distilled) or neither (plain).")
-    arch = "cnn{}x{}".format(*FM["widths"])
+    arch = _fm_arch()
     tail = f"_e{epochs}" + ("" if TEACHER_MIRROR_AVERAGE else "_onepass")
     if temperature is None:
         return f"student_{arch}_fm_plain{tail}"
     return f"student_{arch}_fm_kd_T{float(temperature):g}_a{float(alpha):g}{tail}"
+
+
+def _fm_arch() -> str:
+    return "cnn{}x{}".format(*FM["widths"])
 
 
 def fm_student(seed: int = 0, *, epochs: int, temperature: float | None = None,
@@ -163,14 +167,11 @@ def fm_student(seed: int = 0, *, epochs: int, temperature: float | None = None,
     if the model must be trained: ``lambda: fm_bank(strong_teacher(), ds.x_train)``.
     Cached as ``student_cnn8x16_fm_{plain|kd_T<T>_a<alpha>}_e<epochs>``.
     """
+    name = fm_name(epochs, temperature, alpha)        # raises unless both or neither given
     ds = dataset if dataset is not None else data_lib.load_fashion_mnist()
     kd = temperature is not None
-    if kd != (alpha is not None):
-        raise ValueError("pass both temperature and alpha (distilled) or neither (plain).")
-    arch = "cnn{}x{}".format(*FM["widths"])
-    name = fm_name(epochs, temperature, alpha)
     recipe = {**{k: v for k, v in FM.items() if k in ("views", "batch_size", "learning_rate")},
-              "epochs": epochs, "arch": arch, "mirror_average": TEACHER_MIRROR_AVERAGE}
+              "epochs": epochs, "arch": _fm_arch(), "mirror_average": TEACHER_MIRROR_AVERAGE}
     if kd:
         recipe.update(loss="distillation_loss", temperature=float(temperature),
                       alpha=float(alpha))
@@ -444,6 +445,35 @@ def mixup_recovery_set(dense: nnx.Module, seed: int, dataset: data_lib.Dataset, 
     return mixed.x, labels, targets
 
 
+def recovery_recipe(seed: int, dataset: data_lib.Dataset, *, temperature: float | None = None,
+                    alpha: float | None = None, epochs: int = RECOVERY["epochs"],
+                    mixup_views: int | None = None,
+                    concentration: float = RECOVERY_FM["concentration"],
+                    progress: bool = False) -> nnx.Module:
+    """The seed's float ``mlp_fashion`` fine-tuned with 2-bit QAT by one recipe, not cached.
+
+    Plain (no ``temperature``/``alpha``) or distilled from the float model; on the
+    :func:`recovery_images` for ``epochs`` epochs, or, with ``mixup_views``, one pass over
+    that many blends of each (:func:`mixup_recovery_set`: the float model's logits, or the
+    mixed labels for the plain recipe). :func:`recovered_mlp` caches the course's recipes;
+    ``benchmarks.distillation`` scores the others on validation with this.
+    """
+    dense = baseline("mlp_fashion", seed, progress=progress, dataset=dataset)
+    kd = temperature is not None
+    if mixup_views is not None:
+        x, y, targets = mixup_recovery_set(dense, seed, dataset, views=mixup_views,
+                                           concentration=concentration, kd=kd)
+        t, a = (temperature, alpha) if kd else (1.0, 1.0)     # plain: CE on mixed labels
+        return recovery_finetune(dense, x, y, teacher_logits=targets, temperature=t, alpha=a,
+                                 epochs=1, seed=seed, progress=progress)
+    pick = recovery_images(seed, dataset)
+    x = dataset.x_train[pick]
+    logits = distill.teacher_logits(dense, x) if kd else None
+    return recovery_finetune(dense, x, dataset.y_train[pick], teacher_logits=logits,
+                             temperature=temperature, alpha=alpha, epochs=epochs, seed=seed,
+                             progress=progress)
+
+
 def recovered_mlp(seed: int = 0, *, temperature: float | None = None,
                   alpha: float | None = None, mixup_views: int | None = None,
                   retrain: bool = False, dataset: data_lib.Dataset | None = None,
@@ -483,18 +513,8 @@ def recovered_mlp(seed: int = 0, *, temperature: float | None = None,
             name += f"_c{RECOVERY_FM['concentration']:g}"
 
     def make() -> nnx.Module:
-        dense = baseline("mlp_fashion", seed, progress=progress, dataset=ds)
-        if mixup_views is not None:
-            x, y, logits = mixup_recovery_set(dense, seed, ds, views=mixup_views)
-            return recovery_finetune(dense, x, y, teacher_logits=logits,
-                                     temperature=temperature, alpha=alpha, epochs=1,
-                                     seed=seed, progress=progress)
-        pick = recovery_images(seed, ds)
-        x = ds.x_train[pick]
-        logits = distill.teacher_logits(dense, x) if kd else None
-        recovery_finetune(dense, x, ds.y_train[pick], teacher_logits=logits,
-                          temperature=temperature, alpha=alpha, seed=seed, progress=progress)
-        return dense
+        return recovery_recipe(seed, ds, temperature=temperature, alpha=alpha,
+                               mixup_views=mixup_views, progress=progress)
 
     return cached(name, seed, make, retrain=retrain, dataset=ds,
                             metadata={"recipe": recipe, "from": f"mlp_fashion seed {seed}",

@@ -84,3 +84,17 @@ def test_first_hour_errors_say_what_to_do(digits, tmp_path):
         with pytest.raises(FileNotFoundError, match="does not exist"):
             save(tmp_path / "no_such_folder" / "m.npz")
         assert not (tmp_path / "no_such_folder").exists()
+
+
+def test_mirror_averaged_teacher_and_views_on_a_users_model(digits):
+    from pruning_kit import function_matching
+    model = UserNet(nnx.Rngs(0))
+    model.train()
+    x = digits.x_val[:16].reshape(16, 8, 8, 1)
+    before = train.predict(nnx.clone(model), x)
+    logits = function_matching.mirror_averaged_logits(model, x)
+    np.testing.assert_allclose(logits, function_matching.mirror_averaged_logits(model, x))
+    bank = function_matching.view_bank(model, x, 2, max_shift=1, mirror_average=True)
+    assert logits.shape == (16, 10) and bank.logits.shape == (2, 16, 10)
+    assert _modes(model) == (False, False)                 # still training, as it came
+    np.testing.assert_array_equal(train.predict(nnx.clone(model), x), before)
