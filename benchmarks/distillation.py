@@ -11,10 +11,11 @@ The students are cached models (:mod:`pruning_kit.zoo`, ``data/checkpoints/
 student_cnn*_seed<S>.npz`` and ``mlp_fashion_w2_*_seed<S>.npz``); a missing one is trained,
 and the stronger teacher (``cnn_fashion_teacher_seed0.npz``, made on first use or by
 ``--teacher``, about 23 minutes) is the only other model trained here. The one command that
-reproduces all the students is ``python -m benchmarks.distillation --retrain`` (about 40
-minutes on 2 CPU cores: ten 5-epoch CNN students, nine short 2-bit fine-tunings, the bank of
-views (about 8 min: the teacher answers twice per view) and fifteen function-matching
-students, about 25 min); notebook 02 loads the same files. Section 5's recipe grid is not
+reproduces all the students is ``python -m benchmarks.distillation --retrain`` (an
+estimated hour on 2 CPU cores, not timed end to end: ten 5-epoch CNN students, nine short
+2-bit fine-tunings, the bank of views (6-8 min: the teacher answers twice per view) and
+seventeen function-matching students, 2-3 min each at 16 epochs); notebook 02 loads the
+same files. Section 5's recipe grid is not
 cached (about 2 min).
 
 * **Data**: students train on the 55,000 training images; every choice is made on the
@@ -43,8 +44,10 @@ cached (about 2 min).
   augmented views (``pruning_kit.function_matching``, ``students.FM``) into a SmallCNN
   8/16 student: the student and the teacher see the same flipped/shifted image; the
   plain control reads the same images in the same order. ``(T, alpha)`` is chosen on
-  validation at ``FM["grid_epochs"]`` (seed 0); accuracy against the budget (epochs of
-  distinct views) is shown for seed 0, and the longest budget is run on every seed. The
+  validation at ``FM["grid_epochs"]`` (seed 0: the longest budget, the one reported);
+  accuracy against the budget (epochs of distinct views) and against the student's width
+  (``students.FM_WIDTHS``, validation) is shown for seed 0, and the longest budget is run
+  on every seed. The
   size and speed ratios are this student's against one pass of the teacher. The figures
   of sections 1 and 3 (precomputed logits of the seed's 91.7 % SmallCNN, 5 epochs, no
   augmentation, the 4/8 student) are kept beside it.
@@ -276,8 +279,17 @@ def patient_and_consistent(ds: data.Dataset, teacher: nnx.Module, seeds, retrain
         kd = students.fm_student(seed, epochs=longest, temperature=t, alpha=a, **kw)
         rows.append({"seed": seed, "plain_test": test(plain), "kd_test": test(kd)})
         rows[-1]["gain_delta"] = rows[-1]["kd_test"] - rows[-1]["plain_test"]
+    widths = []                         # the gain against the student's width (validation)
+    for w in students.FM_WIDTHS:
+        plain = students.fm_student(GRID_SEED, epochs=longest, widths=w, **kw)
+        kd = students.fm_student(GRID_SEED, epochs=longest, temperature=t, alpha=a, widths=w,
+                                 **kw)
+        widths.append({"student": "CNN {}/{}".format(*w),
+                       "params": measure.count_params(plain), "plain_val": val(plain),
+                       "kd_val": val(kd)})
+        widths[-1]["gain_val_delta"] = widths[-1]["kd_val"] - widths[-1]["plain_val"]
     return {"t_alpha": (t, a), "grid": grid, "curve": curve, "rows": rows,
-            "epochs": longest}
+            "epochs": longest, "widths": widths}
 
 
 def report_fm(result: dict, teacher_test: float) -> list[float]:
@@ -290,6 +302,9 @@ def report_fm(result: dict, teacher_test: float) -> list[float]:
     print(f"accuracy against the budget (epochs of distinct views), seed {GRID_SEED}:")
     print(measure.Table(result["curve"], ["epochs", "plain_val", "kd_val", "plain_test",
                                           "kd_test", "gain_test_delta"]))
+    print(f"the student's width, {result['epochs']} epochs, seed {GRID_SEED} (validation):")
+    print(measure.Table(result["widths"], ["student", "params", "plain_val", "kd_val",
+                                           "gain_val_delta"]))
     print(f"{result['epochs']} epochs, every seed (test):")
     print(measure.Table(result["rows"], ["seed", "plain_test", "kd_test", "gain_delta"]))
     gains = [r["gain_delta"] for r in result["rows"]]

@@ -8,6 +8,7 @@ difference between them. Settings are chosen on the validation split.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -54,10 +55,15 @@ TEACHER_MIRROR_AVERAGE = True
 #: the teacher): a bank of ``views`` augmented copies of every training image with the
 #: teacher's answer on each; a student trained for ``e`` epochs reads views ``0 .. e-1``
 #: once, and its plain control reads the same images in the same order. ``grid_epochs`` is
-#: the budget at which :data:`FM_GRID` is scored on validation (seed 0); ``epochs`` the
-#: budgets of the accuracy-vs-budget curve (seed 0) -- the longest is run on every seed.
-FM = dict(widths=(8, 16), views=16, grid_epochs=4, epochs=(4, 8, 16), batch_size=128,
+#: the budget at which :data:`FM_GRID` is scored on validation (seed 0): the longest, the
+#: one the gain is reported at; ``epochs`` the budgets of the accuracy-vs-budget curve
+#: (seed 0) -- the longest is run on every seed.
+FM = dict(widths=(8, 16), views=16, grid_epochs=16, epochs=(4, 8, 16), batch_size=128,
           learning_rate=3e-3)
+#: Student widths compared at the longest budget (seed 0, validation): plain against the
+#: chosen (T, alpha) -- how the gain depends on the room the student has to learn.
+FM_WIDTHS = ((6, 12), (8, 16), (10, 20))
+assert FM["grid_epochs"] == max(FM["epochs"]), "the grid is scored at the reported budget"
 #: The (temperature, alpha) cells of the function-matching student scored on validation.
 #: Beyer et al. (2022) distil with the KL term alone (alpha = 1).
 FM_GRID = ((1.0, 1.0), (2.0, 1.0), (4.0, 1.0), (2.0, 0.5))
@@ -128,50 +134,67 @@ def fm_bank(teacher: nnx.Module, x: Any, views: int = FM["views"]
                                        mirror_average=TEACHER_MIRROR_AVERAGE)
 
 
-def fm_name(epochs: int, temperature: float | None = None, alpha: float | None = None
-            ) -> str:
+def fm_name(epochs: int, temperature: float | None = None, alpha: float | None = None,
+            *, widths: tuple[int, int] | None = None) -> str:
     """The cache name of :func:`fm_student`: plain without ``temperature``/``alpha``,
     distilled with both. A teacher answering in one pass (``TEACHER_MIRROR_AVERAGE`` off)
     gets its own names, so the committed students are never mistaken for its students.
+    ``widths`` defaults to ``FM["widths"]``.
 
     Examples:
         >>> fm_name(16), fm_name(16, 1.0, 1.0)
         ('student_cnn8x16_fm_plain_e16', 'student_cnn8x16_fm_kd_T1_a1_e16')
+        >>> fm_name(4, widths=(6, 12))
+        'student_cnn6x12_fm_plain_e4'
 
     Raises:
         ValueError: only one of ``temperature`` and ``alpha`` is given.
     """
     if (temperature is None) != (alpha is None):
         raise ValueError("pass both temperature and alpha (distilled) or neither (plain).")
-    arch = _fm_arch()
+    arch = _fm_arch(widths)
     tail = f"_e{epochs}" + ("" if TEACHER_MIRROR_AVERAGE else "_onepass")
     if temperature is None:
         return f"student_{arch}_fm_plain{tail}"
     return f"student_{arch}_fm_kd_T{float(temperature):g}_a{float(alpha):g}{tail}"
 
 
-def _fm_arch() -> str:
-    return "cnn{}x{}".format(*FM["widths"])
+def _fm_widths(widths: Any) -> tuple[int, int]:
+    if widths is None:
+        return tuple(FM["widths"])
+    w = tuple(widths)
+    ok = all(isinstance(c, numbers.Integral) and not isinstance(c, bool) and c > 0 for c in w)
+    if len(w) != 2 or not ok:
+        raise ValueError(f"widths must be two positive channel counts like (8, 16), got "
+                         f"{widths!r}.")
+    return tuple(int(c) for c in w)
+
+
+def _fm_arch(widths: Any = None) -> str:
+    return "cnn{}x{}".format(*_fm_widths(widths))
 
 
 def fm_student(seed: int = 0, *, epochs: int, temperature: float | None = None,
                alpha: float | None = None, bank: Callable[[], Any] | None = None,
-               retrain: bool = False, dataset: data_lib.Dataset | None = None,
-               progress: bool = True) -> nnx.Module:
-    """The CNN student (``FM["widths"]``) trained on the first ``epochs`` views of the bank,
-    cached.
+               widths: tuple[int, int] | None = None, retrain: bool = False,
+               dataset: data_lib.Dataset | None = None, progress: bool = True
+               ) -> nnx.Module:
+    """The CNN student (``widths``, default ``FM["widths"]``) trained on the first ``epochs``
+    views of the bank, cached.
 
     With ``temperature``/``alpha``: distilled from :func:`strong_teacher` on exactly the
     views it reads (``distill.distillation_loss`` against the bank's logits); without:
     the plain control on the same views, batches and seed. ``bank`` is called (once) only
     if the model must be trained: ``lambda: fm_bank(strong_teacher(), ds.x_train)``.
-    Cached as ``student_cnn8x16_fm_{plain|kd_T<T>_a<alpha>}_e<epochs>``.
+    Cached as ``student_cnn<w0>x<w1>_fm_{plain|kd_T<T>_a<alpha>}_e<epochs>``
+    (:func:`fm_name`).
     """
-    name = fm_name(epochs, temperature, alpha)        # raises unless both or neither given
+    name = fm_name(epochs, temperature, alpha, widths=widths)   # raises unless both/neither
     ds = dataset if dataset is not None else data_lib.load_fashion_mnist()
     kd = temperature is not None
     recipe = {**{k: v for k, v in FM.items() if k in ("views", "batch_size", "learning_rate")},
-              "epochs": epochs, "arch": _fm_arch(), "mirror_average": TEACHER_MIRROR_AVERAGE}
+              "epochs": epochs, "arch": _fm_arch(widths),
+              "mirror_average": TEACHER_MIRROR_AVERAGE}
     if kd:
         recipe.update(loss="distillation_loss", temperature=float(temperature),
                       alpha=float(alpha))
@@ -185,7 +208,7 @@ def fm_student(seed: int = 0, *, epochs: int, temperature: float | None = None,
             raise ValueError(f"{name} seed {seed} is not cached; pass bank= (see docstring) "
                              "to train it.")
         x, labels, logits = function_matching.budget(bank(), ds.y_train, epochs)
-        model = models_lib.small_cnn(FM["widths"], seed=seed)
+        model = models_lib.small_cnn(_fm_widths(widths), seed=seed)
         y = (labels, logits) if kd else labels
         loss = (distill.distillation_loss(temperature=float(temperature), alpha=float(alpha))
                 if kd else train_lib.cross_entropy_loss)
@@ -328,7 +351,8 @@ def _validation_scores(ds: data_lib.Dataset, plain: Callable[[], nnx.Module], ce
 def kd_choice(scores: dict[Any, float]) -> tuple[float, float]:
     """The ``(T, alpha)`` of :func:`kd_grid`'s scores with the best validation accuracy.
 
-    Ties (accuracies equal to 4 decimals) go to the first cell of :data:`KD_GRID`.
+    Ties (accuracies equal to 4 decimals) go to the first cell of the scores (the order of
+    :data:`KD_GRID` or :data:`FM_GRID`).
     """
     cells = [c for c in scores if c != "plain"]
     if not cells:

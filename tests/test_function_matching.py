@@ -156,3 +156,12 @@ def test_fm_names_keep_a_one_pass_teachers_students_apart(monkeypatch):
     teacher = models.small_cnn((2, 4), image_size=8, seed=0)
     np.testing.assert_allclose(students.teacher_answer(teacher, x),
                                distill.teacher_logits(teacher, x), rtol=1e-6, atol=1e-6)
+
+
+def test_fm_widths_name_the_student_and_bad_widths_are_refused():
+    assert students.fm_name(16, 2.0, 0.5, widths=(10, 20)) == "student_cnn10x20_fm_kd_T2_a0.5_e16"
+    assert students.fm_name(16, widths=students.FM["widths"]) == students.fm_name(16)
+    assert students.fm_name(16, widths=(np.int64(6), 12)) == "student_cnn6x12_fm_plain_e16"
+    for bad in [(8,), (8, 0), (8.0, 16), "8x16", (True, 16)]:
+        with pytest.raises(ValueError, match="two positive channel counts"):
+            students.fm_name(16, widths=bad)
