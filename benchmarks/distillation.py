@@ -15,8 +15,7 @@ reproduces all the students is ``python -m benchmarks.distillation --retrain`` (
 estimated hour on 2 CPU cores, not timed end to end: ten 5-epoch CNN students, nine short
 2-bit fine-tunings, the bank of views (6-8 min: the teacher answers twice per view) and
 seventeen function-matching students, 2-3 min each at 16 epochs); notebook 02 loads the
-same files. Section 5's recipe grid is not
-cached (about 2 min).
+same files. Section 5's recipe grid is not cached (about 2 min).
 
 * **Data**: students train on the 55,000 training images; every choice is made on the
   fixed 5,000-image validation split (``ds.x_val``); the 10,000 test images are only
@@ -44,11 +43,10 @@ cached (about 2 min).
   augmented views (``pruning_kit.function_matching``, ``students.FM``) into a SmallCNN
   8/16 student: the student and the teacher see the same flipped/shifted image; the
   plain control reads the same images in the same order. ``(T, alpha)`` is chosen on
-  validation at ``FM["grid_epochs"]`` (seed 0: the longest budget, the one reported);
-  accuracy against the budget (epochs of distinct views) and against the student's width
-  (``students.FM_WIDTHS``, validation) is shown for seed 0, and the longest budget is run
-  on every seed. The
-  size and speed ratios are this student's against one pass of the teacher. The figures
+  validation at the longest budget (seed 0), the one reported; accuracy against the budget
+  (epochs of distinct views) and against the student's width (``students.FM_WIDTHS``,
+  validation) is shown for seed 0, and the longest budget is run on every seed. The size
+  and speed ratios are this student's against one pass of the teacher. The figures
   of sections 1 and 3 (precomputed logits of the seed's 91.7 % SmallCNN, 5 epochs, no
   augmentation, the 4/8 student) are kept beside it.
 * **Patient and consistent recovery** (section 5, the headline ``kd_recovery_fraction``):
@@ -296,7 +294,7 @@ def report_fm(result: dict, teacher_test: float) -> list[float]:
     t, a = result["t_alpha"]
     print(f"\n4. Patient and consistent: the stronger teacher ({teacher_test:.2f} % test), "
           f"function matching on a bank of {students.FM['views']} views")
-    print(f"(T, alpha) on validation, seed {GRID_SEED}, {students.FM['grid_epochs']} epochs:")
+    print(f"(T, alpha) on validation, seed {GRID_SEED}, {max(students.FM['epochs'])} epochs:")
     print(measure.Table(result["grid"], ["T", "alpha", "val_pct"]))
     print(f"chosen: T = {t:g}, alpha = {a:g}")
     print(f"accuracy against the budget (epochs of distinct views), seed {GRID_SEED}:")

@@ -154,8 +154,8 @@ def methods(ds: data.Dataset, calib: np.ndarray, seeds: tuple[int, ...]) -> list
                                 f"on validation; make them with {students.STUDENTS_COMMAND}.")
     t, a = students.kd_choice(students.kd_grid(0, dataset=ds, progress=False))
     # patient and consistent students (notebook 02, section 7): (T, alpha) on validation
-    e0, fm_e = students.FM["grid_epochs"], max(students.FM["epochs"])
-    fm_grid = [students.fm_name(e0)] + [students.fm_name(e0, ft, fa)
+    fm_e = max(students.FM["epochs"])            # the grid is scored at the reported budget
+    fm_grid = [students.fm_name(fm_e)] + [students.fm_name(fm_e, ft, fa)
                                         for ft, fa in students.FM_GRID]
     ft, fa = (students.kd_choice(students.fm_grid(0, dataset=ds, progress=False))
               if all(zoo.checkpoint_path(c, 0).exists() for c in fm_grid) else (None, None))
