@@ -154,7 +154,7 @@ def methods(ds: data.Dataset, calib: np.ndarray, seeds: tuple[int, ...]) -> list
                                 f"on validation; make them with {students.STUDENTS_COMMAND}.")
     t, a = students.kd_choice(students.kd_grid(0, dataset=ds, progress=False))
     # patient and consistent students (notebook 02, section 7): (T, alpha) on validation
-    fm_e = max(students.FM["epochs"])            # the grid is scored at the reported budget
+    fm_e = students.FM["epochs"]            # the grid is scored at the reported budget
     fm_grid = [students.fm_name(fm_e)] + [students.fm_name(fm_e, ft, fa)
                                         for ft, fa in students.FM_GRID]
     ft, fa = (students.kd_choice(students.fm_grid(0, dataset=ds, progress=False))

@@ -153,7 +153,7 @@ def cached(name: str, seed: int, make: Callable[[], nnx.Module], *, retrain: boo
     For models derived from a baseline (pruned and fine-tuned, distilled, ...) that take
     minutes to make: the benchmark makes them once, notebooks load them. ``metadata``
     (say, the recipe and the command that made it) is stored with the weights; read it
-    back with :func:`read_checkpoint_header`. With ``dataset``, its split and validation
+    back with ``train.read_checkpoint_header``. With ``dataset``, its split and validation
     accuracy are recorded, and a cached file trained on another split is remade (with a
     :class:`SplitMismatchWarning` saying so).
 

@@ -4,7 +4,7 @@
 import numpy as np
 import pytest
 
-from pruning_kit import distill, models, students
+from pruning_kit import distill, models, students, zoo
 from pruning_kit import function_matching as fm
 
 
@@ -165,3 +165,15 @@ def test_fm_widths_name_the_student_and_bad_widths_are_refused():
     for bad in [(8,), (8, 0), (8.0, 16), "8x16", (True, 16)]:
         with pytest.raises(ValueError, match="two positive channel counts"):
             students.fm_name(16, widths=bad)
+
+
+def test_fm_budgets_fit_the_bank_and_every_curve_student_is_committed():
+    fm = students.FM
+    assert fm["epochs"] in fm["curve"] and max(fm["curve"]) <= fm["views"]
+    grid = [students.fm_name(fm["epochs"])] + [students.fm_name(fm["epochs"], t, a)
+                                               for t, a in students.FM_GRID]
+    assert all(zoo.checkpoint_path(n, 0).exists() for n in grid)
+    chosen = students.kd_choice(students.fm_grid(0, progress=False))   # on validation
+    names = [students.fm_name(e, *cell) for e in fm["curve"] for cell in ((None, None), chosen)]
+    missing = [n for n in names if not zoo.checkpoint_path(n, 0).exists()]
+    assert not missing, f"run {students.STUDENTS_COMMAND} to make {missing}"
