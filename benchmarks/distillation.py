@@ -11,20 +11,21 @@ The students are cached models (:mod:`pruning_kit.zoo`, ``data/checkpoints/
 student_cnn*_seed<S>.npz`` and ``mlp_fashion_w2_*_seed<S>.npz``); a missing one is trained,
 and the stronger teacher (``cnn_fashion_teacher_seed0.npz``, made on first use or by
 ``--teacher``, about 23 minutes) is the only other model trained here. The one command that
-reproduces all the students is ``python -m benchmarks.distillation --retrain`` (an
-estimated hour on 2 CPU cores, not timed end to end: ten 5-epoch CNN students, nine short
-2-bit fine-tunings, the bank of views (6-8 min: the teacher answers twice per view) and
-seventeen function-matching students, 2-3 min each at 16 epochs); notebook 02 loads the
-same files. Section 5's recipe grid is not cached (about 2 min).
+reproduces all the students is ``python -m benchmarks.distillation --retrain`` (about
+1 h 40 min on 2 CPU cores, estimated from the training times the checkpoints record, not
+timed end to end: ten 5-epoch CNN students, nine short 2-bit fine-tunings, the bank of 32
+views (about 16 min: the teacher answers twice per view) and nineteen function-matching
+students, 2-3 min each at 16 epochs and 5-7 min at 32); notebook 02 loads the same
+files. Section 5's recipe grid is not cached (about 2 min).
 
 * **Data**: students train on the 55,000 training images; every choice is made on the
   fixed 5,000-image validation split (``ds.x_val``); the 10,000 test images are only
   reported.
 * **Teacher**: each seed's cached SmallCNN baseline (``zoo.baseline("cnn_fashion",
   seed)``, 39,098 parameters), never retrained here.
-* **Choosing (T, alpha)**: :func:`pruning_kit.zoo.kd_grid` scores the plain CNN student
+* **Choosing (T, alpha)**: :func:`pruning_kit.students.kd_grid` scores the plain CNN student
   and the distilled one at each cell of ``students.KD_GRID`` on validation (seed 0, the full
-  student budget); :func:`pruning_kit.zoo.kd_choice` takes the best cell.
+  student budget); :func:`pruning_kit.students.kd_choice` takes the best cell.
 * **Student vs control**: ``students.plain_student`` and ``students.kd_student`` -- the same
   student (``models.student_cnn``, 5,462 parameters) trained with cross-entropy and with
   logit KD (teacher logits precomputed on the un-augmented training images) under the

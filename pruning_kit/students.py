@@ -36,7 +36,7 @@ HINT = dict(layer="stage2", beta=0.5)
 #: The one command that (re)makes every cached student of notebook 02 (the grid on seed 0,
 #: plain and distilled CNN students on seeds 0, 1, 2, the hinted student on seed 0, the
 #: recovery fine-tunings on seeds 0, 1, 2, the function-matching students of :data:`FM`):
-#: about 30 minutes on 2 CPU cores.
+#: about 1 h 40 min on 2 CPU cores (estimated from the checkpoints' recorded times).
 STUDENTS_COMMAND = "python -m benchmarks.distillation --retrain"
 
 #: The stronger teacher: the course's residual SmallCNN at twice the width (32/64 channels,
@@ -61,7 +61,7 @@ TEACHER_MIRROR_AVERAGE = True
 #: (seed 0), up to the bank's size.
 FM = dict(widths=(8, 16), views=32, epochs=16, curve=(4, 8, 16, 32), batch_size=128,
           learning_rate=3e-3)
-#: Student widths compared at the longest budget (seed 0, validation): plain against the
+#: Student widths compared at the reported budget ``FM["epochs"]`` (seed 0, validation): plain against the
 #: chosen (T, alpha) -- how the gain depends on the room the student has to learn.
 FM_WIDTHS = ((6, 12), (8, 16), (10, 20))
 #: The (temperature, alpha) cells of the function-matching student scored on validation.
@@ -187,7 +187,9 @@ def fm_student(seed: int = 0, *, epochs: int, temperature: float | None = None,
     the plain control on the same views, batches and seed. ``bank`` is called (once) only
     if the model must be trained: ``lambda: fm_bank(strong_teacher(), ds.x_train)``.
     Cached as ``student_cnn<w0>x<w1>_fm_{plain|kd_T<T>_a<alpha>}_e<epochs>``
-    (:func:`fm_name`).
+    (:func:`fm_name`); the recorded ``recipe["views"]`` is the size of the bank it was drawn
+    from, and the student reads the bank's first ``epochs`` views, which do not depend on
+    that size.
     """
     name = fm_name(epochs, temperature, alpha, widths=widths)   # raises unless both/neither
     ds = dataset if dataset is not None else data_lib.load_fashion_mnist()

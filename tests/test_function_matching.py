@@ -172,8 +172,16 @@ def test_fm_budgets_fit_the_bank_and_every_curve_student_is_committed():
     assert fm["epochs"] in fm["curve"] and max(fm["curve"]) <= fm["views"]
     grid = [students.fm_name(fm["epochs"])] + [students.fm_name(fm["epochs"], t, a)
                                                for t, a in students.FM_GRID]
-    assert all(zoo.checkpoint_path(n, 0).exists() for n in grid)
+    missing = [n for n in grid if not zoo.checkpoint_path(n, 0).exists()]
+    assert not missing, f"run {students.STUDENTS_COMMAND} to make {missing}"
     chosen = students.kd_choice(students.fm_grid(0, progress=False))   # on validation
     names = [students.fm_name(e, *cell) for e in fm["curve"] for cell in ((None, None), chosen)]
     missing = [n for n in names if not zoo.checkpoint_path(n, 0).exists()]
     assert not missing, f"run {students.STUDENTS_COMMAND} to make {missing}"
+
+
+def test_a_bigger_bank_starts_with_the_smaller_banks_views():
+    # the students of the shorter budgets read the first views only, whatever the bank's size
+    x = images()
+    np.testing.assert_array_equal(fm.augmented_views(x, 2, seed=3),
+                                  fm.augmented_views(x, 5, seed=3)[:2])
