@@ -85,6 +85,8 @@ class _Explorer:
     def _update(self, *_) -> None:
         start = time.perf_counter()
         self.output.clear_output(wait=True)
+        if self._figure is not None:    # one figure per explorer: backends that keep shown
+            plt.close(self._figure)     # figures open (ipympl, Agg) would pile them up
         with self.output:
             self.readout, self._figure = self._render()
             plt.show()

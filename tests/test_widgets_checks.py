@@ -109,6 +109,19 @@ def test_temperature_explorer_softens_with_t():
         widgets.TemperatureExplorer(logits[:, :3], images, np.array([0, 2]), list("abcd"))
 
 
+def test_moving_a_slider_does_not_pile_up_open_figures():
+    import matplotlib.pyplot as plt
+
+    logits = np.array([[8.0, 3.0, 0.0, -2.0], [0.0, 1.0, 6.0, 2.0]])
+    ex = widgets.TemperatureExplorer(logits, np.zeros((2, 8, 8, 1)), np.array([0, 2]),
+                                     list("abcd"), temperatures=(1, 2, 4, 8, 16))
+    before = len(plt.get_fignums())
+    for t in (2, 4, 8, 16, 1, 2, 4, 8, 16, 1):
+        ex.temperature_slider.value = t
+    assert len(plt.get_fignums()) <= before
+    assert ex._repr_mimebundle_()["image/png"]      # the last figure still renders
+
+
 def test_rank_explorer_accuracy_grows_with_rank_and_full_rank_is_dense(digits, trained_mlp):
     mlp = trained_mlp                      # only read: the explorer works on its own copy
     ex = widgets.RankExplorer(mlp, digits.x_test, digits.y_test, ranks=(1, 4, 32),
