@@ -60,12 +60,39 @@ from pruning_kit.tree import SEP, path_name
 
 __all__ = [
     "LatencyComparison", "LatencyResult", "LatencyStats", "Table", "compare",
-    "compare_latency", "cost", "count_nonzero", "count_params", "dense_bytes", "format_bytes",
+    "accuracy_standard_error", "compare_latency", "cost", "count_nonzero", "count_params",
+    "dense_bytes", "format_bytes",
     "format_table", "format_value", "latency", "layer_table", "machine_info",
     "machine_summary", "measure", "named_params", "serialized_bytes",
 ]
 
 Params = Any
+
+
+# --------------------------------------------------------------------------- noise
+def accuracy_standard_error(accuracy: float, n: int, *, percent: bool = False) -> float:
+    """One standard error of an accuracy measured on ``n`` images: ``sqrt(p (1 - p) / n)``.
+
+    ``accuracy`` is a fraction, or with ``percent`` a percentage (the result is then in
+    percentage points). A difference between two models smaller than this is noise.
+
+    Examples:
+        >>> round(accuracy_standard_error(0.9, 5000), 4)
+        0.0042
+        >>> round(accuracy_standard_error(90.0, 5000, percent=True), 2)
+        0.42
+
+    Raises:
+        ValueError: ``n`` is not a positive integer or ``accuracy`` is outside
+            ``[0, 1]`` (``[0, 100]`` with ``percent``).
+    """
+    n = validate.integer("n", n, minimum=1)
+    scale = 100.0 if percent else 1.0
+    if not 0.0 <= float(accuracy) <= scale:
+        raise ValueError(f"accuracy must be in [0, {scale:g}], got {accuracy!r}"
+                         + ("" if percent else "; pass percent=True for a percentage") + ".")
+    p = float(accuracy) / scale
+    return scale * math.sqrt(p * (1.0 - p) / n)
 
 
 # --------------------------------------------------------------------------- counting

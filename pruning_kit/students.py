@@ -61,8 +61,9 @@ TEACHER_MIRROR_AVERAGE = True
 #: (seed 0), up to the bank's size.
 FM = dict(widths=(8, 16), views=32, epochs=16, curve=(4, 8, 16, 32), batch_size=128,
           learning_rate=3e-3)
-#: Student widths compared at the reported budget ``FM["epochs"]`` (seed 0, validation): plain against the
-#: chosen (T, alpha) -- how the gain depends on the room the student has to learn.
+#: Student widths compared at the reported budget ``FM["epochs"]`` (seed 0, validation):
+#: plain against the chosen (T, alpha) -- how the gain depends on the room the student has
+#: to learn.
 FM_WIDTHS = ((6, 12), (8, 16), (10, 20))
 #: The (temperature, alpha) cells of the function-matching student scored on validation.
 #: Beyer et al. (2022) distil with the KL term alone (alpha = 1).

@@ -38,7 +38,7 @@ import optax
 from flax import nnx
 
 from pruning_kit import data as data_lib
-from pruning_kit import distill, prune, structure
+from pruning_kit import distill, measure, prune, structure
 from pruning_kit import models as models_lib
 from pruning_kit import train as train_lib
 
@@ -331,7 +331,7 @@ def pick(scores: dict[Any, float], current: Any, n_val: int) -> Any:
     """
     best = max(scores, key=scores.get)
     p = scores[current]
-    se = (p * (1 - p) / n_val) ** 0.5
+    se = measure.accuracy_standard_error(p, n_val)
     return best if scores[best] - scores[current] > se else current
 
 

@@ -433,3 +433,14 @@ def test_latency_comparison_unknown_name():
 ])
 def test_isa_names_the_vector_instruction_sets(cpuinfo, expected):
     assert timing.isa(cpuinfo) == expected
+
+
+def test_accuracy_standard_error_units_and_bad_input():
+    m = measure
+    assert m.accuracy_standard_error(90.0, 5000, percent=True) == pytest.approx(
+        100 * m.accuracy_standard_error(0.9, 5000))
+    assert m.accuracy_standard_error(1.0, 10) == 0.0
+    with pytest.raises(ValueError, match="percent=True"):
+        m.accuracy_standard_error(90.0, 5000)
+    with pytest.raises(ValueError, match="n"):
+        m.accuracy_standard_error(0.9, 0)
