@@ -188,14 +188,14 @@ def fm_student(seed: int = 0, *, epochs: int, temperature: float | None = None,
     the plain control on the same views, batches and seed. ``bank`` is called (once) only
     if the model must be trained: ``lambda: fm_bank(strong_teacher(), ds.x_train)``.
     Cached as ``student_cnn<w0>x<w1>_fm_{plain|kd_T<T>_a<alpha>}_e<epochs>``
-    (:func:`fm_name`); the recorded ``recipe["views"]`` is the size of the bank it was drawn
-    from, and the student reads the bank's first ``epochs`` views, which do not depend on
-    that size.
+    (:func:`fm_name`); the recorded ``views`` is the size of the bank it was drawn from
+    (``recipe["views"]`` in the earlier checkpoints), and the student reads the bank's first
+    ``epochs`` views, which do not depend on that size.
     """
     name = fm_name(epochs, temperature, alpha, widths=widths)   # raises unless both/neither
     ds = dataset if dataset is not None else data_lib.load_fashion_mnist()
     kd = temperature is not None
-    recipe = {**{k: v for k, v in FM.items() if k in ("views", "batch_size", "learning_rate")},
+    recipe = {**{k: v for k, v in FM.items() if k in ("batch_size", "learning_rate")},
               "epochs": epochs, "arch": _fm_arch(widths),
               "mirror_average": TEACHER_MIRROR_AVERAGE}
     if kd:
@@ -203,7 +203,7 @@ def fm_student(seed: int = 0, *, epochs: int, temperature: float | None = None,
                       alpha=float(alpha))
     else:
         recipe.update(loss="cross-entropy")
-    info: dict[str, Any] = {"recipe": recipe, "command": STUDENTS_COMMAND,
+    info: dict[str, Any] = {"recipe": recipe, "command": STUDENTS_COMMAND, "views": FM["views"],
                             "from": "teacher cnn_fashion_teacher seed 0, same views"}
 
     def make() -> nnx.Module:

@@ -25,6 +25,7 @@ The distilled students of notebook 02 live in :mod:`pruning_kit.students`.
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import os
 import platform
 import time
@@ -117,6 +118,56 @@ def baseline(name: str, seed: int = 0, *, retrain: bool = False, progress: bool 
     return train_baseline(name, seed, dataset=dataset, progress=progress)
 
 
+class RecipeMismatchWarning(UserWarning):
+    """A cached checkpoint records another recipe than the one asked for."""
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as its checkpoint header stores it (JSON: tuples become lists)."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def check_recipe(path: str | os.PathLike, recipe: Any) -> bool:
+    """Whether the checkpoint at ``path`` records ``recipe`` (``None``: nothing to check).
+
+    Compared as the header stores it (JSON), so ``(8, 16)`` matches ``[8, 16]``. A dict
+    recipe matches when every entry asked for is recorded with that value (a checkpoint may
+    record more, e.g. facts that do not change the model). On a difference this warns
+    (:class:`RecipeMismatchWarning`) with the entries that differ.
+
+    Examples:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "m.npz"
+        >>> model = models_lib.MLP(4, (2,), rngs=nnx.Rngs(0))
+        >>> _ = train_lib.save_model(model, path, metadata={"recipe": {"epochs": 3, "w": (8, 16)}})
+        >>> check_recipe(path, {"epochs": 3, "w": [8, 16]}), check_recipe(path, {"epochs": 3})
+        (True, True)
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     check_recipe(path, {"epochs": 5, "w": (8, 16)})
+        False
+        >>> str(caught[0].message).split("npz ")[1]
+        'was made with another recipe (epochs: 3 recorded, 5 asked for); it is remade.'
+    """
+    if recipe is None:
+        return True
+    recorded = train_lib.read_checkpoint_header(path).get("metadata", {}).get("recipe")
+    want = _plain(recipe)
+    if isinstance(recorded, dict) and isinstance(want, dict):
+        wrong = [k for k in want if k not in recorded or recorded[k] != want[k]]
+        if not wrong:
+            return True
+        diff = ", ".join(f"{k}: {recorded.get(k, '(none)')} recorded, {want[k]} asked for"
+                         for k in wrong)
+    elif recorded == want:
+        return True
+    else:
+        diff = f"{recorded!r} recorded, {want!r} asked for"
+    warnings.warn(f"{path} was made with another recipe ({diff}); it is remade.",
+                  RecipeMismatchWarning, stacklevel=3)
+    return False
+
+
 class SplitMismatchWarning(UserWarning):
     """A checkpoint was trained on another train/validation split than the data set's."""
 
@@ -155,7 +206,10 @@ def cached(name: str, seed: int, make: Callable[[], nnx.Module], *, retrain: boo
     (say, the recipe and the command that made it) is stored with the weights; read it
     back with ``train.read_checkpoint_header``. With ``dataset``, its split and validation
     accuracy are recorded, and a cached file trained on another split is remade (with a
-    :class:`SplitMismatchWarning` saying so).
+    :class:`SplitMismatchWarning` saying so). A cached file whose recorded
+    ``metadata["recipe"]`` differs from the one asked for is remade too (with a
+    :class:`RecipeMismatchWarning` naming the entries that differ), so a changed recipe
+    never loads a model made by the old one.
 
     Examples:
         >>> import tempfile
@@ -169,9 +223,10 @@ def cached(name: str, seed: int, make: Callable[[], nnx.Module], *, retrain: boo
     """
     path = checkpoint_path(name, seed)
     if path.exists() and not retrain:
-        if dataset is None or check_split(path, dataset):
+        if ((dataset is None or check_split(path, dataset))
+                and check_recipe(path, (metadata or {}).get("recipe"))):
             return train_lib.load_model(path)
-        # trained on another split (warned above): a stale cache entry is remade
+        # trained on another split or by another recipe (warned above): remade
     start = time.perf_counter()
     model = make()
     meta = {"name": name, "seed": seed, "seconds": round(time.perf_counter() - start, 1),
@@ -324,7 +379,7 @@ def pick(scores: dict[Any, float], current: Any, n_val: int) -> Any:
     chase noise from one retraining to the next.
 
     Examples:
-        >>> pick({0.5: 0.9028, 0.9: 0.9044}, 0.5, 5000)   # 0.16 pt: noise
+        >>> pick({0.5: 0.9032, 0.9: 0.9044}, 0.5, 5000)   # 0.12 pt: noise
         0.5
         >>> pick({6: 0.880, 10: 0.900}, 6, 5000)         # 2 pt: real
         10

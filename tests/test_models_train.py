@@ -177,6 +177,29 @@ def test_checkpoint_from_another_split_says_so(tmp_path, digits):
     assert zoo.check_split(path, digits)
 
 
+def test_cached_remakes_a_checkpoint_made_by_another_recipe(tmp_path, monkeypatch):
+    monkeypatch.setenv("PRUNING_KIT_CHECKPOINTS", str(tmp_path))
+    made = []
+
+    def make():
+        made.append(1)
+        return models.MLP(4, (3,), rngs=nnx.Rngs(len(made)))
+
+    zoo.cached("m", 0, make, metadata={"recipe": {"epochs": 3, "widths": (8, 16)}})
+    zoo.cached("m", 0, make, metadata={"recipe": {"epochs": 3, "widths": [8, 16]}})
+    assert len(made) == 1                                     # same recipe: loaded
+    with pytest.warns(zoo.RecipeMismatchWarning, match="epochs: 3 recorded, 5 asked for"):
+        zoo.cached("m", 0, make, metadata={"recipe": {"epochs": 5, "widths": (8, 16)}})
+    assert len(made) == 2                                     # another recipe: remade
+    header = train.read_checkpoint_header(zoo.checkpoint_path("m", 0))["metadata"]
+    assert header["recipe"] == {"epochs": 5, "widths": [8, 16]}
+    zoo.cached("m", 0, make, metadata={"recipe": {"epochs": 5}})   # a subset is enough
+    with pytest.warns(zoo.RecipeMismatchWarning, match="'a' recorded, 'b' asked for"):
+        zoo.check_recipe(train.save_model(made and make(), tmp_path / "s.npz",
+                                          metadata={"recipe": "a"}), "b")
+    assert len(made) == 3
+
+
 def test_unknown_baseline():
     with pytest.raises(ValueError, match="Unknown baseline"):
         zoo.baseline("vgg16")
