@@ -12,7 +12,10 @@ the same output every time. An answer of ``None`` (the student edition's blank) 
 :data:`BLANK` and returns without raising, so an unanswered question does not stop a run.
 
 A multiple-choice cell never shows its answer: it passes ``key=answer_key(letter)``, a
-short hash, to :func:`check_choice`.
+short hash, to :func:`check_choice`. In the student edition (:mod:`pruning_kit.classroom`)
+the options' feedback lines are :func:`seal`-ed too, since a wrong option's feedback
+("no: ...") would give the answer away before the learner chooses. Both hide the answer
+from a glance, not from a determined reader: a self-check is for the learner's own use.
 
 Examples:
     >>> check_param_count(784 * 300 + 300 + 300 * 100 + 100 + 100 * 10 + 10)
@@ -23,7 +26,9 @@ Examples:
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 from collections.abc import Sequence
 
 #: What every ``check_*`` prints when the answer is still ``None``.
@@ -48,6 +53,47 @@ def answer_key(letter) -> str:
     """
     text = "pruning_kit:" + str(letter).strip().lower()
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+
+
+#: How a sealed options string starts (:func:`seal`).
+SEALED = "sealed:"
+
+
+def seal(options: dict[str, str]) -> str:
+    """The options of :func:`check_choice` in a form not readable at a glance.
+
+    Base64 of their JSON after :data:`SEALED`; :func:`check_choice` accepts the result in
+    place of the dict. The student edition seals every self-check's options, so the feedback
+    of a wrong option ("no: ...") does not show which option is right before one is chosen.
+
+    Raises:
+        ValueError: ``options`` is not a dict of strings.
+
+    Examples:
+        >>> sealed = seal({"a": "no: ...", "b": "yes: one MAC per weight."})
+        >>> sealed.startswith(SEALED), "MAC" in sealed
+        (True, False)
+        >>> check_choice("b", sealed, key=answer_key("b"))
+        Correct: yes: one MAC per weight.
+    """
+    if not isinstance(options, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in options.items()):
+        raise ValueError(f"seal takes the options dict of check_choice (letter -> feedback "
+                         f"line, all strings), got {type(options).__name__}.")
+    text = json.dumps(options, ensure_ascii=False, sort_keys=True)
+    return SEALED + base64.b64encode(text.encode("utf-8")).decode("ascii")
+
+
+def _unseal(options):
+    """``options`` as a dict: a :func:`seal`-ed string is decoded, anything else returned."""
+    if isinstance(options, str) and options.startswith(SEALED):
+        try:
+            return json.loads(base64.b64decode(options[len(SEALED):], validate=True))
+        except ValueError as exc:
+            raise ValueError("the sealed options are damaged: regenerate the student "
+                             "edition (make classroom) or use the teacher notebook's "
+                             "cell.") from exc
+    return options
 
 
 def _blank(answer) -> bool:
@@ -170,7 +216,8 @@ def check_choice(answer, options: dict[str, str], key: str | None = None,
     Args:
         answer: the learner's letter (case and surrounding spaces are ignored), or ``None``
             when not answered yet (prints :data:`BLANK`).
-        options: each option's letter mapped to the line shown when it is chosen.
+        options: each option's letter mapped to the line shown when it is chosen, or
+            those options :func:`seal`-ed.
         key: :func:`answer_key` of the right letter, so the cell does not show the answer.
         correct: the right letter in clear; kept for old cells, use ``key`` instead.
 
@@ -185,6 +232,7 @@ def check_choice(answer, options: dict[str, str], key: str | None = None,
         >>> check_choice("B", opts, key=answer_key("b"))
         Correct: yes: one MAC per weight.
     """
+    options = _unseal(options)
     if isinstance(options, str) and isinstance(key, dict):  # old order: (answer, correct, options)
         options, key, correct = key, None, options
     if (key is None) == (correct is None):

@@ -9,7 +9,8 @@ an answer region; a ``teacher-only`` cell holds the written solutions.
 ``classroom/student/NN_*.ipynb`` (made here: each solution region becomes ``raise
 NotImplementedError("Exercise NN_name is not implemented yet. Hint: ...")`` with that
 exercise's hint; hidden tests, teacher-only cells, outputs and widget state go; self-check
-answers become ``name = None  # your answer``; same input, same bytes) and
+answers become ``name = None  # your answer`` and their multiple-choice feedback is
+sealed (:func:`seal_choices`); same input, same bytes) and
 ``classroom/release/NN_name/NN_name.ipynb``, one assignment per notebook, made by nbgrader
 0.9.6's own ``nbgrader generate_assignment`` (``pip install -e '.[classroom]'``; skipped with
 a note without it) in a temporary course folder, on a copy without the teacher-only cells
@@ -54,6 +55,7 @@ import nbformat
 from nbclient import NotebookClient
 from nbclient.exceptions import DeadKernelError
 
+from pruning_kit import checks
 from pruning_kit.course import NOTEBOOKS, quiet_jupyter
 from pruning_kit.data import PROJECT_ROOT, atomic_write
 
@@ -164,6 +166,54 @@ def _blank(source: str, where: str) -> str:
     return _replace_regions(source, BEGIN, END, where, make)
 
 
+def _offset(lines: list[str], lineno: int, col: int) -> int:
+    """Character offset in ``"\n".join(lines)`` of ast's (1-based line, UTF-8 byte column)."""
+    line = lines[lineno - 1]
+    return sum(len(x) + 1 for x in lines[:lineno - 1]) + len(
+        line.encode("utf-8")[:col].decode("utf-8"))
+
+
+def seal_choices(source: str, where: str = "self-check") -> str:
+    """``source`` with the literal options of every ``check_choice`` call :func:`checks.seal`-ed.
+
+    The feedback of a wrong option ("no: ...") would show the answer before the learner
+    chooses; sealed, it shows only once an option is checked. Options that are not a literal
+    dict of strings are left as they are.
+
+    Examples:
+        >>> cell = 'checks.check_choice(answer, key=k, options={"a": "no: ...", "b": "yes"})'
+        >>> out = seal_choices(cell)
+        >>> "no: ..." in out, out.startswith('checks.check_choice(answer, key=k, options=("sealed:')
+        (False, True)
+    """
+    try:
+        tree = ast.parse(source)
+    except SyntaxError as exc:
+        raise ValueError(f"{where}: not valid Python ({exc}).") from exc
+    lines = source.split("\n")
+    spans = []
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and getattr(
+                node.func, "attr", getattr(node.func, "id", None)) == "check_choice"):
+            continue
+        values = [kw.value for kw in node.keywords if kw.arg == "options"] + node.args[1:2]
+        for value in values:
+            if not isinstance(value, ast.Dict):
+                continue
+            try:
+                options = ast.literal_eval(value)
+                sealed = checks.seal(options)
+            except ValueError:
+                continue
+            chunks = [sealed[i:i + 72] for i in range(0, len(sealed), 72)]
+            text = "(" + "\n    ".join(f'"{c}"' for c in chunks) + ")"
+            spans.append((_offset(lines, value.lineno, value.col_offset),
+                          _offset(lines, value.end_lineno, value.end_col_offset), text))
+    for start, end, text in sorted(spans, reverse=True):
+        source = source[:start] + text + source[end:]
+    return source
+
+
 def graded_cells(nb, name: str = "notebook") -> list[Exercise]:
     """The graded exercises of a teacher notebook, checked against the contract.
 
@@ -215,7 +265,7 @@ def student_notebook(nb, name: str = "notebook", *, for_nbgrader: bool = False):
     for i, cell in enumerate(out.cells):
         tags, where = _tags(cell), _where(name, i, cell)
         if SELF_CHECK in tags:
-            cell.source = _blank(cell.source, where)
+            cell.source = seal_choices(_blank(cell.source, where), where)
             if for_nbgrader:
                 cell.metadata.pop("nbgrader", None)
         elif for_nbgrader:

@@ -6,6 +6,7 @@ cell using numpy); it runs in about two seconds. The last tests read the real no
 without executing them.
 """
 
+import ast
 import copy
 import re
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from pruning_kit import classroom
+from pruning_kit import checks, classroom
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = Path(__file__).parent / "fixtures" / "classroom_mini.ipynb"
@@ -69,7 +70,7 @@ def blank_self_checks(teacher_nb, student_nb):
     wrong = []
     for cell in tagged(teacher_nb, classroom.SELF_CHECK):
         parts, inside = [], False
-        for line in cell.source.split("\n"):
+        for line in classroom.seal_choices(cell.source).split("\n"):
             if line.strip() in (classroom.BEGIN, classroom.END):
                 inside = line.strip() == classroom.BEGIN
                 parts += [f"{blank}(?:\n{blank})*"] if inside else []
@@ -286,3 +287,54 @@ def test_student_edition_of_each_notebook(path):
     assert blank_self_checks(nb, student) == []
     for cell in tagged(student, classroom.SOLUTION):
         assert "is not implemented yet. Hint: " in cell.source, cell.source
+
+
+def choice_options(source):
+    """The ``options`` value of each ``check_choice`` call in ``source``, evaluated (None
+    where they are computed, e.g. f-strings: those cannot be sealed in advance)."""
+    def value(node):
+        try:
+            return ast.literal_eval(node)
+        except ValueError:
+            return None
+    return [value(kw.value) for node in ast.walk(ast.parse(source))
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "check_choice"
+            for kw in node.keywords if kw.arg == "options"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name[:2])
+def test_student_edition_seals_multiple_choice_feedback(path):
+    nb = nbformat.read(path, as_version=4)
+    student = {c.get("id"): c.source for c in classroom.student_notebook(nb, path.stem).cells}
+    found = 0
+    for cell in tagged(nb, classroom.SELF_CHECK):
+        for teacher_opts, sealed in zip(choice_options(cell.source),
+                                        choice_options(student[cell.get("id")]), strict=True):
+            if teacher_opts is None:                  # computed options stay as written
+                assert sealed is None
+                continue
+            found += 1
+            assert isinstance(sealed, str) and sealed.startswith(checks.SEALED)
+            assert checks._unseal(sealed) == teacher_opts
+            for line in teacher_opts.values():        # no feedback line shows in clear
+                assert line not in student[cell.get("id")]
+    if path.name.startswith(("00", "01", "05", "06")):
+        assert found, f"{path.name}: expected multiple-choice self-checks"
+
+
+def test_sealed_options_check_like_the_open_ones(capsys):
+    opts = {"a": "no: the codes are the same width.", "b": "yes: one MAC per weight — always."}
+    cell = f"checks.check_choice(answer, key={checks.answer_key('b')!r}, options={opts!r})"
+    sealed = classroom.seal_choices(cell)
+    assert "MAC" not in sealed and classroom.seal_choices(sealed) == sealed
+    for answer in ("b", "a", None):
+        outcomes = []
+        for source in (cell, sealed):
+            try:
+                exec(source, {"checks": checks, "answer": answer})
+                outcomes.append(capsys.readouterr().out)
+            except checks.CheckFailed as exc:
+                outcomes.append(str(exc))
+        assert outcomes[0] == outcomes[1], outcomes
+    with pytest.raises(ValueError, match="damaged"):
+        checks.check_choice("a", checks.SEALED + "not base64!", key=checks.answer_key("a"))
