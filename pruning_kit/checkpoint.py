@@ -190,9 +190,12 @@ def save_model(model: nnx.Module, path: str | os.PathLike, *,
         [8]
     """
     kind = type(model).__name__
-    if kind not in models_lib.MODEL_CLASSES or not hasattr(model, "config"):
-        raise ValueError(f"{kind} is not a registered model with a .config; register it in "
-                         "pruning_kit.models.MODEL_CLASSES to save it.")
+    if models_lib.MODEL_CLASSES.get(kind) is not type(model) or not hasattr(model, "config"):
+        raise ValueError(f"{kind} is not one of the registered model classes with a .config "
+                         f"({sorted(models_lib.MODEL_CLASSES)}; a class of your own is not, "
+                         "even under the same name): save it with codec.save(path, model) and "
+                         "load it with codec.load(path, like=an_instance), or register it in "
+                         "pruning_kit.models.MODEL_CLASSES.")
     header = {"format_version": FORMAT_VERSION, "class": kind, "config": model.config,
               "metadata": metadata or {}}
     return write(path, tree_lib.flatten_dict(nnx.to_pure_dict(nnx.state(model))), header,

@@ -504,8 +504,7 @@ def load(path: str | os.PathLike, *, like: nnx.Module | None = None) -> nnx.Modu
                              "supplies every array and its shape.")
         if _class_name(type(like)) != kind:
             raise ValueError(f"{path} holds a {kind}; like= is a {_class_name(type(like))}.")
-        graphdef, like_state = nnx.split(like)
-        model = nnx.merge(graphdef, like_state)     # new module objects; arrays replaced
+        model = nnx.clone(like)      # like= only lends its structure: it is never changed
     elif kind not in models_lib.MODEL_CLASSES:
         raise ValueError(f"{path} holds a {kind}, which is not registered in "
                          "pruning_kit.models.MODEL_CLASSES; import or define it and run "

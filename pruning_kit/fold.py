@@ -178,5 +178,8 @@ def fold_batchnorm_model(model: nnx.Module, example: Any, *, check: bool = True
         diff = float(np.abs(got - want).max())
         if not diff <= 1e-4 * max(1.0, float(np.abs(want).max())):
             raise ValueError(f"Folding BatchNorm changed the outputs (max |diff| {diff:.3g}); "
-                             f"the pairs found were {pairs}. Pass check=False to inspect.")
+                             f"the pairs found were {pairs}. The kernels may not keep their "
+                             "output channels on the last axis. Pass check=False here to "
+                             "inspect, or fold=False to w8a8.quantize_model to quantize "
+                             "without folding.")
     return folded, {bn: kb[0] for bn, kb in pairs.items()}

@@ -300,7 +300,8 @@ def sync_widths(model: nnx.Module) -> None:
     """Make Flax layers' stored widths match their arrays (after slicing); run hooks.
 
     ``in_features``/``out_features`` of ``Linear``/``LinearGeneral``/``Conv`` (and a
-    depthwise conv's ``feature_group_count``), ``num_features`` of the norms, attention's
+    depthwise conv's ``feature_group_count``), ``num_features`` of the norms (a
+    ``GroupNorm``'s ``num_groups``: channels leave in whole groups), attention's
     head count and size, ``Embed``'s sizes. Then every module that defines
     ``after_resize()`` is called, to update widths it stores itself (the course's models
     re-read their ``.config`` there).
@@ -330,9 +331,13 @@ def sync_widths(model: nnx.Module) -> None:
         elif isinstance(node, (nnx.BatchNorm, nnx.LayerNorm, nnx.RMSNorm, nnx.GroupNorm)):
             for name in ("scale", "bias", "mean"):
                 v = getattr(node, name, None)
-                if v is not None and hasattr(v, "shape"):
+                if v is None or not hasattr(v, "shape"):
+                    continue
+                if isinstance(node, nnx.GroupNorm):   # whole groups go: their size stays
+                    node.num_groups = v.shape[-1] // node.group_size
+                else:
                     node.num_features = v.shape[-1]
-                    break
+                break
         elif isinstance(node, nnx.Embed):
             node.num_embeddings, node.features = node.embedding.shape
     for _, node in nnx.iter_graph(model):

@@ -27,6 +27,7 @@ inference for any model) and notebook 04's "your own model" section.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -38,10 +39,14 @@ from jax.extend import core as jcore
 from pruning_kit import program
 from pruning_kit.program import sub_jaxpr
 
-__all__ = ["KERNEL_PRIMITIVES", "Forward", "Hook", "KernelOp", "per_channel_absmax", "runner",
-           "scales_shape", "sub_jaxpr"]
+__all__ = ["KERNEL_PRIMITIVES", "FloatLayersWarning", "Forward", "Hook", "KernelOp",
+           "per_channel_absmax", "runner", "scales_shape", "sub_jaxpr", "warn_indirect"]
 
 KERNEL_PRIMITIVES = ("dot_general", "conv_general_dilated")
+#: Ops that pass a model array on unchanged in value (a cast, a transpose, a reshape):
+#: a kernel reaching its matmul through them is not a kernel op (:attr:`Forward.indirect`).
+_PASS_THROUGH = ("convert_element_type", "transpose", "reshape", "copy", "copy_p", "squeeze",
+                 "expand_dims")
 
 
 class KernelOp(NamedTuple):
@@ -93,6 +98,10 @@ class Forward:
         leaves: the arrays (the copy's), the program's first inputs.
         kernel_ops: every dense/conv op whose kernel is a model array, in forward order.
         uses: ``{path: number of ops reading that array}``.
+        indirect: paths of model arrays that reach a dense/conv op only through a cast,
+            transpose or reshape (bfloat16 parameters computed in float32, ``x @ w.T``):
+            not kernel ops, so the techniques built on them leave those layers float
+            (:func:`warn_indirect` says so).
     """
 
     def __init__(self, model: nnx.Module, example: Any):
@@ -113,31 +122,45 @@ class Forward:
             return self._cache[key]
         closed = program.program(self._graphdef, self._treedef, self.leaves, args, self._name)
         self.kernel_ops, self.uses, self._ops_by_eqn = [], {}, {}
+        self._indirect: dict[str, None] = {}
         jaxpr = closed.jaxpr
-        self._scan(jaxpr, {v: p for v, p in zip(jaxpr.invars, self.paths, strict=False)})
+        self._scan(jaxpr, {v: p for v, p in zip(jaxpr.invars, self.paths, strict=False)}, {})
+        self.indirect = [p for p in self._indirect
+                         if p not in {op.path for op in self.kernel_ops}]
         self._cache[key] = (closed, self._ops_by_eqn, self.kernel_ops, self.uses)
         return self._cache[key]
 
-    def _scan(self, jaxpr: Any, leafvars: dict[Any, str]) -> None:
+    def _scan(self, jaxpr: Any, leafvars: dict[Any, str], passed: dict[Any, str]) -> None:
+        def var(v: Any) -> bool:
+            return not isinstance(v, jcore.Literal)
+
         for eqn in jaxpr.eqns:
             for v in eqn.invars:
-                if not isinstance(v, jcore.Literal) and v in leafvars:
+                if var(v) and v in leafvars:
                     self.uses[leafvars[v]] = self.uses.get(leafvars[v], 0) + 1
             sub = sub_jaxpr(eqn)
             if sub is not None:
                 inner, consts = sub
-                inner_vars = inner.invars
-                self._scan(inner, {iv: leafvars[ov] for iv, ov in zip(
-                    inner_vars, eqn.invars, strict=True)
-                    if not isinstance(ov, jcore.Literal) and ov in leafvars})
+                pairs = list(zip(inner.invars, eqn.invars, strict=True))
+                self._scan(inner, {iv: leafvars[ov] for iv, ov in pairs
+                                   if var(ov) and ov in leafvars},
+                           {iv: passed[ov] for iv, ov in pairs if var(ov) and ov in passed})
                 continue
-            if eqn.primitive.name in KERNEL_PRIMITIVES:
+            name = eqn.primitive.name
+            if name in _PASS_THROUGH and len(eqn.invars) == 1 and var(eqn.invars[0]):
+                src = leafvars.get(eqn.invars[0], passed.get(eqn.invars[0]))
+                if src is not None:
+                    passed[eqn.outvars[0]] = src
+            if name in KERNEL_PRIMITIVES:
                 lhs, rhs = eqn.invars
-                if not isinstance(rhs, jcore.Literal) and rhs in leafvars and not (
-                        not isinstance(lhs, jcore.Literal) and lhs in leafvars):
+                if var(rhs) and rhs in leafvars and not (var(lhs) and lhs in leafvars):
                     op = _kernel_op(eqn, leafvars[rhs], len(self.kernel_ops))
                     self.kernel_ops.append(op)
                     self._ops_by_eqn[id(eqn)] = op
+                else:
+                    for v in (lhs, rhs):
+                        if var(v) and v in passed:
+                            self._indirect[passed[v]] = None
 
     @property
     def program(self) -> Any:
@@ -198,6 +221,23 @@ class Forward:
             for v, val in zip(eqn.outvars, outs, strict=True):
                 env[v] = val
         return [read(v) for v in jaxpr.outvars]
+
+
+class FloatLayersWarning(UserWarning):
+    """Some dense/conv layers of a model are left float by a quantization technique."""
+
+
+def warn_indirect(fwd: Forward, what: str) -> None:
+    """Warn (:class:`FloatLayersWarning`) when ``fwd.indirect`` is not empty: ``what`` (e.g.
+    ``"fake_quant_model"``) leaves those layers float."""
+    if fwd.indirect:
+        warnings.warn(
+            f"{fwd._name}: {', '.join(fwd.indirect)} "
+            f"{'reaches its' if len(fwd.indirect) == 1 else 'reach their'} matmul/convolution "
+            "through a cast, transpose or reshape (bfloat16 parameters computed in float32, "
+            f"x @ w.T, ...), so {what} leaves those layers float. Keep float32 parameters "
+            "and kernels laid out (inputs, outputs) as nnx.Linear and nnx.Conv do.",
+            FloatLayersWarning, stacklevel=3)
 
 
 def runner(eqn: Any) -> Callable[..., Any]:

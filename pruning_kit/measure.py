@@ -178,8 +178,9 @@ def serialized_bytes(model_or_path: nnx.Module | str | os.PathLike | Params) -> 
         return path.stat().st_size
     with tempfile.TemporaryDirectory(prefix="pruning_kit_measure_") as tmp:
         path = Path(tmp) / "model.npz"
-        if (isinstance(model_or_path, nnx.Module)
-                and type(model_or_path).__name__ in models_lib.MODEL_CLASSES):
+        if (isinstance(model_or_path, nnx.Module) and hasattr(model_or_path, "config")
+                and models_lib.MODEL_CLASSES.get(type(model_or_path).__name__)
+                is type(model_or_path)):
             train_lib.save_model(model_or_path, path)
         else:
             tree = (nnx.state(model_or_path) if isinstance(model_or_path, nnx.Module)

@@ -94,7 +94,7 @@ def modules(model: nnx.Module) -> dict[str, nnx.Module]:
 
 def eval_copy(model: nnx.Module) -> nnx.Module:
     """A copy of ``model`` in eval mode (the caller's model and mode are untouched)."""
-    copy = nnx.merge(*nnx.split(model))          # new module objects, same arrays
+    copy = nnx.merge(*nnx.split(model), copy=True)   # new modules and Variables, same arrays
     copy.eval()
     return copy
 

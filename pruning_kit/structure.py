@@ -513,7 +513,8 @@ def search_widths(model: nnx.Module, candidates: list[Mapping[str, Any]], x: np.
     groups = None
     for override in candidates:
         config = getattr(model, "config", None)
-        if isinstance(config, Mapping) and set(override) <= set(config):
+        registered = models_lib.MODEL_CLASSES.get(kind) is type(model)
+        if registered and isinstance(config, Mapping) and set(override) <= set(config):
             config = dict(config, **override)
             cand = models_lib.build(kind, config)
         else:

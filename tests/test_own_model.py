@@ -2,11 +2,12 @@
 ``.config``. The toolkit must train a copy without destroying the original, measure and
 save models that carry RNG state, and leave the caller's mode alone."""
 
+import jax
 import numpy as np
 import pytest
 from flax import nnx
 
-from pruning_kit import measure, train
+from pruning_kit import codec, measure, program, train
 
 
 class UserNet(nnx.Module):
@@ -98,3 +99,73 @@ def test_mirror_averaged_teacher_and_views_on_a_users_model(digits):
     assert logits.shape == (16, 10) and bank.logits.shape == (2, 16, 10)
     assert _modes(model) == (False, False)                 # still training, as it came
     np.testing.assert_array_equal(train.predict(nnx.clone(model), x), before)
+
+
+def _arrays(model):
+    return [np.asarray(a) for a in jax.tree.leaves(nnx.state(model))
+            if hasattr(a, "dtype") and not jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key)]
+
+
+def test_codec_load_like_only_lends_its_structure(tmp_path):
+    saved, mine = UserNet(nnx.Rngs(1)), UserNet(nnx.Rngs(0))
+    before = _arrays(mine)
+    back = codec.load(codec.save(tmp_path / "net.pkc", saved), like=mine)
+    for a, b in zip(_arrays(mine), before, strict=True):       # like= is left as it came
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(np.asarray(back.fc_in.kernel[...]),
+                                  np.asarray(saved.fc_in.kernel[...]))
+
+
+def test_eval_copy_is_a_copy_training_it_leaves_the_caller_alone(digits):
+    original = UserNet(nnx.Rngs(0))
+    before, modes = train.predict(original, digits.x_val), _modes(original)
+    copy = program.eval_copy(original)
+    train.fit(copy, digits.x_train, digits.y_train, epochs=1, batch_size=32, progress=False)
+    np.testing.assert_array_equal(train.predict(original, digits.x_val), before)
+    assert _modes(original) == modes
+
+
+class MLP(nnx.Module):                     # a user's own class under a course class's name
+    def __init__(self, rngs: nnx.Rngs):
+        self.fc = nnx.Linear(64, 10, rngs=rngs)
+        self.config = {"in_features": 64, "hidden": [], "num_classes": 10}
+
+    def __call__(self, x):
+        return self.fc(x.reshape(x.shape[0], -1))
+
+
+def test_a_class_of_your_own_named_like_a_course_class(tmp_path, digits):
+    model = MLP(nnx.Rngs(0))
+    assert measure.serialized_bytes(model) > 4 * 650          # measured, not refused
+    with pytest.raises(ValueError, match=r"codec\.save\(path, model\)"):
+        train.save_model(model, tmp_path / "m.npz")
+
+
+class _TorchStyle(nnx.Module):             # kernel stored (out, in), used as x @ w.T
+    def __init__(self, rngs: nnx.Rngs):
+        self.weight = nnx.Param(jax.random.normal(rngs.params(), (10, 64)) * 0.1)
+        self.head = nnx.Linear(10, 10, rngs=rngs)
+
+    def __call__(self, x):
+        return self.head(x.reshape(x.shape[0], -1) @ self.weight[...].T)
+
+
+class _Bf16Params(nnx.Module):             # bfloat16 storage, float32 compute
+    def __init__(self, rngs: nnx.Rngs):
+        self.fc = nnx.Linear(64, 10, param_dtype=jax.numpy.bfloat16, rngs=rngs)
+
+    def __call__(self, x):
+        return self.fc(x.reshape(x.shape[0], -1))
+
+
+def test_layers_quantization_cannot_see_are_named_not_silently_left_float(digits):
+    from pruning_kit import interpret, qat, w8a8
+
+    x = digits.x_val[:64]
+    with pytest.warns(interpret.FloatLayersWarning, match=r"weight reaches its matmul"):
+        q = w8a8.quantize_model(_TorchStyle(nnx.Rngs(0)), x)
+    assert list(q.codes) == ["head/kernel"]
+    with pytest.warns(interpret.FloatLayersWarning, match="fc/kernel .* fake_quant_model"):
+        qat.fake_quant_model(_Bf16Params(nnx.Rngs(0)), x, weight_bits=2)
+    with pytest.raises(ValueError, match="fc/kernel reach theirs through a cast"):
+        qat.calibrate_inputs(_Bf16Params(nnx.Rngs(0)), x)

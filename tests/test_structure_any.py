@@ -182,3 +182,26 @@ def test_rank_explorer_takes_a_user_model_and_keeps_its_mode():
     explorer.rank_slider.value = 2
     assert explorer.results[2]["params"] < explorer.results[None]["params"]
     assert model.drop.deterministic is False                # the caller's mode is kept
+
+
+class _GroupNormNet(nnx.Module):
+    def __init__(self, rngs):
+        self.conv = nnx.Conv(1, 16, (3, 3), rngs=rngs)
+        self.gn = nnx.GroupNorm(16, num_groups=4, rngs=rngs)
+        self.fc = nnx.Linear(16, 10, rngs=rngs)
+
+    def __call__(self, x):
+        return self.fc(nnx.relu(self.gn(self.conv(x))).mean((1, 2)))
+
+
+def test_group_norm_channels_leave_in_whole_groups():
+    model = _GroupNormNet(nnx.Rngs(0))
+    (name, group), = structure.channel_groups(model, EXAMPLE).items()
+    assert group.size == 4                                 # the norm's groups are the unit
+    keep = {name: np.array([0, 2])}
+    small = structure.remove_channels(model, keep, example=EXAMPLE)
+    assert (small.gn.num_groups, small.gn.group_size, small.conv.kernel.shape[-1]) == (2, 4, 8)
+    np.testing.assert_allclose(np.asarray(small(X)),
+                               np.asarray(structure.mask_channels(model, keep, example=EXAMPLE)(X)),
+                               atol=1e-5)
+    assert model.gn.num_groups == 4                        # the caller's model keeps its width
