@@ -166,7 +166,7 @@ def run_mlp_trained(seed: int, ds, calib, act_method: str, w2_method: str,
     train.fit(tuned, *rest, epochs=QAT_EPOCHS, batch_size=128, learning_rate=QAT_LR,
               loss_fn=qat.qat_loss(8, 4, act_clips=clips), seed=seed, progress=False)
     qm = qi.quantize_mlp(tuned, calib, weight_bits=8, act_bits=4, output_bits=8,
-                         act_qparams=clips)
+                         act_qparams=clips, method=act_method)   # the logits' range too
     out["qat_w8a4"] = {act_method: s.integer(qm)}
     log(f"mlp seed {seed}: QAT W8A4 ({act_method} ranges, {QAT_EPOCHS} epochs) "
         f"{time.perf_counter() - start:.0f} s", end="; ")

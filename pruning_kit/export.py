@@ -269,6 +269,12 @@ def _has_signed_activations(path: Path) -> bool:
                for n in proto.graph.node)
 
 
+#: ONNX Runtime's input type names and the numpy dtypes fed to them.
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(double)": "float64",
+              "tensor(int32)": "int32", "tensor(int64)": "int64", "tensor(uint8)": "uint8",
+              "tensor(int8)": "int8", "tensor(float16)": "float16"}
+
+
 class OnnxModel:
     """An ONNX file in an ONNX Runtime session: call it on a batch, get logits (NumPy).
 
@@ -311,10 +317,13 @@ class OnnxModel:
         self.path = path
         self.session = ort.InferenceSession(str(path), opts,
                                             providers=["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
+        first = self.session.get_inputs()[0]
+        self.input_name = first.name
+        #: the dtype the file declares for its input (float32, or int32 for token models)
+        self.input_dtype = np.dtype(_ORT_TYPES.get(first.type, "float32"))
 
     def __call__(self, x: Any) -> np.ndarray:
-        x = np.ascontiguousarray(np.asarray(x, np.float32))
+        x = np.ascontiguousarray(np.asarray(x, self.input_dtype))
         return self.session.run(None, {self.input_name: x})[0]
 
     def predict(self, x: Any, *, batch_size: int = 1000) -> np.ndarray:

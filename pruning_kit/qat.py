@@ -89,8 +89,14 @@ def _check_method(method: Any) -> str:
     return validate.choice("weight_method", method, ("minmax", "mse"))
 
 
+def _as_input(x: Any) -> jax.Array:
+    """Inputs as the model takes them: integer inputs (token ids) kept, the rest float32."""
+    x = jnp.asarray(x)
+    return x if jnp.issubdtype(x.dtype, jnp.integer) else x.astype(jnp.float32)
+
+
 def _check_calib(calib_x: Any) -> jax.Array:
-    x = jnp.asarray(calib_x, jnp.float32)
+    x = _as_input(calib_x)
     if x.ndim == 0 or x.shape[0] == 0:
         raise ValueError(f"calib_x must be a non-empty batch of inputs, got shape {x.shape}; "
                          "pass a few hundred to a few thousand held-out examples.")
@@ -140,6 +146,7 @@ def _forward_for(model: nnx.Module, x: Any, cache: dict | None = None) -> interp
     if cache is not None and key in cache:
         return cache[key]
     fwd = interpret.Forward(model, x)
+    interpret.warn_indirect(fwd, "QAT")
     if cache is not None:
         cache[key] = fwd
     return fwd
@@ -173,7 +180,12 @@ def calibrate_inputs(model: nnx.Module, calib_x: jax.typing.ArrayLike, act_bits:
     x = _check_calib(calib_x)
     fwd = interpret.Forward(model, x[:2])
     if not fwd.kernel_ops:
-        raise ValueError(f"{type(model).__name__} has no dense or conv layer to calibrate.")
+        raise ValueError(f"{type(model).__name__} has no dense or conv layer whose kernel is "
+                         "a model array to calibrate"
+                         + (f" ({', '.join(fwd.indirect)} reach theirs through a cast or "
+                            "transpose: keep float32 parameters laid out (inputs, outputs))."
+                            if fwd.indirect else "."))
+    interpret.warn_indirect(fwd, "calibrate_inputs")
     samples: dict[int, jax.Array] = {}
 
     def record(op, a, w, run):
@@ -250,8 +262,9 @@ def fake_quant_model(model: nnx.Module, x: jax.typing.ArrayLike, *, weight_bits:
     """
     weight_bits = _check_weight_bits(weight_bits)
     act_bits = _check_act_bits(act_bits)
-    x = jnp.asarray(x, jnp.float32)
+    x = _as_input(x)
     fwd = interpret.Forward(model, x)
+    interpret.warn_indirect(fwd, "fake_quant_model")
     clips = _as_clips(act_clips, act_bits, len(fwd.kernel_ops))
     return _fq_forward(fwd, fwd.leaves, x, weight_bits, clips, bool(per_channel),
                        _check_method(weight_method))
@@ -317,7 +330,8 @@ def evaluate_deployed_mlp(model: models_lib.MLP, x: Any, y: Any, *, weight_bits:
       run by :func:`~pruning_kit.quant_infer.int_forward`. Any ``weight_bits`` from 2 to 8
       works there (2-bit codes -1, 0, 1 are held in int8). The activation ranges are
       ``act_clips`` (use the ones QAT trained with) or, without them, calibrated on
-      ``calib_x`` with ``method``. The logits are coded at ``output_bits``.
+      ``calib_x`` with ``method``. The logits are coded at ``output_bits``, their range
+      always calibrated on ``calib_x`` with ``method``.
     * ``act_bits=None`` (weight-only): the float model whose kernels are the dequantized
       ``weight_bits`` codes (:func:`pruning_kit.quant_storage.dequantized_model`), which is
       how weight-only storage runs; ``weight_method="mse"`` is allowed here.
@@ -333,7 +347,10 @@ def evaluate_deployed_mlp(model: models_lib.MLP, x: Any, y: Any, *, weight_bits:
         per_channel: one weight scale per output channel.
         weight_method: ``"minmax"``; ``"mse"`` only weight-only (the integer pipeline
             takes each channel's full range).
-        method: activation calibration method when ``act_clips`` is not given.
+        method: calibration method of the ranges calibrated on ``calib_x``: every
+            activation range when ``act_clips`` is not given, and the logits' range
+            always (``act_clips`` covers only the layers' inputs), so pass the method
+            ``act_clips`` were calibrated with to deploy one setup throughout.
         output_bits: bits of the logits' codes in the integer pipeline.
 
     Returns:

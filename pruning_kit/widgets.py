@@ -199,15 +199,17 @@ class BitWidthExplorer(_Explorer):
     """Weight-only quantization of a model, explored with a bit-width slider.
 
     For each setting (bits, per-tensor or per-channel) the explorer quantizes every kernel
-    (symmetric, round-to-nearest), measures test accuracy with the quantized weights, counts
-    the bytes :func:`pruning_kit.quant_storage.quantize_tree` really stores (packed codes plus
-    scales), and draws the distribution of the rounding error. Results are cached, so a
-    setting seen once answers immediately; the first visit costs one evaluation (``bits``
-    is a traced value, so no setting recompiles the model).
+    (symmetric, round-to-nearest), measures the accuracy on ``x, y`` with the quantized
+    weights, counts the bytes :func:`pruning_kit.quant_storage.quantize_tree` really stores
+    (packed codes plus scales), and draws the distribution of the rounding error. Results
+    are cached, so a setting seen once answers immediately; the first visit costs one
+    evaluation (``bits`` is a traced value, so no setting recompiles the model). A slider
+    invites choosing a bit-width, so give it the validation split (notebook 01 does) and
+    keep the test set for reporting.
 
     Args:
         model: a trained Flax NNX classifier.
-        x, y: the evaluation set (test set in the notebook).
+        x, y: the evaluation set (the validation split when choosing).
         bits_options: the slider's stops.
 
     Attributes:
@@ -491,13 +493,15 @@ class SparsityExplorer(_Explorer):
     """Magnitude pruning of a trained model, explored with a sparsity slider.
 
     Each setting prunes every kernel by magnitude (:func:`pruning_kit.prune.magnitude_masks`,
-    per layer or global) *without* fine-tuning and shows the test accuracy, the sparsity
-    each layer ends up with, and the histogram of the surviving weights. ``sparsity`` is a
-    traced value in one jitted function, so no setting recompiles; results are cached.
+    per layer or global) *without* fine-tuning and shows the accuracy on ``x, y``, the
+    sparsity each layer ends up with, and the histogram of the surviving weights.
+    ``sparsity`` is a traced value in one jitted function, so no setting recompiles; results
+    are cached. A slider invites choosing a sparsity, so give it the validation split
+    (notebook 03 does) and keep the test set for reporting.
 
     Args:
         model: a trained Flax NNX classifier.
-        x, y: the evaluation set.
+        x, y: the evaluation set: the validation split when the explorer helps choose.
         sparsities: the slider's stops (each in [0, 1)).
 
     Attributes:

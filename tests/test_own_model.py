@@ -169,3 +169,24 @@ def test_layers_quantization_cannot_see_are_named_not_silently_left_float(digits
         qat.fake_quant_model(_Bf16Params(nnx.Rngs(0)), x, weight_bits=2)
     with pytest.raises(ValueError, match="fc/kernel reach theirs through a cast"):
         qat.calibrate_inputs(_Bf16Params(nnx.Rngs(0)), x)
+
+
+class _TokenNet(nnx.Module):
+    def __init__(self, rngs: nnx.Rngs):
+        self.embed = nnx.Embed(17, 16, rngs=rngs)
+        self.out = nnx.Linear(16, 10, rngs=rngs)
+
+    def __call__(self, tokens):
+        return self.out(self.embed(tokens).mean(axis=1))
+
+
+def test_token_inputs_stay_integers(tmp_path):
+    from pruning_kit import export, qat
+
+    model = _TokenNet(nnx.Rngs(0))
+    tokens = np.random.default_rng(0).integers(0, 17, (32, 16)).astype(np.int32)
+    onnx = export.load_onnx(export.to_onnx(model, tokens[:2], tmp_path / "t.onnx"))
+    assert onnx.input_dtype == np.int32
+    np.testing.assert_allclose(onnx(tokens), np.asarray(model(tokens)), atol=1e-5)
+    assert len(qat.calibrate_inputs(model, tokens, 8)) == 1          # the Linear's input
+    assert qat.fake_quant_model(model, tokens, weight_bits=8).shape == (32, 10)

@@ -94,6 +94,17 @@ def test_quantize_mlp_output_bits_and_fixed_act_qparams(split, trained):
         qi.quantize_mlp(trained, xv, act_bits=8, act_qparams=clips)
 
 
+def test_method_sets_the_logits_range_even_with_act_clips(split, trained):
+    # evaluate_deployed_mlp's docstring: act_clips fix the layers' inputs; the logits' range
+    # is calibrated with `method` either way, so the same clips with two methods differ.
+    _, (xv, _) = split
+    clips = qat.calibrate_inputs(trained, xv, 4, method="percentile")
+    by_method = {m: qi.quantize_mlp(trained, xv, act_bits=4, output_bits=8, act_qparams=clips,
+                                    method=m) for m in ("minmax", "mse")}
+    assert all(qm.acts[:-1] == clips for qm in by_method.values())
+    assert float(by_method["minmax"].acts[-1].scale) != float(by_method["mse"].acts[-1].scale)
+
+
 # --------------------------------------------------------------------------- mixed precision
 def test_allocate_bits_prefers_the_sensitive_layer_and_fits_the_budget():
     sens = {"big": {2: 0.60, 4: 0.89, 8: 0.90}, "small": {2: 0.85, 4: 0.899, 8: 0.90}}
