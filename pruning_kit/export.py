@@ -247,6 +247,13 @@ def to_onnx(model: Any, example: Any, path: str | os.PathLike, *, fold: bool = T
     copy = program.eval_copy(base)
     graphdef, state = nnx.split(copy)
     paths, leaves, treedef = program.leaf_paths(state)
+    low = sorted({str(a.dtype) for a in leaves if getattr(a, "dtype", None) in
+                  (jax.numpy.bfloat16, jax.numpy.float16)})
+    if low:
+        raise ValueError(f"{type(base).__name__} holds {'/'.join(low)} arrays: ONNX Runtime's "
+                         "CPU kernels do not run such MatMul/Conv, so the file would not load. "
+                         "Export a float32 copy (e.g. build the model with param_dtype and "
+                         "dtype float32 and load the weights into it).")
     with models_lib.standard_forms():
         outs, t, x = jaxpr_onnx.translate(graphdef, treedef, paths, leaves, example,
                                           quant=quant, dynamic_batch=dynamic_batch,

@@ -213,8 +213,9 @@ class Forward:
             else:
                 op = ops.get(id(eqn))
                 run = runner(eqn)
-                if op is not None and hook is not None:
-                    outs = [hook(op, invals[0], invals[1], run)]
+                if op is not None and hook is not None:   # in the program's dtype (bf16)
+                    outs = [jax.numpy.asarray(hook(op, invals[0], invals[1], run)).astype(
+                        eqn.outvars[0].aval.dtype)]
                 else:
                     outs = [run(*invals)] if not eqn.primitive.multiple_results \
                         else run(*invals)

@@ -190,3 +190,24 @@ def test_token_inputs_stay_integers(tmp_path):
     np.testing.assert_allclose(onnx(tokens), np.asarray(model(tokens)), atol=1e-5)
     assert len(qat.calibrate_inputs(model, tokens, 8)) == 1          # the Linear's input
     assert qat.fake_quant_model(model, tokens, weight_bits=8).shape == (32, 10)
+
+
+class _Bf16Compute(nnx.Module):            # bfloat16 storage and compute
+    def __init__(self, rngs: nnx.Rngs):
+        kw = dict(param_dtype=jax.numpy.bfloat16, dtype=jax.numpy.bfloat16, rngs=rngs)
+        self.fc1, self.out = nnx.Linear(64, 32, **kw), nnx.Linear(32, 10, **kw)
+
+    def __call__(self, x):
+        return self.out(nnx.relu(self.fc1(x.reshape(x.shape[0], -1))))
+
+
+def test_bfloat16_models_quantize_and_refuse_onnx_clearly(digits, tmp_path):
+    from pruning_kit import export, w8a8
+
+    model, x = _Bf16Compute(nnx.Rngs(0)), digits.x_val[:64]
+    q = np.asarray(w8a8.quantize_model(model, x)(x), np.float32)
+    ref = np.asarray(model(x), np.float32)
+    assert np.abs(q - ref).max() < 0.1 * np.abs(ref).max()
+    with pytest.raises(ValueError, match="bfloat16 arrays: ONNX Runtime"):
+        export.to_onnx(model, x[:2], tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
