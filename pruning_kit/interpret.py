@@ -40,7 +40,8 @@ from pruning_kit import program
 from pruning_kit.program import sub_jaxpr
 
 __all__ = ["KERNEL_PRIMITIVES", "FloatLayersWarning", "Forward", "Hook", "KernelOp",
-           "per_channel_absmax", "runner", "scales_shape", "sub_jaxpr", "warn_indirect"]
+           "check_kernel_ops", "per_channel_absmax", "runner", "scales_shape", "sub_jaxpr",
+           "warn_indirect"]
 
 KERNEL_PRIMITIVES = ("dot_general", "conv_general_dilated")
 #: Ops that pass a model array on unchanged in value (a cast, a transpose, a reshape):
@@ -226,6 +227,18 @@ class Forward:
 
 class FloatLayersWarning(UserWarning):
     """Some dense/conv layers of a model are left float by a quantization technique."""
+
+
+def check_kernel_ops(fwd: Forward, what: str) -> None:
+    """Raise ValueError when ``fwd`` has no kernel op for ``what`` (e.g. ``"quantize_model"``)
+    to work on, naming the kernels it cannot see; else :func:`warn_indirect`."""
+    if not fwd.kernel_ops:
+        raise ValueError(f"{fwd._name} has no dense or convolution layer whose kernel is a "
+                         f"model array, so {what} has nothing to work on"
+                         + (f" ({', '.join(fwd.indirect)} reach theirs through a cast or "
+                            "transpose: keep float32 parameters laid out (inputs, outputs))."
+                            if fwd.indirect else "."))
+    warn_indirect(fwd, what)
 
 
 def warn_indirect(fwd: Forward, what: str) -> None:

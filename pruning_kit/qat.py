@@ -179,13 +179,7 @@ def calibrate_inputs(model: nnx.Module, calib_x: jax.typing.ArrayLike, act_bits:
     act_bits = validate.bits(act_bits, name="act_bits", maximum=8)
     x = _check_calib(calib_x)
     fwd = interpret.Forward(model, x[:2])
-    if not fwd.kernel_ops:
-        raise ValueError(f"{type(model).__name__} has no dense or conv layer whose kernel is "
-                         "a model array to calibrate"
-                         + (f" ({', '.join(fwd.indirect)} reach theirs through a cast or "
-                            "transpose: keep float32 parameters laid out (inputs, outputs))."
-                            if fwd.indirect else "."))
-    interpret.warn_indirect(fwd, "calibrate_inputs")
+    interpret.check_kernel_ops(fwd, "calibrate_inputs")
     samples: dict[int, jax.Array] = {}
 
     def record(op, a, w, run):

@@ -196,13 +196,7 @@ def quantize_model(model: nnx.Module, calib_x: Any, *, weight_bits: int = 8,
     if fold:
         model, folded_pairs = fold_lib.fold_batchnorm_model(model, example)
     fwd = interpret.Forward(model, example)
-    if not fwd.kernel_ops:
-        raise ValueError(f"{type(model).__name__} has no dense or convolution layer whose "
-                         "kernel is a model array; nothing to quantize"
-                         + (f" ({', '.join(fwd.indirect)} reach theirs through a cast or "
-                            "transpose: keep float32 parameters laid out (inputs, outputs))."
-                            if fwd.indirect else "."))
-    interpret.warn_indirect(fwd, "quantize_model")
+    interpret.check_kernel_ops(fwd, "quantize_model")
     ops_per_path: dict[str, int] = {}
     for op in fwd.kernel_ops:
         ops_per_path[op.path] = ops_per_path.get(op.path, 0) + 1
