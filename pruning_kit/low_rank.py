@@ -164,7 +164,7 @@ def low_rank(model: nnx.Module, ranks: Mapping[Any, int] | list[int | None]) -> 
         # x @ u @ v acts on the last axis: a 1x1 convolution on NHWC maps exactly to it
         layer = models_lib.LowRankLinear(old.in_features, old.out_features, r,
                                          rngs=nnx.Rngs(0))
-        layer.u, layer.v = nnx.Param(u), nnx.Param(v)
+        layer.u, layer.v = (nnx.Param(jnp.asarray(f, kernel.dtype)) for f in (u, v))
         layer.bias = nnx.Param(jnp.array(old.bias[...], copy=True) if old.bias is not None
                                else jnp.zeros(old.out_features))
         *parent_path, last = tree.split_name(path)

@@ -288,6 +288,7 @@ def dequantized_model(model: nnx.Module, qtree: Params) -> nnx.Module:
     if jax.tree.structure(values) != jax.tree.structure(pure):
         raise ValueError("qtree does not match the model's parameters; build it with "
                          "quantize_tree(model, ...) from this model.")
+    values = jax.tree.map(lambda v, p: jnp.asarray(v, jnp.asarray(p).dtype), values, pure)
     params = jax.tree.map(lambda v: v, params)  # a copy: model keeps its own arrays
-    nnx.replace_by_pure_dict(params, values)
+    nnx.replace_by_pure_dict(params, values)    # each array in its parameter's dtype
     return nnx.merge(graphdef, params, rest)

@@ -153,8 +153,9 @@ def shared_model(model: nnx.Module, codebooks: Mapping[str, Any],
     """
     _check_shared(model, codebooks, indices)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    dtypes = {n: a.dtype for n, a in tree.named_leaves(params).items()}   # kept as they were
     kernels = {n: codebook_lookup(jnp.asarray(cb, jnp.float32), jnp.asarray(indices[n]))
-               for n, cb in codebooks.items()}
+               .astype(dtypes.get(n, jnp.float32)) for n, cb in codebooks.items()}
     return train_lib.own_arrays(nnx.merge(graphdef, tree.replace_leaves(params, kernels),
                                           rest))
 

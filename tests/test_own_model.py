@@ -211,3 +211,18 @@ def test_bfloat16_models_quantize_and_refuse_onnx_clearly(digits, tmp_path):
     with pytest.raises(ValueError, match="bfloat16 arrays: ONNX Runtime"):
         export.to_onnx(model, x[:2], tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_compressed_copies_keep_the_parameters_dtype():
+    from pruning_kit import quant_storage, structure, weight_sharing
+
+    model = _Bf16Compute(nnx.Rngs(0))
+
+    def dtypes(m):
+        return {str(a.dtype) for a in jax.tree.leaves(nnx.state(m, nnx.Param))}
+
+    assert dtypes(quant_storage.dequantized_model(
+        model, quant_storage.quantize_tree(model, 8))) == {"bfloat16"}
+    assert dtypes(weight_sharing.shared_model(
+        model, *weight_sharing.kmeans_codebooks(model, 4))) == {"bfloat16"}
+    assert dtypes(structure.low_rank(model, {"fc1": 8})) == {"bfloat16"}
