@@ -113,7 +113,8 @@ class Forward:
         args = example if isinstance(example, tuple) else (example,)
         self._name = type(model).__name__
         self._cache: dict[Any, tuple] = {}
-        self._closed, self._ops_by_eqn, self.kernel_ops, self.uses = self._trace(args)
+        (self._closed, self._ops_by_eqn, self.kernel_ops, self.uses,
+         self.indirect) = self._trace(args)
 
     def _trace(self, args: Sequence[Any]) -> tuple:
         """The program for inputs of these shapes (a jaxpr is shape-specialised)."""
@@ -126,9 +127,10 @@ class Forward:
         self._indirect: dict[str, None] = {}
         jaxpr = closed.jaxpr
         self._scan(jaxpr, {v: p for v, p in zip(jaxpr.invars, self.paths, strict=False)}, {})
-        self.indirect = [p for p in self._indirect
-                         if p not in {op.path for op in self.kernel_ops}]
-        self._cache[key] = (closed, self._ops_by_eqn, self.kernel_ops, self.uses)
+        kernels = {op.path for op in self.kernel_ops}
+        self.indirect = [p for p in self._indirect if p not in kernels]
+        self._cache[key] = (closed, self._ops_by_eqn, self.kernel_ops, self.uses,
+                            self.indirect)
         return self._cache[key]
 
     def _scan(self, jaxpr: Any, leafvars: dict[Any, str], passed: dict[Any, str]) -> None:
@@ -190,7 +192,7 @@ class Forward:
         ``jax.jit(lambda x: fwd(x, hook=h))``.
         """
         leaves = self.leaves if leaves is None else list(leaves)
-        closed, ops, _, _ = self._trace(args)
+        closed, ops, *_ = self._trace(args)
         flat_args = [a for arg in args for a in jax.tree.leaves(arg)]
         outs = self._eval(closed.jaxpr, list(closed.consts), [*leaves, *flat_args], hook, ops)
         return outs[0] if len(outs) == 1 else tuple(outs)

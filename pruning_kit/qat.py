@@ -140,13 +140,15 @@ def _as_clips(act_clips: Sequence[Clip] | None, act_bits: int | None,
 
 
 # --------------------------------------------------------------------------- QAT
-def _forward_for(model: nnx.Module, x: Any, cache: dict | None = None) -> interpret.Forward:
-    """The traced forward of ``model`` (cached by structure and input shape)."""
+def _forward_for(model: nnx.Module, x: Any, cache: dict | None = None, what: str = "QAT"
+                 ) -> interpret.Forward:
+    """The traced forward of ``model`` (cached by structure and input shape); warns once
+    when ``what`` would leave layers float (:func:`interpret.warn_indirect`)."""
     key = (nnx.graphdef(model), tuple(np.shape(x)))
     if cache is not None and key in cache:
         return cache[key]
     fwd = interpret.Forward(model, x)
-    interpret.warn_indirect(fwd, "QAT")
+    interpret.warn_indirect(fwd, what)
     if cache is not None:
         cache[key] = fwd
     return fwd
@@ -257,8 +259,7 @@ def fake_quant_model(model: nnx.Module, x: jax.typing.ArrayLike, *, weight_bits:
     weight_bits = _check_weight_bits(weight_bits)
     act_bits = _check_act_bits(act_bits)
     x = _as_input(x)
-    fwd = interpret.Forward(model, x)
-    interpret.warn_indirect(fwd, "fake_quant_model")
+    fwd = _forward_for(model, x, what="fake_quant_model")
     clips = _as_clips(act_clips, act_bits, len(fwd.kernel_ops))
     return _fq_forward(fwd, fwd.leaves, x, weight_bits, clips, bool(per_channel),
                        _check_method(weight_method))
