@@ -1,6 +1,7 @@
 """Pruning: exact magnitude/random/N:M masks, pruning optimizers, sensitivity, sparse storage."""
 
 import math
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -584,3 +585,19 @@ def test_pruning_state_count_saturates_instead_of_wrapping():
     state = tx.init(params)._replace(count=jnp.int32(np.iinfo(np.int32).max))
     _, state = tx.update(_pushing_grads(params), state, params)
     assert int(state.count) == np.iinfo(np.int32).max
+
+
+def test_default_filter_says_which_weight_matrices_it_leaves_dense():
+    class Custom(nnx.Module):             # a user layer with a bare 2-D weight
+        def __init__(self):
+            self.fc = nnx.Linear(4, 3, rngs=nnx.Rngs(0))
+            self.w = nnx.Param(jnp.ones((3, 3)))
+
+    params = nnx.state(Custom(), nnx.Param)
+    with pytest.warns(UserWarning, match=r"left out \(prune\): \['w'\].*filter=lambda"):
+        masks = pr.magnitude_masks(params, 0.5)
+    assert float(pr.sparsity(masks["fc"]["kernel"])) == 0.5   # the kernel is pruned
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")            # an explicit filter is not warned about
+        pr.magnitude_masks(params, 0.5, filter=lambda name, w: w.ndim >= 2)
+        pr.magnitude_masks(nnx.state(nnx.Linear(4, 3, rngs=nnx.Rngs(0)), nnx.Param), 0.5)
