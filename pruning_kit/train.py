@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -222,6 +224,7 @@ def fit(model: nnx.Module, x: np.ndarray, y: Any, *, epochs: int = 10,
     steps_per_epoch = n // batch_size
     if tx is None:
         tx = default_optimizer(learning_rate, steps_per_epoch * epochs)
+    _warn_mode_argument(model)
     flags = mode_of(model)
     model.train()
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
@@ -267,6 +270,27 @@ def fit(model: nnx.Module, x: np.ndarray, y: Any, *, epochs: int = 10,
     nnx.update((model, optimizer), state)
     restore_mode(flags)
     return history
+
+
+#: Names of a ``__call__`` argument that switches training behaviour (the Flax Linen habit).
+_MODE_ARGUMENTS = ("train", "training", "is_training", "deterministic", "use_running_average")
+
+
+def _warn_mode_argument(model: nnx.Module) -> None:
+    """Warn when ``model.__call__`` takes a train/eval argument that ``fit`` cannot set."""
+    try:
+        params = inspect.signature(type(model).__call__).parameters
+    except (TypeError, ValueError):
+        return
+    named = [n for n in _MODE_ARGUMENTS if n in params]
+    if named:
+        warnings.warn(
+            f"{type(model).__name__}.__call__ takes {named[0]!r}, but fit calls model(x) and "
+            "switches Dropout and BatchNorm with model.train() / model.eval() (NNX's modes), "
+            f"so {named[0]!r} keeps its default while training. If your layers read it, "
+            "pass it on from the mode instead (e.g. let nnx.Dropout and nnx.BatchNorm decide "
+            "from model.train()), or train a wrapper module whose __call__ passes "
+            f"{named[0]}=... to the model.", UserWarning, stacklevel=3)
 
 
 @functools.partial(jax.jit, static_argnums=(0,))

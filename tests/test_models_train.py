@@ -1,5 +1,7 @@
 """Models, the training loop, checkpoints and the committed baselines."""
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -229,3 +231,21 @@ def test_committed_baselines_reach_their_accuracy(name):
         assert zoo.check_split(p, ds)
         accs.append(acc)
     assert np.mean(accs) >= TARGETS[name]
+
+
+def test_fit_warns_when_the_model_takes_a_train_argument_it_cannot_set(digits):
+    class LinenStyle(nnx.Module):           # mode by argument, not by model.train()
+        def __init__(self):
+            self.fc = nnx.Linear(64, 10, rngs=nnx.Rngs(0))
+            self.drop = nnx.Dropout(0.5, rngs=nnx.Rngs(1))
+
+        def __call__(self, x, train: bool = False):
+            return self.drop(self.fc(x), deterministic=not train)
+
+    x, y = digits.x_train[:64].reshape(64, -1), digits.y_train[:64]
+    with pytest.warns(UserWarning, match=r"LinenStyle.__call__ takes 'train'.*keeps its default"):
+        train.fit(LinenStyle(), x, y, epochs=1, batch_size=32, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train.fit(models.MLP(64, (8,), rngs=nnx.Rngs(0)), x, y, epochs=1, batch_size=32,
+                  progress=False)
