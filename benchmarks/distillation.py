@@ -12,11 +12,12 @@ student_cnn*_seed<S>.npz`` and ``mlp_fashion_w2_*_seed<S>.npz``); a missing one 
 and the stronger teacher (``cnn_fashion_teacher_seed0.npz``, made on first use or by
 ``--teacher``, about 23 minutes) is the only other model trained here. The one command that
 reproduces all the students is ``python -m benchmarks.distillation --retrain`` (about
-1 h 40 min on 2 CPU cores, estimated from the training times the checkpoints record, not
+2 h 05 min on 2 CPU cores, estimated from the training times the checkpoints record, not
 timed end to end: ten 5-epoch CNN students, nine short 2-bit fine-tunings, the bank of 32
-views (about 16 min: the teacher answers twice per view) and nineteen function-matching
-students, 2-3 min each at 16 epochs and 5-7 min at 32); notebook 02 loads the same
-files. Section 5's recipe grid is not cached (about 2 min).
+views (about 16 min: the teacher answers twice per view), the bank of 16 mixup-blended
+views (about 8 min) and twenty-four function-matching students, 3 min each at 16 epochs
+and 5-7 min at 32); notebook 02 loads the same files. Section 5's recipe grid is not
+cached (about 2 min).
 
 * **Data**: students train on the 55,000 training images; every choice is made on the
   fixed 5,000-image validation split (``ds.x_val``); the 10,000 test images are only
@@ -43,8 +44,11 @@ files. Section 5's recipe grid is not cached (about 2 min).
   accuracy, ``teacher_acc_single_pass`` one pass's) and function matching on a bank of
   augmented views (``pruning_kit.function_matching``, ``students.FM``) into a SmallCNN
   8/16 student: the student and the teacher see the same flipped/shifted image; the
-  plain control reads the same images in the same order. ``(T, alpha)`` is chosen on
-  validation at the reported budget (``FM["epochs"]``, seed 0); accuracy against the budget
+  plain control reads the same images in the same order. The views (these, or the same
+  views blended by mixup, ``students.FM_MIXUP``, whose plain control learns the mixed
+  labels) and ``(T, alpha)`` are chosen on validation at the reported budget
+  (``FM["epochs"]``, seed 0: ``students.FM_MIXUP_CHOSEN`` is checked against the best
+  distilled and the best plain student); accuracy against the budget
   (``FM["curve"]``: epochs of distinct views, up to twice the reported one) and against the
   student's width (``students.FM_WIDTHS``, validation) is shown for seed 0, and the
   reported budget is run on every seed. The size
@@ -87,6 +91,7 @@ TARGETS = {
     "kd_gain_pts": ">= +0.5, and > 2 x kd_gain_std (patient and consistent, 3 seeds)",
     "kd_gain_pts_5ep_precomputed": "extra: section 1's recipe (weaker teacher, 5 epochs)",
     "kd_gain_std": "reported beside kd_gain_pts (sample std over seeds, ddof=1)",
+    "kd_gain_val_pts_mixup": "extra: on mixup blends, best KD - plain on them (val, seed 0)",
     "student_param_ratio": ">= 5 (teacher / section 4's student)",
     "student_latency_ratio": ">= 3 (batch 256, one teacher pass / section 4's student)",
     "teacher_acc_single_pass": "extra: the teacher without the mirror average",
@@ -260,10 +265,33 @@ def patient_and_consistent(ds: data.Dataset, teacher: nnx.Module, seeds, retrain
     def test(m):
         return 100 * train.evaluate(m, ds.x_test, ds.y_test)
 
-    scores = students.fm_grid(GRID_SEED, **kw)
+    def mixed_bank():
+        if "mixed" not in made:
+            start = time.perf_counter()
+            made["mixed"] = students.fm_bank(teacher, ds.x_train, fm["epochs"], mixup=True)
+            print(f"  (bank of {fm['epochs']} mixup-blended views: "
+                  f"{time.perf_counter() - start:.0f} s)")
+        return made["mixed"]
+
+    mixup = students.FM_MIXUP_CHOSEN
+    scores = students.fm_grid(GRID_SEED, **{**kw, "bank": mixed_bank if mixup else bank},
+                              mixup=mixup)
+    other = students.fm_grid(GRID_SEED, **{**kw, "bank": bank if mixup else mixed_bank},
+                             mixup=not mixup)
     t, a = students.kd_choice(scores)
-    grid = [{"T": "-" if c == "plain" else c[0], "alpha": "0 (plain)" if c == "plain" else c[1],
-             "val_pct": 100 * v} for c, v in scores.items()]
+    by_views = {mixup: scores, not mixup: other}
+    grid = [{"views": "mixup blends" if m else "flips/shifts",
+             "T": "-" if c == "plain" else c[0], "alpha": "0 (plain)" if c == "plain" else c[1],
+             "val_pct": 100 * v} for m in (False, True) for c, v in by_views[m].items()]
+    best_kd = {m: max(v for c, v in by_views[m].items() if c != "plain") for m in by_views}
+    choice = {"kd": best_kd[True] > best_kd[False],
+              "plain": by_views[True]["plain"] > by_views[False]["plain"]}
+    if choice["kd"] != mixup or choice["plain"] != mixup:
+        print(f"  WARNING: on validation the distilled student is best on "
+              f"{'mixup blends' if choice['kd'] else 'flips/shifts'} and the plain one on "
+              f"{'mixup blends' if choice['plain'] else 'flips/shifts'}, but "
+              f"students.FM_MIXUP_CHOSEN is {mixup}: update it.")
+    kw["mixup"] = mixup
 
     curve = []
     for e in fm["curve"]:
@@ -290,16 +318,22 @@ def patient_and_consistent(ds: data.Dataset, teacher: nnx.Module, seeds, retrain
                        "kd_val": val(kd)})
         widths[-1]["gain_val_delta"] = widths[-1]["kd_val"] - widths[-1]["plain_val"]
     return {"t_alpha": (t, a), "grid": grid, "curve": curve, "rows": rows,
-            "epochs": reported, "widths": widths}
+            "epochs": reported, "widths": widths, "mixup": mixup,
+            "mixup_gain_val": 100 * (best_kd[True] - by_views[True]["plain"]),
+            "choice_agrees": choice["kd"] == choice["plain"] == mixup}
 
 
 def report_fm(result: dict, teacher_test: float) -> list[float]:
     t, a = result["t_alpha"]
     print(f"\n4. Patient and consistent: the stronger teacher ({teacher_test:.2f} % test), "
           f"function matching on a bank of {students.FM['views']} views")
-    print(f"(T, alpha) on validation, seed {GRID_SEED}, {students.FM['epochs']} epochs:")
-    print(measure.Table(result["grid"], ["T", "alpha", "val_pct"]))
-    print(f"chosen: T = {t:g}, alpha = {a:g}")
+    print(f"views and (T, alpha) on validation, seed {GRID_SEED}, {students.FM['epochs']} "
+          f"epochs (mixup: Beta({students.FM_MIXUP:g}, {students.FM_MIXUP:g}) blends of the "
+          "flipped/shifted views; its plain control learns the mixed labels):")
+    print(measure.Table(result["grid"], ["views", "T", "alpha", "val_pct"]))
+    print(f"chosen: {'mixup blends' if result['mixup'] else 'flips/shifts'}, T = {t:g}, "
+          f"alpha = {a:g} (the best distilled student; the best plain one is on the same "
+          f"views: {result['choice_agrees']})")
     print(f"accuracy against the budget (epochs of distinct views), seed {GRID_SEED}:")
     print(measure.Table(result["curve"], ["epochs", "plain_val", "kd_val", "gain_val_delta",
                                           "plain_test", "kd_test", "gain_test_delta"]))
@@ -542,6 +576,7 @@ def main(argv: list[str] | None = None) -> None:
         emit("teacher_acc_single_pass", single[1], "%")
         emit("kd_gain_pts", np.mean(fm_gains), "points")
         emit("kd_gain_std", std(fm_gains), "points")
+        emit("kd_gain_val_pts_mixup", fm["mixup_gain_val"], "points")
         emit("kd_gain_pts_5ep_precomputed", np.mean(gains["CNN 4/8"]), "points")
         emit_speed(speed)
         (section3,) = list(fractions)

@@ -155,9 +155,10 @@ def methods(ds: data.Dataset, calib: np.ndarray, seeds: tuple[int, ...]) -> list
     t, a = students.kd_choice(students.kd_grid(0, dataset=ds, progress=False))
     # patient and consistent students (notebook 02, section 7): (T, alpha) on validation
     fm_e = students.FM["epochs"]            # the grid is scored at the reported budget
-    fm_grid = [students.fm_name(fm_e)] + [students.fm_name(fm_e, ft, fa)
-                                        for ft, fa in students.FM_GRID]
-    ft, fa = (students.kd_choice(students.fm_grid(0, dataset=ds, progress=False))
+    mix = students.FM_MIXUP_CHOSEN          # the views, chosen on validation
+    fm_grid = [students.fm_name(fm_e, mixup=mix)] + [students.fm_name(fm_e, ft, fa, mixup=mix)
+                                                   for ft, fa in students.FM_GRID]
+    ft, fa = (students.kd_choice(students.fm_grid(0, mixup=mix, dataset=ds, progress=False))
               if all(zoo.checkpoint_path(c, 0).exists() for c in fm_grid) else (None, None))
     fm_label = f"T={ft:g}, a={fa:g}" if ft else "not chosen: grid not cached"
     fm_w = "{}/{}".format(*students.FM["widths"])
@@ -269,13 +270,13 @@ def methods(ds: data.Dataset, calib: np.ndarray, seeds: tuple[int, ...]) -> list
           lambda s, p: codec_file(students.strong_teacher(s, dataset=ds, progress=False), p),
           ("cnn_fashion_teacher",)),
         M(f"student {fm_w}, plain, {fm_e} epochs of views", "cnn", "distillation", raw,
-          lambda s, p: codec_file(students.fm_student(s, epochs=fm_e, dataset=ds,
+          lambda s, p: codec_file(students.fm_student(s, epochs=fm_e, mixup=mix, dataset=ds,
                                                       progress=False), p),
-          (students.fm_name(fm_e),)),
+          (students.fm_name(fm_e, mixup=mix),)),
         M(f"student {fm_w}, patient + consistent KD ({fm_label})", "cnn", "distillation", raw,
           lambda s, p: codec_file(students.fm_student(s, epochs=fm_e, temperature=ft, alpha=fa,
-                                                      dataset=ds, progress=False), p),
-          (students.fm_name(fm_e, ft, fa) if ft else "student_cnn_fm_missing",)),
+                                                      mixup=mix, dataset=ds, progress=False), p),
+          (students.fm_name(fm_e, ft, fa, mixup=mix) if ft else "student_cnn_fm_missing",)),
         M("W8A8 int8 ONNX", "cnn", "quantization", ort,
           lambda s, p: onnx_file(w8a8.quantize_model(cnn(s), calib[:CNN_CALIB]), calib[:2], p),
           ("cnn_fashion",), "ONNX Runtime"),

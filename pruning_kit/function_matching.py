@@ -19,7 +19,9 @@ sample of the augmentations the paper draws afresh at every step.)
 
 * :func:`augmented_views` -- the views, deterministic in ``seed``.
 * :func:`view_bank` -- views + the teacher's logits on them (:class:`ViewBank`), optionally
-  averaged over each view and its mirror (:func:`mirror_averaged_logits`).
+  averaged over each view and its mirror (:func:`mirror_averaged_logits`), optionally
+  blended by mixup (``mixup=``; :meth:`ViewBank.label_logits` gives the plain control its
+  mixed labels).
 * :func:`budget` -- the first ``epochs`` views of every image, as arrays for ``train.fit``.
 * :func:`mixup_views` -- views that blend each image with another (mixup), for models that
   are not shift- or flip-invariant (an MLP): :class:`MixedViews`, whose
@@ -53,14 +55,46 @@ class ViewBank(NamedTuple):
     """``views`` augmented copies of ``n`` images and the teacher's logits on each.
 
     ``x``: ``(views, n, H, W, C)`` float32; ``logits``: ``(views, n, classes)`` float32.
+    A bank built with ``mixup`` also holds each view's ``partner`` (int) and ``lam``
+    (float32), both ``(views, n)``: view ``v`` of image ``i`` is ``lam * a + (1 - lam) * b``
+    of the shifted/flipped view ``v`` of image ``i`` (``a``) and of image ``partner`` (``b``);
+    ``None`` without mixup.
     """
 
     x: np.ndarray
     logits: np.ndarray
+    partner: np.ndarray | None = None
+    lam: np.ndarray | None = None
 
     @property
     def views(self) -> int:
         return int(self.x.shape[0])
+
+    def label_logits(self, labels: np.ndarray, num_classes: int) -> np.ndarray:
+        """The labels of the bank's views as log-probabilities, ``(views, n, num_classes)``:
+        one-hot without mixup, ``lam`` on image ``i``'s class and ``1 - lam`` on its
+        partner's with it (:meth:`MixedViews.label_logits`).
+
+        The plain control of a distillation on the bank: ``bank._replace(logits=
+        bank.label_logits(labels, k))`` in place of the bank, fitted with
+        ``distill.distillation_loss(temperature=1.0, alpha=1.0)``, is the cross-entropy
+        against these labels (minus a constant), on the same images.
+
+        Raises:
+            ValueError: ``labels`` is not one label in ``[0, num_classes)`` per image.
+        """
+        views, n = self.x.shape[:2]
+        labels = np.asarray(labels)
+        if labels.shape != (n,):
+            raise ValueError(f"labels has shape {labels.shape}; the bank holds {n} images "
+                             f"per view, so pass their {n} labels.")
+        if self.partner is None:
+            partner = np.tile(np.arange(n), (views, 1))
+            lam = np.ones((views, n), np.float32)
+        else:
+            partner, lam = self.partner, self.lam
+        return _mixed_label_logits(labels, partner.reshape(-1), lam.reshape(-1),
+                                   num_classes).reshape(views, n, num_classes)
 
 
 def augmented_views(x: np.ndarray, views: int, *, seed: int = 0, max_shift: int = 2
@@ -126,13 +160,19 @@ def mirror_averaged_logits(teacher: nnx.Module, x: np.ndarray, *, batch_size: in
 
 
 def view_bank(teacher: nnx.Module, x: np.ndarray, views: int, *, seed: int = 0,
-              max_shift: int = 2, mirror_average: bool = False, batch_size: int = 1000
-              ) -> ViewBank:
+              max_shift: int = 2, mirror_average: bool = False,
+              mixup: float | None = None, batch_size: int = 1000) -> ViewBank:
     """:func:`augmented_views` of ``x`` and ``teacher``'s logits on every one of them.
 
     The teacher runs once per view over the images (twice with ``mirror_average``: its
     answer is then :func:`mirror_averaged_logits`), in eval mode on a copy (its own mode
     and arrays are left as they are).
+
+    With ``mixup`` (a Beta concentration, e.g. 0.4) every shifted/flipped view is then
+    blended with the same view of a partner image, as :func:`mixup_views` blends images
+    (a new permutation and new weights per view, deterministic in ``seed``): the more
+    aggressive augmentation of Beyer et al. (2022). The first views of a bank do not
+    depend on how many views it holds, with or without mixup.
 
     Examples:
         >>> from pruning_kit import models
@@ -143,9 +183,30 @@ def view_bank(teacher: nnx.Module, x: np.ndarray, views: int, *, seed: int = 0,
         ((2, 5, 8, 8, 1), (2, 5, 10))
     """
     xs = augmented_views(x, views, seed=seed, max_shift=max_shift)
+    partner = lam = None
+    if mixup is not None:
+        mixup = validate.number("mixup", mixup, 0.0, low_open=True)
+        partner = np.empty(xs.shape[:2], np.int64)
+        lam = np.empty(xs.shape[:2], np.float32)
+        for v in range(views):
+            xs[v], partner[v], lam[v] = _blend(xs[v], np.random.default_rng([seed, 11, v]),
+                                               mixup)
     answer = mirror_averaged_logits if mirror_average else distill.teacher_logits
     logits = np.stack([answer(teacher, xv, batch_size=batch_size) for xv in xs])
-    return ViewBank(xs, logits.astype(np.float32))
+    return ViewBank(xs, logits.astype(np.float32), partner, lam)
+
+
+def _blend(x: np.ndarray, rng: np.random.Generator, concentration: float
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each image of ``x`` blended with a partner drawn by a permutation, its weight
+    ``lam = max(b, 1 - b)``, ``b ~ Beta(concentration, concentration)``:
+    ``(blends, partner, lam)``."""
+    n = len(x)
+    partner = rng.permutation(n)
+    b = rng.beta(concentration, concentration, n).astype(np.float32)
+    lam = np.maximum(b, 1.0 - b)
+    w = lam.reshape((n,) + (1,) * (x.ndim - 1))
+    return w * x + (1.0 - w) * x[partner], partner, lam
 
 
 def budget(bank: ViewBank, labels: np.ndarray, epochs: int
@@ -205,15 +266,22 @@ class MixedViews(NamedTuple):
                 or self.partner.max() >= len(labels)):
             raise ValueError(f"labels must hold one label per image (the {len(self.x)} rows "
                              f"are views of the images), got shape {labels.shape}.")
-        if labels.min() < 0 or labels.max() >= num_classes:
-            raise ValueError(f"labels must be in [0, {num_classes}), got {labels.min()} .. "
-                             f"{labels.max()}; pass the number of classes as num_classes.")
-        own = np.tile(labels, len(self.x) // len(labels))
-        probs = np.zeros((len(own), num_classes), np.float32)
-        rows = np.arange(len(own))
-        probs[rows, own] += self.lam
-        probs[rows, labels[self.partner]] += 1.0 - self.lam
-        return np.log(np.maximum(probs, 1e-6))
+        return _mixed_label_logits(labels, self.partner, self.lam, num_classes)
+
+
+def _mixed_label_logits(labels: np.ndarray, partner: np.ndarray, lam: np.ndarray,
+                        num_classes: int) -> np.ndarray:
+    """Log-probabilities of mixed labels for rows ``v * n + i``: ``lam`` on ``labels[i]``,
+    ``1 - lam`` on ``labels[partner]``."""
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise ValueError(f"labels must be in [0, {num_classes}), got {labels.min()} .. "
+                         f"{labels.max()}; pass the number of classes as num_classes.")
+    own = np.tile(labels, len(partner) // len(labels))
+    probs = np.zeros((len(own), num_classes), np.float32)
+    rows = np.arange(len(own))
+    probs[rows, own] += lam
+    probs[rows, labels[partner]] += 1.0 - lam
+    return np.log(np.maximum(probs, 1e-6))
 
 
 def mixup_views(x: np.ndarray, views: int, *, seed: int = 0, concentration: float = 0.4
@@ -252,15 +320,6 @@ def mixup_views(x: np.ndarray, views: int, *, seed: int = 0, concentration: floa
                          f"{x.shape}.")
     views = validate.integer("views", views, minimum=1)
     concentration = validate.number("concentration", concentration, 0.0, low_open=True)
-    n = len(x)
-    blends, partners, lams = [], [], []
-    for v in range(views):
-        rng = np.random.default_rng([seed, 7, v])
-        partner = rng.permutation(n)
-        b = rng.beta(concentration, concentration, n).astype(np.float32)
-        lam = np.maximum(b, 1.0 - b)
-        shape = (n,) + (1,) * (x.ndim - 1)
-        blends.append(lam.reshape(shape) * x + (1.0 - lam.reshape(shape)) * x[partner])
-        partners.append(partner)
-        lams.append(lam)
+    blends, partners, lams = zip(*(_blend(x, np.random.default_rng([seed, 7, v]),
+                                          concentration) for v in range(views)), strict=True)
     return MixedViews(np.concatenate(blends), np.concatenate(partners), np.concatenate(lams))

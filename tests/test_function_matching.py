@@ -170,12 +170,14 @@ def test_fm_widths_name_the_student_and_bad_widths_are_refused():
 def test_fm_budgets_fit_the_bank_and_every_curve_student_is_committed():
     fm = students.FM
     assert fm["epochs"] in fm["curve"] and max(fm["curve"]) <= fm["views"]
-    grid = [students.fm_name(fm["epochs"])] + [students.fm_name(fm["epochs"], t, a)
-                                               for t, a in students.FM_GRID]
+    mix = students.FM_MIXUP_CHOSEN
+    grid = [students.fm_name(fm["epochs"], mixup=mix)] + [
+        students.fm_name(fm["epochs"], t, a, mixup=mix) for t, a in students.FM_GRID]
     missing = [n for n in grid if not zoo.checkpoint_path(n, 0).exists()]
     assert not missing, f"run {students.STUDENTS_COMMAND} to make {missing}"
-    chosen = students.kd_choice(students.fm_grid(0, progress=False))   # on validation
-    names = [students.fm_name(e, *cell) for e in fm["curve"] for cell in ((None, None), chosen)]
+    chosen = students.kd_choice(students.fm_grid(0, mixup=mix, progress=False))  # validation
+    names = [students.fm_name(e, *cell, mixup=mix) for e in fm["curve"]
+             for cell in ((None, None), chosen)]
     missing = [n for n in names if not zoo.checkpoint_path(n, 0).exists()]
     assert not missing, f"run {students.STUDENTS_COMMAND} to make {missing}"
 
@@ -185,3 +187,54 @@ def test_a_bigger_bank_starts_with_the_smaller_banks_views():
     x = images()
     np.testing.assert_array_equal(fm.augmented_views(x, 2, seed=3),
                                   fm.augmented_views(x, 5, seed=3)[:2])
+
+
+def test_a_mixup_bank_blends_each_view_with_the_same_view_of_its_partner():
+    teacher = models.small_cnn((2, 4), image_size=8, seed=0)
+    x = images()
+    bank = fm.view_bank(teacher, x, 3, seed=2, max_shift=1, mixup=0.4)
+    plain = fm.augmented_views(x, 3, seed=2, max_shift=1)
+    assert bank.partner.shape == bank.lam.shape == (3, 6)
+    assert np.all((bank.lam >= 0.5) & (bank.lam <= 1.0)) and np.any(bank.lam < 0.99)
+    for v in range(3):
+        assert sorted(bank.partner[v]) == list(range(6))
+        w = bank.lam[v][:, None, None, None]
+        np.testing.assert_allclose(bank.x[v], w * plain[v] + (1 - w) * plain[v][bank.partner[v]],
+                                   rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(bank.logits[v], distill.teacher_logits(teacher, bank.x[v]),
+                                   rtol=1e-5, atol=1e-5)
+    smaller = fm.view_bank(teacher, x, 2, seed=2, max_shift=1, mixup=0.4)
+    np.testing.assert_array_equal(smaller.x, bank.x[:2])          # the first views are fixed
+    labels = np.array([0, 1, 2, 3, 4, 5])
+    probs = np.exp(bank.label_logits(labels, 10))
+    assert probs.shape == (3, 6, 10)
+    np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(probs[1, np.arange(6), labels], np.where(
+        bank.partner[1] == labels, 1.0, bank.lam[1]), rtol=1e-5, atol=2e-5)
+    no_mix = fm.view_bank(teacher, x, 2, seed=2, max_shift=1)
+    assert no_mix.partner is None
+    np.testing.assert_allclose(np.exp(no_mix.label_logits(labels, 10)).argmax(-1),
+                               np.tile(labels, (2, 1)))
+    with pytest.raises(ValueError, match="pass their 6 labels"):
+        bank.label_logits(labels[:5], 10)
+    with pytest.raises(ValueError, match="mixup must be"):
+        fm.view_bank(teacher, x, 2, mixup=0.0)
+
+
+def test_a_mixup_student_refuses_a_bank_without_blends(tmp_path, monkeypatch):
+    monkeypatch.setenv("PRUNING_KIT_CHECKPOINTS", str(tmp_path))
+    from pruning_kit import data
+    ds = data.load_fashion_mnist()
+    teacher = models.small_cnn((2, 4), seed=0)
+    bank = fm.view_bank(teacher, ds.x_train[:8], 1, max_shift=1)
+    assert students.fm_name(16, 1.0, 1.0, mixup=True) == "student_cnn8x16_fmmix_kd_T1_a1_e16"
+    with pytest.raises(ValueError, match="with mixup; pass bank=.*mixup=True"):
+        students.fm_student(0, epochs=1, mixup=True, bank=lambda: bank, dataset=ds)
+
+
+def test_the_views_comparison_is_committed():
+    # notebook 02 and the benchmark score both views at the reported budget (seed 0)
+    names = [students.fm_name(students.FM["epochs"], *cell, mixup=m)
+             for m in (False, True) for cell in ((None, None), *students.FM_GRID)]
+    missing = [n for n in names if not zoo.checkpoint_path(n, 0).exists()]
+    assert not missing, f"run {students.STUDENTS_COMMAND} to make {missing}"
