@@ -27,7 +27,6 @@ inference for any model) and notebook 04's "your own model" section.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -36,7 +35,7 @@ import numpy as np
 from flax import nnx
 from jax.extend import core as jcore
 
-from pruning_kit import program
+from pruning_kit import program, validate
 from pruning_kit.program import sub_jaxpr
 
 __all__ = ["KERNEL_PRIMITIVES", "FloatLayersWarning", "Forward", "Hook", "KernelOp",
@@ -247,13 +246,13 @@ def warn_indirect(fwd: Forward, what: str) -> None:
     """Warn (:class:`FloatLayersWarning`) when ``fwd.indirect`` is not empty: ``what`` (e.g.
     ``"fake_quant_model"``) leaves those layers float."""
     if fwd.indirect:
-        warnings.warn(
+        validate.warn(
             f"{fwd._name}: {', '.join(fwd.indirect)} "
             f"{'reaches its' if len(fwd.indirect) == 1 else 'reach their'} matmul/convolution "
             "through a cast, transpose or reshape (bfloat16 parameters computed in float32, "
             f"x @ w.T, ...), so {what} leaves those layers float. Keep float32 parameters "
             "and kernels laid out (inputs, outputs) as nnx.Linear and nnx.Conv do.",
-            FloatLayersWarning, stacklevel=3)
+            FloatLayersWarning)
 
 
 def runner(eqn: Any) -> Callable[..., Any]:

@@ -40,7 +40,6 @@ Examples:
 from __future__ import annotations
 
 import functools
-import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -124,11 +123,11 @@ def selected_leaves(tree: Params, filter: Filter | None = default_filter, *,
         skipped = [n for n, w in leaves.items() if n not in chosen and jnp.ndim(w) >= 2
                    and jnp.issubdtype(jnp.result_type(w), jnp.floating)]
         if skipped:
-            warnings.warn(f"the default filter takes only leaves named '...kernel', so these "
+            validate.warn(f"the default filter takes only leaves named '...kernel', so these "
                           f"weight matrices are left out ({what}): {skipped[:6]}"
                           f"{' ...' if len(skipped) > 6 else ''}. Pass e.g. filter=lambda name, "
                           "w: w.ndim >= 2 to include them, or a filter that names what to "
-                          "leave out to silence this.", UserWarning, stacklevel=3)
+                          "leave out to silence this.")
     return chosen
 
 

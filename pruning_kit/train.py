@@ -26,7 +26,6 @@ import contextlib
 import functools
 import inspect
 import time
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -36,6 +35,8 @@ import numpy as np
 import optax
 from flax import nnx
 from tqdm.auto import tqdm
+
+from pruning_kit import validate
 
 # checkpoints: the format lives in pruning_kit.checkpoint; train.save_model & co stay here
 from pruning_kit.checkpoint import host_array as host_array
@@ -282,15 +283,16 @@ def _warn_mode_argument(model: nnx.Module) -> None:
         params = inspect.signature(type(model).__call__).parameters
     except (TypeError, ValueError):
         return
-    named = [n for n in _MODE_ARGUMENTS if n in params]
+    # an argument defaulting to None leaves the choice to the layers' own (NNX) mode
+    named = [n for n in _MODE_ARGUMENTS if n in params and params[n].default is not None]
     if named:
-        warnings.warn(
+        validate.warn(
             f"{type(model).__name__}.__call__ takes {named[0]!r}, but fit calls model(x) and "
             "switches Dropout and BatchNorm with model.train() / model.eval() (NNX's modes), "
             f"so {named[0]!r} keeps its default while training. If your layers read it, "
             "pass it on from the mode instead (e.g. let nnx.Dropout and nnx.BatchNorm decide "
             "from model.train()), or train a wrapper module whose __call__ passes "
-            f"{named[0]}=... to the model.", UserWarning, stacklevel=3)
+            f"{named[0]}=... to the model.")
 
 
 @functools.partial(jax.jit, static_argnums=(0,))

@@ -17,6 +17,9 @@ Examples:
 from __future__ import annotations
 
 import math
+import os
+import sys
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
@@ -92,3 +95,21 @@ def sparsity(value: Any, *, name: str = "sparsity") -> Any:
         raise ValueError(f"{name} must be a fraction in [0, 1), got {value!r}: 0.9 prunes 90% "
                          "of the weights (1.0 would remove them all).")
     return v
+
+
+def warn(message: str, category: type[Warning] = UserWarning) -> None:
+    """``warnings.warn`` attributed to the user's line: the first caller outside this
+    package and outside installed libraries (JAX's tracing, the standard library), so the
+    warning points there whichever public function raised it."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    skip = (package, os.path.dirname(os.__file__))      # the package, the standard library
+    frame, level, first_outside = sys._getframe(1), 2, None
+    while frame is not None:
+        name = os.path.abspath(frame.f_code.co_filename)
+        if not name.startswith(package) and first_outside is None:
+            first_outside = level
+        if not name.startswith(skip) and "site-packages" not in name:
+            break
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category,
+                  stacklevel=level if frame is not None else first_outside or 2)

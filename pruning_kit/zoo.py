@@ -29,7 +29,6 @@ import json
 import os
 import platform
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,7 @@ import optax
 from flax import nnx
 
 from pruning_kit import data as data_lib
-from pruning_kit import distill, measure, prune, structure
+from pruning_kit import distill, measure, prune, structure, validate
 from pruning_kit import models as models_lib
 from pruning_kit import train as train_lib
 
@@ -142,6 +141,7 @@ def check_recipe(path: str | os.PathLike, recipe: Any) -> bool:
         >>> _ = train_lib.save_model(model, path, metadata={"recipe": {"epochs": 3, "w": (8, 16)}})
         >>> check_recipe(path, {"epochs": 3, "w": [8, 16]}), check_recipe(path, {"epochs": 3})
         (True, True)
+        >>> import warnings
         >>> with warnings.catch_warnings(record=True) as caught:
         ...     warnings.simplefilter("always")
         ...     check_recipe(path, {"epochs": 5, "w": (8, 16)})
@@ -163,8 +163,8 @@ def check_recipe(path: str | os.PathLike, recipe: Any) -> bool:
         return True
     else:
         diff = f"{recorded!r} recorded, {want!r} asked for"
-    warnings.warn(f"{path} was made with another recipe ({diff}); it is remade.",
-                  RecipeMismatchWarning, stacklevel=3)
+    validate.warn(f"{path} was made with another recipe ({diff}); it is remade.",
+                  RecipeMismatchWarning)
     return False
 
 
@@ -189,10 +189,10 @@ def check_split(path: str | os.PathLike, dataset: data_lib.Dataset, *,
     if recorded == expected:
         return True
     how = f"Retrain it ({command})" if command else "Retrain it"
-    warnings.warn(
+    validate.warn(
         f"{path} was trained on split {recorded or '(not recorded)'}, not on {dataset.name}'s "
         f"current split {expected}: it may have seen the validation images. {how}.",
-        SplitMismatchWarning, stacklevel=2)
+        SplitMismatchWarning)
     return False
 
 

@@ -243,9 +243,16 @@ def test_fit_warns_when_the_model_takes_a_train_argument_it_cannot_set(digits):
             return self.drop(self.fc(x), deterministic=not train)
 
     x, y = digits.x_train[:64].reshape(64, -1), digits.y_train[:64]
-    with pytest.warns(UserWarning, match=r"LinenStyle.__call__ takes 'train'.*keeps its default"):
+    with pytest.warns(UserWarning, match=r"LinenStyle.__call__ takes 'train'.*keeps its default"
+                      ) as rec:
         train.fit(LinenStyle(), x, y, epochs=1, batch_size=32, progress=False)
+    assert rec[0].filename == __file__
+    class NNXStyle(LinenStyle):              # None: the layers decide from the mode
+        def __call__(self, x, deterministic: bool | None = None):
+            return self.drop(self.fc(x), deterministic=deterministic)
+
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         train.fit(models.MLP(64, (8,), rngs=nnx.Rngs(0)), x, y, epochs=1, batch_size=32,
                   progress=False)
+        train.fit(NNXStyle(), x, y, epochs=1, batch_size=32, progress=False)

@@ -594,8 +594,9 @@ def test_default_filter_says_which_weight_matrices_it_leaves_dense():
             self.w = nnx.Param(jnp.ones((3, 3)))
 
     params = nnx.state(Custom(), nnx.Param)
-    with pytest.warns(UserWarning, match=r"left out \(prune\): \['w'\].*filter=lambda"):
+    with pytest.warns(UserWarning, match=r"left out \(prune\): \['w'\].*filter=lambda") as rec:
         masks = pr.magnitude_masks(params, 0.5)
+    assert rec[0].filename == __file__                    # it points at the caller's line
     assert float(pr.sparsity(masks["fc"]["kernel"])) == 0.5   # the kernel is pruned
     with warnings.catch_warnings():
         warnings.simplefilter("error")            # an explicit filter is not warned about
