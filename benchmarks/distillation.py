@@ -265,15 +265,17 @@ def patient_and_consistent(ds: data.Dataset, teacher: nnx.Module, seeds, retrain
     def test(m):
         return 100 * train.evaluate(m, ds.x_test, ds.y_test)
 
-    def mixed_bank():
+    mixup = students.FM_MIXUP_CHOSEN
+
+    def mixed_bank():                   # the grid's budget, or the curve's if it is chosen
         if "mixed" not in made:
             start = time.perf_counter()
-            made["mixed"] = students.fm_bank(teacher, ds.x_train, fm["epochs"], mixup=True)
-            print(f"  (bank of {fm['epochs']} mixup-blended views: "
+            views = fm["views"] if mixup else fm["epochs"]
+            made["mixed"] = students.fm_bank(teacher, ds.x_train, views, mixup=True)
+            print(f"  (bank of {views} mixup-blended views: "
                   f"{time.perf_counter() - start:.0f} s)")
         return made["mixed"]
 
-    mixup = students.FM_MIXUP_CHOSEN
     scores = students.fm_grid(GRID_SEED, **{**kw, "bank": mixed_bank if mixup else bank},
                               mixup=mixup)
     other = students.fm_grid(GRID_SEED, **{**kw, "bank": bank if mixup else mixed_bank},
@@ -291,7 +293,7 @@ def patient_and_consistent(ds: data.Dataset, teacher: nnx.Module, seeds, retrain
               f"{'mixup blends' if choice['kd'] else 'flips/shifts'} and the plain one on "
               f"{'mixup blends' if choice['plain'] else 'flips/shifts'}, but "
               f"students.FM_MIXUP_CHOSEN is {mixup}: update it.")
-    kw["mixup"] = mixup
+    kw.update(mixup=mixup, bank=mixed_bank if mixup else bank)
 
     curve = []
     for e in fm["curve"]:

@@ -57,14 +57,16 @@ class ViewBank(NamedTuple):
     ``x``: ``(views, n, H, W, C)`` float32; ``logits``: ``(views, n, classes)`` float32.
     A bank built with ``mixup`` also holds each view's ``partner`` (int) and ``lam``
     (float32), both ``(views, n)``: view ``v`` of image ``i`` is ``lam * a + (1 - lam) * b``
-    of the shifted/flipped view ``v`` of image ``i`` (``a``) and of image ``partner`` (``b``);
-    ``None`` without mixup.
+    of the shifted/flipped view ``v`` of image ``i`` (``a``) and of image ``partner`` (``b``),
+    and ``mixup``, the Beta concentration the weights were drawn with; all ``None`` without
+    mixup.
     """
 
     x: np.ndarray
     logits: np.ndarray
     partner: np.ndarray | None = None
     lam: np.ndarray | None = None
+    mixup: float | None = None
 
     @property
     def views(self) -> int:
@@ -81,7 +83,8 @@ class ViewBank(NamedTuple):
         against these labels (minus a constant), on the same images.
 
         Raises:
-            ValueError: ``labels`` is not one label in ``[0, num_classes)`` per image.
+            ValueError: ``labels`` is not one label per image, or a label is outside
+                ``[0, num_classes)``.
         """
         views, n = self.x.shape[:2]
         labels = np.asarray(labels)
@@ -170,9 +173,14 @@ def view_bank(teacher: nnx.Module, x: np.ndarray, views: int, *, seed: int = 0,
 
     With ``mixup`` (a Beta concentration, e.g. 0.4) every shifted/flipped view is then
     blended with the same view of a partner image, as :func:`mixup_views` blends images
-    (a new permutation and new weights per view, deterministic in ``seed``): the more
-    aggressive augmentation of Beyer et al. (2022). The first views of a bank do not
-    depend on how many views it holds, with or without mixup.
+    (a new permutation and new weights per view, deterministic in ``seed`` and drawn from
+    random streams of their own): the more aggressive augmentation of Beyer et al. (2022).
+    The first views of a bank do not depend on how many views it holds, with or without
+    mixup.
+
+    Raises:
+        ValueError: ``mixup`` is not a positive number (``True`` is refused: pass the
+            concentration).
 
     Examples:
         >>> from pruning_kit import models
@@ -185,15 +193,18 @@ def view_bank(teacher: nnx.Module, x: np.ndarray, views: int, *, seed: int = 0,
     xs = augmented_views(x, views, seed=seed, max_shift=max_shift)
     partner = lam = None
     if mixup is not None:
+        if isinstance(mixup, bool):
+            raise ValueError("mixup is the Beta concentration of the blend weights (e.g. "
+                             "0.4), not a switch; students.fm_bank takes mixup=True.")
         mixup = validate.number("mixup", mixup, 0.0, low_open=True)
         partner = np.empty(xs.shape[:2], np.int64)
         lam = np.empty(xs.shape[:2], np.float32)
-        for v in range(views):
-            xs[v], partner[v], lam[v] = _blend(xs[v], np.random.default_rng([seed, 11, v]),
-                                               mixup)
+        for v in range(views):          # streams apart from augmented_views' ([seed, v])
+            rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(11, v)))
+            xs[v], partner[v], lam[v] = _blend(xs[v], rng, mixup)
     answer = mirror_averaged_logits if mirror_average else distill.teacher_logits
     logits = np.stack([answer(teacher, xv, batch_size=batch_size) for xv in xs])
-    return ViewBank(xs, logits.astype(np.float32), partner, lam)
+    return ViewBank(xs, logits.astype(np.float32), partner, lam, mixup)
 
 
 def _blend(x: np.ndarray, rng: np.random.Generator, concentration: float
@@ -217,7 +228,9 @@ def budget(bank: ViewBank, labels: np.ndarray, epochs: int
     ``train.fit(student, x, (labels, logits), epochs=1, loss_fn=distill.distillation_loss(
     ...))`` distils consistently; ``train.fit(student, x, labels, epochs=1)`` is the
     control on the same images (``fit`` shuffles rows with its seed, so with the same seed
-    the batches are the same).
+    the batches are the same). For a mixup bank the control learns the mixed labels: take
+    the targets from ``budget(bank._replace(logits=bank.label_logits(labels, k)), ...)``
+    and fit with ``distill.distillation_loss(temperature=1.0, alpha=1.0)``.
 
     Raises:
         ValueError: ``epochs`` is not in ``1 .. bank.views``, or ``labels`` does not match

@@ -35,7 +35,8 @@ KD_GRID = tuple((t, a) for a in (0.5, 0.9) for t in (2.0, 4.0))
 HINT = dict(layer="stage2", beta=0.5)
 #: The one command that (re)makes every cached student of notebook 02 (the grid on seed 0,
 #: plain and distilled CNN students on seeds 0, 1, 2, the hinted student on seed 0, the
-#: recovery fine-tunings on seeds 0, 1, 2, the function-matching students of :data:`FM`):
+#: recovery fine-tunings on seeds 0, 1, 2, the function-matching students of :data:`FM`
+#: and, on seed 0, of :data:`FM_WIDTHS` and of the mixup-blended views, :data:`FM_MIXUP`):
 #: about 2 h 05 min on 2 CPU cores (estimated from the checkpoints' recorded times).
 STUDENTS_COMMAND = "python -m benchmarks.distillation --retrain"
 
@@ -72,7 +73,9 @@ FM_GRID = ((1.0, 1.0), (2.0, 1.0), (4.0, 1.0), (2.0, 0.5))
 #: flipped views each blended with the same view of another image, weights from
 #: Beta(FM_MIXUP, FM_MIXUP) (the concentration :data:`RECOVERY_FM` chose for the 2-bit
 #: recovery), the plain control on the mixed labels. Scored on validation against the plain
-#: views at the reported budget (seed 0, plain and every :data:`FM_GRID` cell).
+#: views at the reported budget (seed 0, plain and every :data:`FM_GRID` cell). With
+#: ``alpha < 1`` the hard-label term on a blend uses the label of the image with the larger
+#: weight (the teacher's term sees the blend as it is).
 FM_MIXUP = 0.4
 #: Whether the reported students read the mixup blends: they would if a blended student
 #: (distilled, and plain for the control) scored best on validation; on the committed run
@@ -206,7 +209,8 @@ def fm_student(seed: int = 0, *, epochs: int, temperature: float | None = None,
     if the model must be trained: ``lambda: fm_bank(strong_teacher(), ds.x_train)``, or
     ``fm_bank(..., mixup=True)`` for ``mixup`` (views blended by mixup, :data:`FM_MIXUP`;
     the plain control learns the mixed labels, ``ViewBank.label_logits``).
-    Cached as ``student_cnn<w0>x<w1>_fm_{plain|kd_T<T>_a<alpha>}_e<epochs>``
+    Cached as ``student_cnn<w0>x<w1>_fm_{plain|kd_T<T>_a<alpha>}_e<epochs>`` (``_fmmix_``
+    with ``mixup``)
     (:func:`fm_name`); the recorded ``views`` is the size of the bank it was drawn from
     (``recipe["views"]`` in the earlier checkpoints), and the student reads the bank's first
     ``epochs`` views, which do not depend on that size.
@@ -235,6 +239,10 @@ def fm_student(seed: int = 0, *, epochs: int, temperature: float | None = None,
         if mixup != (views.partner is not None):
             raise ValueError(f"{name} reads a bank {'with' if mixup else 'without'} mixup; "
                              f"pass bank=lambda: fm_bank(teacher, x, mixup={mixup}).")
+        if mixup and views.mixup != FM_MIXUP:
+            raise ValueError(f"the bank was blended with concentration {views.mixup:g}, but "
+                             f"FM_MIXUP is {FM_MIXUP:g} (the recipe {name} records); build it "
+                             "with fm_bank(teacher, x, mixup=True).")
         info["views"] = views.views
         if mixup and not kd:            # the control learns the mixed labels
             views = views._replace(logits=views.label_logits(ds.y_train, len(ds.classes)))

@@ -217,8 +217,11 @@ def test_a_mixup_bank_blends_each_view_with_the_same_view_of_its_partner():
                                np.tile(labels, (2, 1)))
     with pytest.raises(ValueError, match="pass their 6 labels"):
         bank.label_logits(labels[:5], 10)
+    assert bank.mixup == 0.4 and no_mix.mixup is None
     with pytest.raises(ValueError, match="mixup must be"):
         fm.view_bank(teacher, x, 2, mixup=0.0)
+    with pytest.raises(ValueError, match="concentration.*fm_bank takes mixup=True"):
+        fm.view_bank(teacher, x, 2, mixup=True)
 
 
 def test_a_mixup_student_refuses_a_bank_without_blends(tmp_path, monkeypatch):
@@ -230,6 +233,9 @@ def test_a_mixup_student_refuses_a_bank_without_blends(tmp_path, monkeypatch):
     assert students.fm_name(16, 1.0, 1.0, mixup=True) == "student_cnn8x16_fmmix_kd_T1_a1_e16"
     with pytest.raises(ValueError, match="with mixup; pass bank=.*mixup=True"):
         students.fm_student(0, epochs=1, mixup=True, bank=lambda: bank, dataset=ds)
+    other = fm.view_bank(teacher, ds.x_train[:8], 1, max_shift=1, mixup=0.2)
+    with pytest.raises(ValueError, match="blended with concentration 0.2.*FM_MIXUP is 0.4"):
+        students.fm_student(0, epochs=1, mixup=True, bank=lambda: other, dataset=ds)
 
 
 def test_the_views_comparison_is_committed():
