@@ -276,12 +276,9 @@ def patient_and_consistent(ds: data.Dataset, teacher: nnx.Module, seeds, retrain
                   f"{time.perf_counter() - start:.0f} s)")
         return made["mixed"]
 
-    scores = students.fm_grid(GRID_SEED, **{**kw, "bank": mixed_bank if mixup else bank},
-                              mixup=mixup)
-    other = students.fm_grid(GRID_SEED, **{**kw, "bank": bank if mixup else mixed_bank},
-                             mixup=not mixup)
-    t, a = students.kd_choice(scores)
-    by_views = {mixup: scores, not mixup: other}
+    by_views = {m: students.fm_grid(GRID_SEED, **{**kw, "bank": mixed_bank if m else bank},
+                                    mixup=m) for m in (mixup, not mixup)}
+    t, a = students.kd_choice(by_views[mixup])
     grid = [{"views": "mixup blends" if m else "flips/shifts",
              "T": "-" if c == "plain" else c[0], "alpha": "0 (plain)" if c == "plain" else c[1],
              "val_pct": 100 * v} for m in (False, True) for c, v in by_views[m].items()]

@@ -157,7 +157,7 @@ def fm_name(epochs: int, temperature: float | None = None, alpha: float | None =
     distilled with both. A teacher answering in one pass (``TEACHER_MIRROR_AVERAGE`` off)
     gets its own names, so the committed students are never mistaken for its students.
     ``widths`` defaults to ``FM["widths"]``; students of mixup blends are ``..._fmmix...``
-    (with ``_c<concentration>`` if :data:`FM_MIXUP` is not 0.4).
+    (with ``_c<concentration>`` if :data:`FM_MIXUP` is not that of the committed files).
 
     Examples:
         >>> fm_name(16), fm_name(16, 1.0, 1.0)
@@ -172,7 +172,7 @@ def fm_name(epochs: int, temperature: float | None = None, alpha: float | None =
         raise ValueError("pass both temperature and alpha (distilled) or neither (plain).")
     arch = _fm_arch(widths)
     tail = f"_e{epochs}" + ("" if TEACHER_MIRROR_AVERAGE else "_onepass")
-    if mixup and FM_MIXUP != 0.4:
+    if mixup and FM_MIXUP != _MIX_CONCENTRATION_OF_NAME:
         tail += f"_c{FM_MIXUP:g}"
     kind = "fmmix" if mixup else "fm"
     if temperature is None:
@@ -452,8 +452,8 @@ RECOVERY = dict(weight_bits=2, weight_method="mse", images=3000, epochs=10, batc
 #: against the other cells of ``benchmarks.distillation.RECOVERY_FM_GRID`` (other views,
 #: concentrations and temperatures, and the plain recipes; the benchmark prints them all).
 RECOVERY_FM = dict(views=40, concentration=0.4, temperature=1.0, alpha=1.0)
-#: The concentration of the committed ``_mix<views>`` files; another one is cached with a
-#: ``_c<concentration>`` suffix, so a changed recipe never loads the old models.
+#: The concentration of the committed ``_mix<views>`` and ``_fmmix_`` files; another one is
+#: cached with a ``_c<concentration>`` suffix, so a changed recipe never loads the old models.
 _MIX_CONCENTRATION_OF_NAME = 0.4
 
 
