@@ -114,7 +114,8 @@ def deep_compression(pruned: nnx.Module, x: np.ndarray, y: Any,
                                                  epochs=epochs, lr=lr, batch_size=batch_size,
                                                  seed=seed, progress=progress)
     qtree = None
-    if bias_bits is not None:
+    has_1d = any(jnp.ndim(v) == 1 for v in jax.tree.leaves(nnx.state(shared, nnx.Param)))
+    if bias_bits is not None and has_1d:   # a bias-free model has nothing to round here
         qtree = quantize_tree(shared, bias_bits, axis=None,
                               filter=lambda name, leaf: jnp.ndim(leaf) == 1)
         shared = dequantized_model(shared, qtree)

@@ -266,10 +266,23 @@ def to_onnx(model: Any, example: Any, path: str | os.PathLike, *, fold: bool = T
     return path
 
 
+def _load_proto(path: str | os.PathLike, **kw: Any) -> Any:
+    """``onnx.load``, with a clear error for a file that is not (or no longer) ONNX."""
+    onnx = _need_onnx()
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"No ONNX file at {path}; write one with to_onnx.")
+    try:
+        return onnx.load(str(path), **kw)
+    except Exception as err:  # noqa: BLE001 - protobuf's DecodeError and kin
+        raise ValueError(f"{path} is not a readable ONNX file ({type(err).__name__}: {err}); "
+                         "it may be truncated or corrupt: write it again with "
+                         "export.to_onnx.") from err
+
+
 def _has_signed_activations(path: Path) -> bool:
     """Does the file quantize an activation to int8 (a QuantizeLinear with int8 zero)?"""
     onnx = _need_onnx()
-    proto = onnx.load(str(path), load_external_data=False)
+    proto = _load_proto(path, load_external_data=False)
     int8 = {t.name for t in proto.graph.initializer
             if t.data_type == onnx.TensorProto.INT8 and not t.dims}
     return any(n.op_type == "QuantizeLinear" and len(n.input) > 2 and n.input[2] in int8
@@ -354,10 +367,10 @@ def load_onnx(path: str | os.PathLike, *, threads: int | None = None,
 
 def describe_onnx(path: str | os.PathLike) -> dict[str, Any]:
     """What an ONNX file holds: op counts, initializer bytes by dtype, input/output, size."""
-    onnx = _need_onnx()
+    _need_onnx()
     from onnx import numpy_helper
 
-    proto = onnx.load(str(path))
+    proto = _load_proto(path)
     ops: dict[str, int] = {}
     for n in proto.graph.node:
         ops[n.op_type] = ops.get(n.op_type, 0) + 1

@@ -471,7 +471,11 @@ class Translator:
                                         self.const(np.asarray([len(idx.shape) - 1]))])
             y = self.node("Gather", [self.name(table), ids], axis=0)
             return _T(y, _ident(len(out_shape)), out_shape, dtype)
-        raise UnsupportedOpError(f"a gather other than a table lookup along axis 0 ({where})")
+        raise UnsupportedOpError(
+            f"a gather other than a table lookup along axis 0 ({where}). Under a symbolic "
+            "batch size JAX traces a plain slice such as h[:, 0] or h[:, :10] as a gather: "
+            "export with dynamic_batch=False (the file then takes the example's batch "
+            "size).")
 
 
 def build_model(translator: Translator, input_t: _T, outputs: Sequence[_C | _T],

@@ -160,6 +160,9 @@ def low_rank(model: nnx.Module, ranks: Mapping[Any, int] | list[int | None]) -> 
         old = dense_layers(new)[path]
         kernel = old.kernel[...]
         kernel = kernel.reshape(kernel.shape[-2:])      # a 1x1 conv's (1, 1, in, out) too
+        if not bool(jnp.isfinite(kernel).all()):
+            raise ValueError(f"Layer {path}'s kernel holds NaN/inf; its SVD would be too. Fix "
+                             "(or retrain) the model before factorizing it.")
         u, v = svd_factors(kernel, r)
         # x @ u @ v acts on the last axis: a 1x1 convolution on NHWC maps exactly to it
         layer = models_lib.LowRankLinear(old.in_features, old.out_features, r,

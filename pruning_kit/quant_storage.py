@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from pruning_kit import train as train_lib
 from pruning_kit import tree, validate
 from pruning_kit.quantize import (
     QParams,
@@ -291,4 +292,6 @@ def dequantized_model(model: nnx.Module, qtree: Params) -> nnx.Module:
     values = jax.tree.map(lambda v, p: jnp.asarray(v, jnp.asarray(p).dtype), values, pure)
     params = jax.tree.map(lambda v: v, params)  # a copy: model keeps its own arrays
     nnx.replace_by_pure_dict(params, values)    # each array in its parameter's dtype
-    return nnx.merge(graphdef, params, rest)
+    # own everything else too (BatchNorm statistics, RNG counts, unquantized leaves): the
+    # copy must not share a Variable or an array with the caller's model
+    return train_lib.own_arrays(nnx.merge(graphdef, params, rest))

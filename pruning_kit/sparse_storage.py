@@ -94,6 +94,9 @@ def save_sparse(path: str | os.PathLike, params: Any, masks: Any | None = None, 
     """
     if format not in ("bitmap", "coo"):
         raise ValueError(f"format must be 'bitmap' or 'coo', got {format!r}.")
+    if isinstance(path, (nnx.Module, nnx.State, dict)):
+        raise ValueError(f"save_sparse(path, params) takes the file's path first; got a "
+                         f"{type(path).__name__} there. Swap the two arguments.")
     if isinstance(params, nnx.Module):
         params = nnx.state(params, nnx.Any(nnx.Param, nnx.BatchStat))
     named = tree_lib.named_leaves(params)
@@ -112,6 +115,9 @@ def save_sparse(path: str | os.PathLike, params: Any, masks: Any | None = None, 
                                  f"leaf {w.shape}.")
             w = np.where(np.asarray(mask_of[name]) != 0, w, np.zeros((), w.dtype))
         info = {"shape": list(w.shape), "dtype": w.dtype.str, "storage": "dense"}
+        if w.dtype.kind == "V":   # bfloat16 & co (ml_dtypes): stored as raw bits, named
+            info["dtype"] = w.dtype.name
+            w = w.view(np.dtype(f"u{w.dtype.itemsize}"))
         if name in chosen:
             keep = (np.asarray(mask_of[name]) != 0 if name in mask_of else w != 0).reshape(-1)
             arrays.update(_sparse_arrays(name, w, keep, format))
@@ -124,13 +130,25 @@ def save_sparse(path: str | os.PathLike, params: Any, masks: Any | None = None, 
     return checkpoint.write(path, arrays, header)
 
 
+#: Dtypes NumPy cannot name by a type string, stored as raw bits (``save_sparse``).
+_RAW_DTYPES = {"bfloat16": jnp.bfloat16, "float8_e4m3fn": jnp.float8_e4m3fn,
+               "float8_e5m2": jnp.float8_e5m2}
+
+
 def _dense(arrays: dict, name: str, info: dict) -> np.ndarray:
     """One leaf of a sparse file, dense again."""
-    shape, dtype = tuple(info["shape"]), np.dtype(info["dtype"])
+    shape = tuple(info["shape"])
+    named = info["dtype"] in _RAW_DTYPES          # stored as raw bits of the same width
+    dtype = np.dtype(_RAW_DTYPES[info["dtype"]] if named else info["dtype"])
+
+    def typed(a):
+        a = np.asarray(a)
+        return a.view(dtype) if named else a
+
     if info["storage"] == "dense":
-        return np.asarray(arrays[name]).reshape(shape)
+        return typed(arrays[name]).reshape(shape)
     n = math.prod(shape)
-    w, values = np.zeros(n, dtype), arrays[f"{name}/values"]
+    w, values = np.zeros(n, dtype), typed(arrays[f"{name}/values"])
     if info["storage"] == "bitmap":
         pos = np.flatnonzero(np.unpackbits(arrays[f"{name}/bitmap"], count=n))
     else:

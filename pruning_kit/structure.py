@@ -470,6 +470,12 @@ def prune_channels(model: nnx.Module, keep: float | Mapping[str, Any], *,
     """
     example = _example(model, example, x)
     scores = channel_importance(model, criterion, x=x, y=y, example=example)
+    if not scores:
+        validate.warn(
+            f"prune_channels: no channel group of {type(model).__name__} can be pruned, so "
+            "the model is returned unchanged (as a copy). channel_graph(model, example)"
+            ".report() says why each group is kept whole (e.g. a LayerNorm or a reshape "
+            "reads all its channels).")
     kept = select_channels(scores, keep, round_to=round_to)
     return remove_channels(model, kept, example=example), kept
 

@@ -160,9 +160,21 @@ def check_training_args(x: Any, y: Any, *, epochs: Any, lr: Any, batch_size: Any
 
 
 def _check_xy(x, y, name: str = "x") -> None:
+    if not hasattr(x, "shape") or np.ndim(x) < 1:
+        raise ValueError(f"{name} must be an array with the examples along its first axis "
+                         f"(e.g. shape (N, features) or (N, H, W, C)); got "
+                         f"{type(x).__name__} of shape {np.shape(x)}. Pass np.asarray(...) "
+                         "of a batch of examples.")
     labels = _labels(y)
     if len(x) != len(labels):
         raise ValueError(f"{name} has {len(x)} examples but the labels have {len(labels)}.")
+    if isinstance(y, (tuple, list)):
+        for k, extra in enumerate(y[1:], start=1):
+            if len(extra) != len(x):
+                raise ValueError(
+                    f"y[{k}] (an extra target handed to the loss, e.g. teacher logits) has "
+                    f"{len(extra)} rows but {name} has {len(x)} examples; pass one row per "
+                    "example, in the same order.")
     if len(x) == 0:
         raise ValueError(f"{name} is empty; pass at least one example.")
     labels = np.asarray(labels) if not hasattr(labels, "dtype") else labels
@@ -206,10 +218,15 @@ def fit(model: nnx.Module, x: np.ndarray, y: Any, *, epochs: int = 10,
     copied before the jitted step donates them, so a model that shares arrays with this
     one (an ``nnx.clone``, say) is never left holding deleted arrays.
     """
-    if not isinstance(epochs, int) or epochs < 1:
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive integer, got {epochs!r}.")
-    if not isinstance(batch_size, int) or batch_size < 1:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    if tx is None and not (isinstance(learning_rate, (int, float))
+                           and not isinstance(learning_rate, bool)
+                           and np.isfinite(learning_rate) and learning_rate > 0):
+        raise ValueError(f"learning_rate must be a positive finite number, got "
+                         f"{learning_rate!r} (typical: 1e-3 for Adam).")
     if isinstance(y, (tuple, list)) and loss_fn is cross_entropy_loss:
         raise ValueError(
             f"y is a {type(y).__name__} of {len(y)} arrays (labels plus extra targets, such as "
@@ -222,16 +239,29 @@ def fit(model: nnx.Module, x: np.ndarray, y: Any, *, epochs: int = 10,
     if batch_size > n:
         raise ValueError(f"batch_size {batch_size} is larger than the data set ({n} "
                          f"examples); use batch_size <= {n}.")
-    steps_per_epoch = n // batch_size
-    if tx is None:
-        tx = default_optimizer(learning_rate, steps_per_epoch * epochs)
     _warn_mode_argument(model)
+    _warn_half_precision(model, tx_given=tx is not None)
+    if tx is None:
+        tx = default_optimizer(learning_rate, (n // batch_size) * epochs)
     flags = mode_of(model)
-    model.train()
-    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-    graphdef, state = nnx.split((model, optimizer))
-    # donate only arrays made here: other live models may share the model's arrays
-    state = jax.tree.map(_copy_leaf, state)
+    try:
+        model.train()
+        optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+        graphdef, state = nnx.split((model, optimizer))
+        _check_forward(graphdef, state, x[:batch_size], y, loss_fn)
+        # donate only arrays made here: other live models may share the model's arrays
+        state = jax.tree.map(_copy_leaf, state)
+        return _fit_loop(model, optimizer, graphdef, state, x, y, epochs=epochs,
+                         batch_size=batch_size, loss_fn=loss_fn, seed=seed,
+                         validation=validation, progress=progress, augment=augment)
+    finally:   # the caller's mode comes back however training ends (error, Ctrl-C)
+        restore_mode(flags)
+
+
+def _fit_loop(model, optimizer, graphdef, state, x, y, *, epochs, batch_size, loss_fn, seed,
+              validation, progress, augment) -> dict[str, list[float]]:
+    n = len(x)
+    steps_per_epoch = n // batch_size
     ys = tuple(y) if isinstance(y, (tuple, list)) else (y,)
     history: dict[str, list[float]] = {"loss": [], "train_acc": [], "seconds": []}
     if validation is not None:
@@ -253,24 +283,64 @@ def fit(model: nnx.Module, x: np.ndarray, y: Any, *, epochs: int = 10,
             losses.append(loss)
             correct += c
         mean_loss = float(jnp.mean(jnp.stack(losses)))
-        if not np.isfinite(mean_loss):
-            nnx.update((model, optimizer), state)
-            restore_mode(flags)
+        if not np.isfinite(mean_loss):   # the model keeps its last finite weights
             raise FloatingPointError(
-                f"Training diverged at epoch {epoch + 1} (loss {mean_loss}). Lower the "
-                "learning rate or check the inputs for NaN/inf.")
+                f"Training diverged at epoch {epoch + 1} (loss {mean_loss}); the model keeps "
+                f"the weights it had {'after epoch ' + str(epoch) if epoch else 'before fit'}. "
+                "Lower the learning rate or check the inputs and targets for NaN/inf.")
         history["loss"].append(mean_loss)
         history["train_acc"].append(float(correct) / (steps_per_epoch * batch_size))
         history["seconds"].append(time.perf_counter() - start)
         postfix = {"loss": f"{mean_loss:.3f}", "train": f"{history['train_acc'][-1]:.3f}"}
-        if validation is not None:
-            nnx.update((model, optimizer), state)
+        if validation is not None:   # a copy: the next step donates ``state``
+            nnx.update((model, optimizer), jax.tree.map(_copy_leaf, state))
             history["val_acc"].append(evaluate(model, *validation))
             postfix["val"] = f"{history['val_acc'][-1]:.4f}"
         bar.set_postfix(postfix)
     nnx.update((model, optimizer), state)
-    restore_mode(flags)
     return history
+
+
+def _check_forward(graphdef, state, xb, y, loss_fn) -> None:
+    """Trace one loss evaluation on a batch (shapes only: nothing runs or changes) so that a
+    wrong input shape or out-of-range labels fail here, with a message, not deep in JAX."""
+    labels = np.asarray(_labels(y))
+    yb = tuple(a[:len(xb)] for a in y) if isinstance(y, (tuple, list)) else y[:len(xb)]
+
+    def loss_of(st):
+        model, _ = nnx.merge(graphdef, st)
+        return loss_fn(model, jnp.asarray(xb), yb)
+
+    try:
+        _, logits = jax.eval_shape(loss_of, state)
+    except ValueError:   # already says what is wrong (the package's losses and layers)
+        raise
+    except Exception as err:  # noqa: BLE001 - re-raised with what to check
+        raise ValueError(
+            f"The model (or the loss) cannot run on a training batch of shape "
+            f"{tuple(np.shape(xb))}: {type(err).__name__}: {str(err).splitlines()[0][:300]}. "
+            "Check that x has the shape the model expects (e.g. (N, 784) for an MLP on "
+            "flattened images, (N, 28, 28, 1) for a CNN) and that the extra targets in y "
+            "match the loss.") from err
+    classes = logits.shape[-1] if getattr(logits, "ndim", 0) >= 1 else None
+    if classes is not None and labels.size and (labels.min() < 0 or labels.max() >= classes):
+        raise ValueError(
+            f"Labels run from {labels.min()} to {labels.max()}, but the model gives {classes} "
+            f"logits per example, so a label must lie in 0..{classes - 1}. Check the labels "
+            "(or give the model's last layer as many outputs as there are classes).")
+
+
+def _warn_half_precision(model: nnx.Module, *, tx_given: bool) -> None:
+    """Warn that the default Adam's eps (1e-8) underflows in float16 parameters."""
+    if tx_given:
+        return
+    dtypes = {str(v.dtype) for v in jax.tree.leaves(nnx.state(model, nnx.Param))
+              if hasattr(v, "dtype")}
+    if "float16" in dtypes:
+        validate.warn(
+            "The model has float16 parameters: the default optimizer's Adam eps (1e-8) "
+            "rounds to zero in float16, and training usually diverges. Train in float32 "
+            "(cast the model, then cast back), or pass tx=optax.adam(1e-3, eps=1e-4).")
 
 
 #: Names of a ``__call__`` argument that switches training behaviour (the Flax Linen habit).

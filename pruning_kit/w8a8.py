@@ -155,6 +155,14 @@ class IntegerModel:
         return float((self.predict(x, batch_size=batch_size) == np.asarray(y)).mean())
 
 
+def _named_float_params(model: nnx.Module):
+    """``(path, array)`` of every floating-point parameter of ``model`` (host copies)."""
+    for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        a = np.asarray(v[...] if isinstance(v, nnx.Variable) else v)
+        if np.issubdtype(a.dtype, np.floating):
+            yield "/".join(map(str, path)), a
+
+
 def quantize_model(model: nnx.Module, calib_x: Any, *, weight_bits: int = 8,
                    act_bits: int = 8, percentile: float | None = None, fold: bool = True,
                    batch_size: int = 256,
@@ -189,6 +197,14 @@ def quantize_model(model: nnx.Module, calib_x: Any, *, weight_bits: int = 8,
     calib_x = np.asarray(calib_x)
     if calib_x.ndim == 0 or len(calib_x) == 0:
         raise ValueError("calib_x is empty: pass a few hundred inputs to calibrate on.")
+    if np.issubdtype(calib_x.dtype, np.number) and not np.isfinite(calib_x).all():
+        raise ValueError(f"calib_x holds {int((~np.isfinite(calib_x)).sum())} NaN/inf "
+                         "value(s); the activation ranges would be meaningless. Calibrate on "
+                         "finite inputs (check the data pipeline, or np.nan_to_num).")
+    bad = [k for k, v in _named_float_params(model) if not np.isfinite(v).all()]
+    if bad:
+        raise ValueError(f"the model's parameter(s) {bad[:5]} hold NaN/inf; integer codes "
+                         "of them would be meaningless. Fix (or retrain) the model first.")
     if percentile is not None and not 50 < percentile <= 100:
         raise ValueError(f"percentile must be in (50, 100], got {percentile!r}.")
     example = calib_x[:2]

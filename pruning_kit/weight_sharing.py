@@ -117,7 +117,11 @@ def kmeans_codebooks(model: nnx.Module, bits: int | Mapping[str, int], *,
         w = np.asarray(kernels[name])
         keep = w != 0 if keep_zeros else np.ones(w.shape, bool)
         if not keep.any():
-            raise ValueError(f"{name} has no non-zero weight; leave it out of bits.")
+            raise ValueError(
+                f"{name} has no non-zero weight (all {w.size} are zero: an untrained or fully "
+                "pruned layer?), so there is nothing to cluster. Pass bits as a dict without "
+                f"{name!r} (e.g. {{k: {b} for k in kernels if k != {name!r}}}), or train the "
+                "model first.")
         try:
             cb, idx = kmeans_codebook(w[keep], b, iters=iters, init=init)
         except ValueError as err:
