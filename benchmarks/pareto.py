@@ -14,13 +14,14 @@ and the few cheap recipes of the notebooks (2:4 with 2 epochs of fine-tuning, no
 rank-32 low rank with 3 epochs of KD, notebook 04; the Deep Compression chain of notebook 05,
 ``benchmarks.pipeline.mlp_chain``). For each method and seed the model is written to a file
 (``codec.save`` ``.pkc``, ``prune.save_sparse`` ``.npz`` or an ONNX file), read back, and the
-model read back is what is measured: test accuracy (mean and sample std over the seeds),
-the file's bytes (mean over seeds). Latency: the seed-0 models of one family (MLP or CNN)
-are timed interleaved in the same rounds (``measure.compare_latency``), JAX and ONNX Runtime
-alike, at batch 1 and 256 (median and IQR). The choices are the course's, made on the
-validation split: the int4/int8 weight grid (min-max or MSE, ``benchmarks.quantization``),
-(T, alpha) of the distilled students (``students.kd_grid``). One JSON line per method is
-written with ``pruning_kit.pareto.write_points``.
+model read back is what is measured: test accuracy (mean and sample std over the seeds;
+std ``null`` for a method of one seed), the file's bytes (mean over seeds). Latency: the
+seed-0 models of one family (MLP or CNN) are timed interleaved in the same rounds
+(``measure.compare_latency``), JAX and ONNX Runtime alike, at batch 1 and 256 (median
+and IQR). The choices are the course's, made on the validation split: the int4/int8 weight
+grid (min-max or MSE, ``benchmarks.quantization``), (T, alpha) of the distilled students
+(``students.kd_grid``). One JSON line per method is written with
+``pruning_kit.pareto.write_points``.
 
 ``--from`` reads those lines (``pareto.read_points``: never re-measures, never retypes),
 prints the table with the Pareto fronts (accuracy against bytes, batch-1 and batch-256
@@ -328,7 +329,8 @@ def record(args, ds: data.Dataset) -> list[dict]:
         points.append({"method": method.name, "family": method.family,
                        "technique": method.technique, "runtime": method.runtime,
                        "acc_mean": float(np.mean(accs)),
-                       "acc_std": float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0,
+                       # one seed measures no spread: null, not 0.0
+                       "acc_std": float(np.std(accs, ddof=1)) if len(accs) > 1 else None,
                        "acc_per_seed": accs, "seeds": have,
                        "stored_bytes": int(round(np.mean(sizes))),
                        "stored_bytes_per_seed": sizes, "file": method.file,

@@ -197,16 +197,35 @@ def check_macs(answer, in_features: int = 784, hidden: Sequence[int] = (300, 100
 
 
 def check_bytes(answer, num_params: int, bits: int) -> None:
-    """Bytes needed to store ``num_params`` values at ``bits`` bits each (packed)."""
+    """Bytes needed to store ``num_params`` values at ``bits`` bits each, packed.
+
+    Packed values share bytes, and a file holds whole bytes, so the answer is
+    ``ceil(num_params * bits / 8)``; the exact fraction ``num_params * bits / 8`` (the same
+    number when it is whole) is accepted too. Rounding down is not: the last, partly filled
+    byte must still be stored.
+
+    Examples:
+        >>> check_bytes(7_503, 20_006, 3)      # 60,018 bits: 7,502 bytes and 2 bits over
+        Correct: 7,503 bytes for 20,006 values at 3 bits (60,018 bits, rounded up to whole bytes).
+        >>> check_bytes(133_305, 266_610, 4)
+        Correct: 133,305 bytes for 266,610 values at 4 bits.
+    """
     if _blank(answer):
         return
-    expected = num_params * bits / 8
+    total_bits = num_params * bits
+    expected = -(-total_bits // 8)                 # ceil, in integers
     got = _number(answer, "the byte count")
-    if got == num_params * bits:
+    if got == total_bits and total_bits:
         raise CheckFailed("That is bits, not bytes: divide by 8.")
-    if abs(got - expected) > 0.5:
-        raise CheckFailed(f"Not quite. Each value takes {bits} bits and a byte has 8 bits.")
-    print(f"Correct: {expected:,.0f} bytes for {num_params:,} values at {bits} bits.")
+    if got == expected or abs(got - total_bits / 8) < 1e-9:
+        whole = "" if total_bits % 8 == 0 else (f" ({total_bits:,} bits, rounded up to whole "
+                                                "bytes)")
+        print(f"Correct: {expected:,} bytes for {num_params:,} values at {bits} bits{whole}.")
+        return
+    if got == total_bits // 8:
+        raise CheckFailed(f"Almost: {total_bits:,} bits do not fill whole bytes, and the last, "
+                          "partly filled byte is stored too. Round up.")
+    raise CheckFailed(f"Not quite. Each value takes {bits} bits and a byte has 8 bits.")
 
 
 def check_choice(answer, options: dict[str, str], key: str | None = None,

@@ -78,7 +78,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from pruning_kit import __version__
+from pruning_kit import __version__, validate
 from pruning_kit import context_coding as cc
 from pruning_kit import data as data_lib
 from pruning_kit import graph as graph_lib
@@ -376,14 +376,7 @@ def save(path: str | os.PathLike, model: nnx.Module, *, coding: str | Mapping[st
             model, unknown leaf names or encodings, or a forced ``sparse-codebook`` leaf
             with more than :data:`MAX_CODEBOOK` distinct non-zero values.
     """
-    if isinstance(path, nnx.Module) or not isinstance(model, nnx.Module):
-        swapped = isinstance(path, nnx.Module)
-        raise ValueError(
-            "codec.save(path, model) takes the file's path first and the Flax NNX model "
-            f"second; got {type(path).__name__} and {type(model).__name__}."
-            + (" Swap the two arguments." if swapped else
-               " Pass the model itself (not nnx.state(model) or a dict of arrays); "
-               "codec.load(path, like=...) rebuilds a model from it."))
+    validate.path_then_model("codec.save(path, model)", path, model)
     kind, config = _identity(model)
     leaves = {n: np.asarray(v) for n, v in _leaves(model).items()}
     if config is not None:

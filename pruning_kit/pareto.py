@@ -2,15 +2,17 @@
 
 Each method the course produces (float, quantized, pruned, distilled, structurally smaller,
 chained, exported) ends as one *point*: its test accuracy (mean and standard deviation over
-seeds), the bytes of the file it is stored in, and its latency at batch 1 and 256 (median
-and IQR of interleaved rounds). ``python -m benchmarks.pareto --record FILE`` measures them
-and writes one JSON line per method (``{"kind": "pareto_point", ...}``, :data:`REQUIRED`);
-the map is drawn from that file, never re-measured or retyped:
+seeds; ``None`` when only one seed was run, since one seed measures no spread), the bytes
+of the file it is stored in, and its latency at batch 1 and 256 (median and IQR of
+interleaved rounds). ``python -m benchmarks.pareto --record FILE`` measures them and writes
+one JSON line per method (``{"kind": "pareto_point", ...}``, :data:`REQUIRED`); the map is
+drawn from that file, never re-measured or retyped:
 
 * :func:`write_points` / :func:`read_points` -- the points to / from a JSON-lines file
   (checked; other lines, e.g. a benchmark's figures, are skipped);
 * :func:`pareto_front` -- the points no other point beats: none has a higher-or-equal
-  accuracy at a lower-or-equal cost and is strictly better in one of them;
+  accuracy at a lower-or-equal cost and is strictly better in one of them (decided on the
+  mean accuracies alone: a gap inside the error bars is not resolved);
 * :func:`front_table` -- every point with its place on the three fronts, as a table;
 * :func:`pareto_map` -- three panels (accuracy against stored bytes, latency at batch 1,
   latency at batch 256), error bars, the front as a step line, and :data:`PEERS`.
@@ -36,8 +38,8 @@ from matplotlib.lines import Line2D
 from pruning_kit import data as data_lib
 from pruning_kit.table import Table
 
-__all__ = ["COSTS", "PEERS", "POINT_KIND", "RECORDED", "REQUIRED", "front_table", "pareto_front",
-           "pareto_map", "read_points", "write_points"]
+__all__ = ["COSTS", "ONE_SEED_MARKER", "PEERS", "POINT_KIND", "RECORDED", "REQUIRED",
+           "front_table", "pareto_front", "pareto_map", "read_points", "write_points"]
 
 Point = Mapping[str, Any]
 
@@ -46,7 +48,8 @@ Point = Mapping[str, Any]
 RECORDED = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "pareto_points.jsonl"
 #: The ``kind`` of a point's JSON line.
 POINT_KIND = "pareto_point"
-#: Keys every point line must have (``latency_*`` may be ``null``: not timed).
+#: Keys every point line must have (``latency_*`` may be ``null``: not timed; ``acc_std`` is
+#: ``null`` for a point of one seed).
 REQUIRED = ("method", "family", "technique", "acc_mean", "acc_std", "seeds", "stored_bytes",
             "file", "latency_b1_ms", "latency_b1_iqr", "latency_b256_ms",
             "latency_b256_iqr", "machine", "date")
@@ -62,12 +65,16 @@ LENET_FP32_BYTES = 266_610 * 4
 #: Deep Compression: Han, Mao & Dally, "Deep Compression: Compressing Deep Neural Networks
 #: with Pruning, Trained Quantization and Huffman Coding", ICLR 2016, Table 1: LeNet-300-100
 #: on MNIST, 1070 KB -> 27 KB (40x), top-1 error 1.64 % -> 1.58 %. Another data set (MNIST),
-#: so only its ratio is comparable: drawn at the bytes 40x gives for our LeNet-300-100.
+#: so only its ratio is comparable: drawn at the bytes 40x gives for our LeNet-300-100
+#: (``ratio``: the published compression ratio itself).
 PEERS: tuple[dict[str, Any], ...] = (
-    {"label": "Deep Compression 40x (Han et al. 2016, LeNet-300-100 on MNIST: ratio only)",
-     "cost": "stored_bytes", "value": LENET_FP32_BYTES / 40},
+    {"label": "Deep Compression 40x, published (Han et al. 2016, LeNet-300-100 on MNIST; "
+              "not measured here, ratio only)",
+     "cost": "stored_bytes", "value": LENET_FP32_BYTES / 40, "ratio": 40},
 )
 _MARKERS = {"mlp": "o", "cnn": "s"}
+#: The marker of a point measured on one seed only (no standard deviation to draw).
+ONE_SEED_MARKER = "*"
 
 
 def _number(value: Any) -> bool:
@@ -79,9 +86,16 @@ def _check(point: dict[str, Any], where: str) -> dict[str, Any]:
     if missing:
         raise ValueError(f"{where}: a {POINT_KIND} line lacks {missing}; record it again "
                          "with python -m benchmarks.pareto --record FILE.")
-    for key in ("acc_mean", "acc_std", "stored_bytes"):
+    for key in ("acc_mean", "stored_bytes"):
         if not _number(point[key]):
             raise ValueError(f"{where}: {key} must be a finite number, got {point[key]!r}.")
+    if not isinstance(point["seeds"], list) or not point["seeds"]:
+        raise ValueError(f"{where}: seeds must be a non-empty list, got {point['seeds']!r}.")
+    if len(point["seeds"]) < 2:
+        point["acc_std"] = None            # one seed measures no spread: none, not 0.0
+    elif not (_number(point["acc_std"]) and point["acc_std"] >= 0):
+        raise ValueError(f"{where}: acc_std must be a number >= 0 for {len(point['seeds'])} "
+                         f"seeds, got {point['acc_std']!r}.")
     if not 0 <= point["acc_mean"] <= 1:
         raise ValueError(f"{where}: acc_mean is a fraction in [0, 1], got {point['acc_mean']}.")
     for key in _IQR:
@@ -121,13 +135,14 @@ def read_points(path: str | os.PathLike) -> list[dict[str, Any]]:
     """The points of a JSON-lines file, in file order.
 
     Lines whose ``kind`` is not :data:`POINT_KIND` (a benchmark's figures, blank lines) are
-    skipped.
+    skipped. A point of a single seed gets ``acc_std = None`` whatever the line says: one
+    seed measures no spread (an older file may hold ``0.0`` there).
 
     Raises:
         FileNotFoundError: no file at ``path``.
         ValueError: a line that is not JSON, a point lacking a key of :data:`REQUIRED` or
-            with a non-numeric accuracy or size, a method named twice in one family, or
-            no point at all.
+            with a non-numeric accuracy or size, no seeds, a missing or negative ``acc_std``
+            for several seeds, a method named twice in one family, or no point at all.
 
     Examples:
         >>> import tempfile
@@ -177,7 +192,9 @@ def pareto_front(points: Sequence[Point], cost_key: str, *,
 
     A point is on the front when no other point has a higher-or-equal accuracy at a
     lower-or-equal cost and is strictly better in at least one; two identical points are
-    both on it. Points whose cost is missing or ``None`` take no part.
+    both on it. Points whose cost is missing or ``None`` take no part. The front is decided
+    on ``accuracy_key`` alone (the means): a point off it is dominated on the means, and a
+    gap smaller than the accuracies' spread over seeds is not resolved by it.
 
     Returns:
         The front, cheapest first (ties: more accurate first).
@@ -211,13 +228,15 @@ def front_table(points: Sequence[Point]) -> Table:
                                  ("b256", "latency_b256_ms"))}
     rows = [{"#": i, "family": p["family"], "method": p["method"],
              "technique": p["technique"], "accuracy": p["acc_mean"],
-             "std_pct": 100 * p["acc_std"], "seeds": len(p["seeds"]),
+             "std_pct": None if p["acc_std"] is None else 100 * p["acc_std"],
+             "seeds": len(p["seeds"]),
              "stored_bytes": p["stored_bytes"], "b1_ms": p["latency_b1_ms"],
              "b256_ms": p["latency_b256_ms"],
              "front": " ".join(k for k, ids in fronts.items() if id(p) in ids) or "-"}
             for i, p in enumerate(points, 1)]
-    return Table(rows, title="every point (std over seeds in points; front: on the Pareto "
-                             "front of accuracy against bytes / batch-1 / batch-256 latency)")
+    return Table(rows, title="every point (std over seeds in points, - for one seed; front: on "
+                             "the Pareto front of the mean accuracy against bytes / batch-1 / "
+                             "batch-256 latency)")
 
 
 def _panel(ax: Any, points: Sequence[Point], cost: str, peers: Sequence[Mapping[str, Any]],
@@ -228,8 +247,11 @@ def _panel(ax: Any, points: Sequence[Point], cost: str, peers: Sequence[Mapping[
         iqr = p.get(_IQR.get(cost, ""))
         xerr = None if not iqr else [[p[cost] - iqr[0]], [iqr[1] - p[cost]]]
         hollow = "onnx" in str(p.get("runtime", "")).lower()
-        ax.errorbar(p[cost], 100 * p["acc_mean"], yerr=100 * p["acc_std"], xerr=xerr,
-                    fmt=_MARKERS.get(p["family"], "^"), color=colors[p["technique"]], ms=6,
+        one_seed = p.get("acc_std") is None            # no spread measured: no bar, a star
+        ax.errorbar(p[cost], 100 * p["acc_mean"],
+                    yerr=None if one_seed else 100 * p["acc_std"], xerr=xerr,
+                    fmt=ONE_SEED_MARKER if one_seed else _MARKERS.get(p["family"], "^"),
+                    color=colors[p["technique"]], ms=11 if one_seed else 6,
                     capsize=2, lw=0.8, mfc="white" if hollow else colors[p["technique"]])
         ax.annotate(str(i), (p[cost], 100 * p["acc_mean"]), textcoords="offset points",
                     xytext=(4, 3), fontsize=7)
@@ -256,10 +278,11 @@ def pareto_map(points: Sequence[Point], *, peers: Sequence[Mapping[str, Any]] = 
 
     Each point is drawn with its accuracy's standard deviation over seeds (and, for
     latencies, the IQR over rounds) as error bars and numbered as in :func:`front_table`;
-    circles are MLPs, squares CNNs, hollow markers files run by ONNX Runtime, colours the
-    technique. The front of each panel is a dashed step line; ``peers`` are vertical
-    dotted lines on the panel of their ``cost`` (:data:`PEERS`). The numbered key is
-    written below the panels.
+    circles are MLPs, squares CNNs, a star a point of one seed (no standard deviation, no
+    bar; legend "1 seed"), hollow markers files run by ONNX Runtime, colours the technique.
+    The front of each panel is a dashed step line; ``peers`` are vertical dotted lines on
+    the panel of their ``cost`` (:data:`PEERS`). The numbered key is written below the
+    panels.
 
     Raises:
         ValueError: no points.
@@ -288,6 +311,9 @@ def pareto_map(points: Sequence[Point], *, peers: Sequence[Mapping[str, Any]] = 
                 for f, m in _MARKERS.items()]
     handles += [Line2D([], [], color="gray", marker="o", mfc="white", ls="",
                        label="ONNX Runtime file")]
+    if any(p.get("acc_std") is None for p in points):
+        handles += [Line2D([], [], color="gray", marker=ONE_SEED_MARKER, ms=9, ls="",
+                           label="1 seed (no std: no error bar)")]
     handles += axes[0].get_legend_handles_labels()[0]
     fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.965),
                ncol=min(len(handles), 6), fontsize=8, frameon=False)

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from pruning_kit import checkpoint
+from pruning_kit import checkpoint, validate
 from pruning_kit import tree as tree_lib
 from pruning_kit.masks import Filter, default_filter, selected_leaves
 
@@ -94,9 +94,8 @@ def save_sparse(path: str | os.PathLike, params: Any, masks: Any | None = None, 
     """
     if format not in ("bitmap", "coo"):
         raise ValueError(f"format must be 'bitmap' or 'coo', got {format!r}.")
-    if isinstance(path, (nnx.Module, nnx.State, dict)):
-        raise ValueError(f"save_sparse(path, params) takes the file's path first; got a "
-                         f"{type(path).__name__} there. Swap the two arguments.")
+    validate.path_then_model("save_sparse(path, params)", path, params, what="the params",
+                             accepts=(nnx.State, dict))
     if isinstance(params, nnx.Module):
         params = nnx.state(params, nnx.Any(nnx.Param, nnx.BatchStat))
     named = tree_lib.named_leaves(params)

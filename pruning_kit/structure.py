@@ -11,8 +11,8 @@ dense hardware does the same work. Here whole units go:
   (``model.config`` records the new widths, so ``train.save_model``/``load_model`` and
   :mod:`pruning_kit.codec` save and reload it).
 * **Importance criteria** (:func:`channel_importance`): L1/L2 norm of the weights that
-  produce a channel, the BatchNorm scale |gamma|, and the first-order Taylor estimate of
-  the loss change when the channel is removed (Molchanov et al., 2019).
+  produce a channel, the BatchNorm scale |gamma|, and the square of the first-order Taylor
+  estimate of the loss change when the channel is removed (Molchanov et al., 2019).
 * **Low rank** (:func:`low_rank`, from :mod:`pruning_kit.low_rank`): a dense ``(in, out)``
   kernel becomes ``u @ v`` from its truncated SVD -- ``r (in + out)`` weights instead of
   ``in * out``.
@@ -214,8 +214,9 @@ def channel_importance(model: nnx.Module, criterion: str = "l1", *,
             (summed over producers, e.g. conv2 and res_conv2 for the residual group);
             ``"bn_scale"`` -- sum of |gamma| of the group's BatchNorms;
             ``"taylor"`` -- ``sum over batches of (sum_i g_i w_i)^2`` over the unit's
-            producer parameters, the first-order estimate of how much the loss changes
-            when the unit is zeroed (needs ``x`` and ``y``; a few thousand examples do).
+            producer parameters: the square of ``-sum_i g_i w_i``, the first-order
+            estimate of how much the loss changes when the unit is zeroed (needs ``x`` and
+            ``y``; a few thousand examples do).
         x, y: data for ``"taylor"``.
         batch_size: batch size for ``"taylor"``.
         groups: groups declared by hand (checked against the trace; default: traced).

@@ -113,3 +113,19 @@ def warn(message: str, category: type[Warning] = UserWarning) -> None:
         frame, level = frame.f_back, level + 1
     warnings.warn(message, category,
                   stacklevel=level if frame is not None else first_outside or 2)
+
+
+def path_then_model(call: str, path: Any, model: Any, *, what: str = "the Flax NNX model",
+                    accepts: tuple[type, ...] = ()) -> None:
+    """Raise a ``ValueError`` naming the mistake when ``call(path, model)`` got its
+    arguments swapped, or something other than a model (or one of ``accepts``)."""
+    from flax import nnx
+
+    models = (nnx.Module, nnx.State, dict)
+    if isinstance(path, models):
+        raise ValueError(f"{call} takes the file's path first and {what} second; got a "
+                         f"{type(path).__name__} first. Swap the two arguments.")
+    if not isinstance(model, (nnx.Module, *accepts)):
+        raise ValueError(f"{call} takes the file's path first and {what} second; got "
+                         f"{type(model).__name__} second. Pass the model itself (not "
+                         "nnx.state(model) or a dict of arrays).")

@@ -103,6 +103,22 @@ def test_read_refuses_bad_files(tmp_path):
         pareto.write_points(tmp_path / "none.jsonl", [])
 
 
+def test_one_seed_has_no_std(tmp_path):
+    # one seed measures no spread: read as None whatever the line says (an old file: 0.0)
+    path = pareto.write_points(tmp_path / "p.jsonl", [
+        point("three seeds", 0.9, 100), point("one seed", 0.91, 200, seeds=[0], acc_std=0.0),
+        point("one seed, null", 0.92, 300, seeds=[0], acc_std=None)])
+    got = {p["method"]: p["acc_std"] for p in pareto.read_points(path)}
+    assert got == {"three seeds": 0.001, "one seed": None, "one seed, null": None}
+    rows = {r["method"]: r["std_pct"] for r in pareto.front_table(pareto.read_points(path)).rows}
+    assert rows["one seed"] is None and rows["three seeds"] == pytest.approx(0.1)
+    several = tmp_path / "several.jsonl"
+    several.write_text(json.dumps({"kind": pareto.POINT_KIND,
+                                   **point("x", 0.9, 10, acc_std=None)}) + "\n")
+    with pytest.raises(ValueError, match="acc_std must be a number >= 0 for 3 seeds"):
+        pareto.read_points(several)
+
+
 # --------------------------------------------------------------------------- table, figure
 def test_front_table_marks_the_fronts():
     # "small" is on the bytes front only: at batch 256 (2.0 ms) "fast" is as good and faster
@@ -136,3 +152,27 @@ def test_map_has_three_log_panels_with_the_front_and_the_peer():
         plt.close(fig)
     with pytest.raises(ValueError, match="at least one point"):
         pareto.pareto_map([])
+
+
+def test_map_draws_a_one_seed_point_as_a_star_without_a_bar():
+    pts = [point("three seeds", 0.90, 1000), point("one seed", 0.92, 2000, acc_std=None,
+                                                    seeds=[0])]
+    fig = pareto.pareto_map(pts)
+    try:
+        ax = fig.axes[0]
+        markers = {ln.get_marker() for ln in ax.get_lines() if ln.get_label() != "Pareto front"}
+        assert pareto.ONE_SEED_MARKER in markers and "o" in markers
+        # one vertical (accuracy) error bar: the three-seed point's; the star has none
+        bars = [c for c in ax.collections if len(c.get_segments()) and
+                all(np.isclose(seg[0][0], seg[1][0]) for seg in c.get_segments())]
+        ys = [seg[:, 1] for c in bars for seg in c.get_segments()]
+        assert all(not (lo < 92 < hi) for lo, hi in (sorted(y) for y in ys))
+        assert any(lo < 90 < hi for lo, hi in (sorted(y) for y in ys))
+        assert "1 seed (no std: no error bar)" in [t.get_text() for t in fig.legends[0].texts]
+    finally:
+        plt.close(fig)
+    fig = pareto.pareto_map([point("three seeds", 0.90, 1000)])
+    try:
+        assert not any("1 seed" in t.get_text() for t in fig.legends[0].texts)
+    finally:
+        plt.close(fig)

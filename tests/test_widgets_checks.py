@@ -56,6 +56,24 @@ def test_checks_accept_right_and_hint_on_wrong(capsys):
         checks.check_choice("z", "b", {"a": "no", "b": "yes"})
 
 
+def test_check_bytes_rounds_up_to_whole_bytes(capsys):
+    # 20,006 values at 3 bits are 60,018 bits: 7,502 bytes and 2 bits, so 7,503 bytes stored
+    checks.check_bytes(7_503, 20_006, 3)
+    assert "Correct: 7,503 bytes" in capsys.readouterr().out
+    checks.check_bytes(20_006 * 3 / 8, 20_006, 3)      # the exact fraction is accepted too
+    assert "Correct: 7,503 bytes" in capsys.readouterr().out
+    with pytest.raises(checks.CheckFailed, match="Round up"):
+        checks.check_bytes(7_502, 20_006, 3)           # the last, partly filled byte is lost
+    with pytest.raises(checks.CheckFailed, match="Not quite"):
+        checks.check_bytes(7_504, 20_006, 3)
+    with pytest.raises(checks.CheckFailed, match="bits, not bytes"):
+        checks.check_bytes(60_018, 20_006, 3)
+    checks.check_bytes(133_305, 266_610, 4)             # whole bytes: the same number
+    assert capsys.readouterr().out == "Correct: 133,305 bytes for 266,610 values at 4 bits.\n"
+    with pytest.raises(checks.CheckFailed, match="Not quite"):
+        checks.check_bytes(133_304, 266_610, 4)
+
+
 def test_bit_width_explorer_reacts_and_counts_real_bytes(digits, trained_mlp):
     from pruning_kit import train
 
