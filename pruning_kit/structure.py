@@ -56,8 +56,9 @@ from pruning_kit.low_rank import (
 )
 
 __all__ = [
-    "CRITERIA", "ChannelGroup", "Member", "break_even_rank", "channel_graph", "channel_groups",
-    "channel_importance", "dense_layers", "layer_path", "low_rank", "low_rank_params",
+    "CRITERIA", "ChannelGroup", "ChannelRemovalError", "Member", "break_even_rank",
+    "channel_graph", "channel_groups", "channel_importance", "dense_layers", "layer_path",
+    "low_rank", "low_rank_params",
     "mask_channels", "prune_channels", "remove_channels", "search_widths", "select_channels",
     "svd_factors",
 ]
@@ -410,8 +411,9 @@ def remove_channels(model: nnx.Module, keep: Mapping[str, Any], *,
 
     Raises:
         ValueError: unknown group, empty ``keep`` (every channel removed), repeated or
-            out-of-range indices, or a smaller model that does not compute what the
-            masked one does.
+            out-of-range indices; :class:`ChannelRemovalError` (a ``ValueError`` naming
+            the groups at fault, ``.groups``) when the smaller model does not compute what
+            the masked one does.
 
     Examples:
         >>> from pruning_kit import models
@@ -423,25 +425,44 @@ def remove_channels(model: nnx.Module, keep: Mapping[str, Any], *,
     _, masks = _masks(model, keep, example, groups)
     small = _apply(model, masks, zero=False)
     if check:
-        reference = _apply(model, masks, zero=True)
-        args = example if isinstance(example, tuple) else (example,)
-        try:
-            got = np.asarray(small(*args))
-        except Exception as err:
-            raise ValueError(
-                f"The smaller {type(model).__name__} fails on the example input: "
-                f"{type(err).__name__}: {err}. A module that stores a width itself (a head "
-                "count, a reshape size) must update it in an after_resize() method, or use "
-                "-1 in its reshapes.") from err
-        want = np.asarray(reference(*args))
-        diff = float(np.abs(got - want).max()) if got.shape == want.shape else np.inf
-        if not diff <= 1e-4 * max(1.0, float(np.abs(want).max())):
-            raise ValueError(
-                f"Removing these channels does not compute what masking them does (max |diff| "
-                f"{diff:.3g}): something in the forward depends on the number of channels "
-                "(a scale computed from a shape, a statistic over them). Keep that group "
-                "whole, or pass check=False to accept the change.")
+        problem = _removal_problem(model, small, masks, example)
+        if problem is not None:
+            # name the groups that fail on their own (the rest can go)
+            bad = [n for n in keep if len(keep) > 1 and _removal_problem(
+                model, None, _masks(model, {n: keep[n]}, example, groups)[1], example)]
+            raise ChannelRemovalError(bad or sorted(keep), problem, type(model).__name__)
     return small
+
+
+class ChannelRemovalError(ValueError):
+    """Removing ``groups`` does not give the model the masked reference computes."""
+
+    def __init__(self, groups: list[str], problem: str, model: str):
+        self.groups, self.problem = list(groups), problem
+        super().__init__(
+            f"Removing channels of {self.groups} from {model} does not work: {problem}. "
+            "Something in the forward depends on the number of those channels (a scale "
+            "computed from a shape, a statistic over them, or a width a module stores: a "
+            "module of yours can update it in an after_resize() method, or use -1 in its "
+            "reshapes; a Flax layer's, such as nnx.MultiHeadAttention's head size, cannot "
+            "change). Keep those groups whole (leave them out of keep), or pass check=False "
+            "to accept the change.")
+
+
+def _removal_problem(model: nnx.Module, small: nnx.Module | None, masks: Any,
+                     example: Any) -> str | None:
+    """Why ``small`` (made from ``masks`` if None) differs from the masked reference."""
+    args = example if isinstance(example, tuple) else (example,)
+    try:
+        small = _apply(model, masks, zero=False) if small is None else small
+        got = np.asarray(small(*args))
+    except Exception as err:  # noqa: BLE001 - reported with the groups that cause it
+        return f"the smaller model fails on the example input ({type(err).__name__}: {err})"
+    want = np.asarray(_apply(model, masks, zero=True)(*args))
+    diff = float(np.abs(got - want).max()) if got.shape == want.shape else np.inf
+    if not diff <= 1e-4 * max(1.0, float(np.abs(want).max())):
+        return f"it does not compute what masking them does (max |diff| {diff:.3g})"
+    return None
 
 
 def mask_channels(model: nnx.Module, keep: Mapping[str, Any], *,
@@ -478,7 +499,15 @@ def prune_channels(model: nnx.Module, keep: float | Mapping[str, Any], *,
             ".report() says why each group is kept whole (e.g. a LayerNorm or a reshape "
             "reads all its channels).")
     kept = select_channels(scores, keep, round_to=round_to)
-    return remove_channels(model, kept, example=example), kept
+    try:
+        return remove_channels(model, kept, example=example), kept
+    except ChannelRemovalError as err:
+        if set(err.groups) >= set(kept):
+            raise
+        validate.warn(f"prune_channels: {err.groups} kept whole ({err.problem}); the other "
+                      "groups are pruned. Leave them out of keep to silence this.")
+        kept = {k: v for k, v in kept.items() if k not in err.groups}
+        return remove_channels(model, kept, example=example), kept
 
 
 def search_widths(model: nnx.Module, candidates: list[Mapping[str, Any]], x: np.ndarray, *,

@@ -192,3 +192,29 @@ def test_deep_compression_of_a_bias_free_model():
                                             batch_size=64, progress=False)
     assert out.quantized is None
     assert len(np.unique(np.asarray(out.model.a.kernel[...]))) <= 4
+
+
+class _Attention(nnx.Module):                 # Flax's own attention: its head size is fixed
+    def __init__(self, rngs):
+        self.emb = nnx.Embed(50, 16, rngs=rngs)
+        self.attn = nnx.MultiHeadAttention(num_heads=2, in_features=16, qkv_features=16,
+                                           decode=False, rngs=rngs)
+        self.cls = nnx.Linear(16, 10, rngs=rngs)
+
+    def __call__(self, tok):
+        return self.cls(self.attn(self.emb(tok)).mean(axis=1))
+
+
+def test_channel_removal_names_the_groups_that_cannot_shrink():
+    model = _Attention(nnx.Rngs(0))
+    tokens = np.random.default_rng(0).integers(0, 50, (4, 6)).astype(np.int32)
+    scores = structure.channel_importance(model, "l1", example=tokens[:2])
+    keep = structure.select_channels(scores, 0.5)
+    with pytest.raises(structure.ChannelRemovalError) as info:
+        structure.remove_channels(model, keep, example=tokens[:2])
+    assert info.value.groups and set(info.value.groups) < set(keep)
+    assert all(g in str(info.value) for g in info.value.groups)
+    with pytest.warns(UserWarning, match="kept whole"):
+        small, kept = structure.prune_channels(model, 0.5, example=tokens[:2])
+    assert not set(kept) & set(info.value.groups) and kept
+    assert structure.models_lib.num_params(small) < structure.models_lib.num_params(model)
