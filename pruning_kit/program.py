@@ -115,4 +115,5 @@ def program(graphdef: Any, treedef: Any, leaves: Sequence[Any], args: Sequence[A
         raise UnsupportedModelError(
             f"{name} could not run on inputs of shape "
             f"{[np.shape(a) for a in jax.tree.leaves(args)]}: {type(err).__name__}: {err}. "
-            "Pass example= a batch the model accepts, e.g. x[:2].") from err
+            "Pass inputs the model accepts (the example or calibration batch of the "
+            "function you called), e.g. x[:2] of the data it was trained on.") from err

@@ -252,6 +252,10 @@ def keep_masked(inner: optax.GradientTransformation, masks: Params
         >>> [round(v, 3) for v in optax.apply_updates(params, updates)["kernel"][0].tolist()]
         [0.9, 0.0]
     """
+    if masks is None:
+        raise ValueError("keep_masked needs the masks to keep, e.g. "
+                         "magnitude_masks(params, sparsity); got None.")
+
     def init_fn(params):
         pure = nnx.as_pure(params)
         ms = match_masks(pure, masks)

@@ -197,7 +197,9 @@ def dense_chain(model: Any, example: Any) -> list[tuple[str, jax.Array, jax.Arra
     """
     fwd = interpret.Forward(model, example)
     ops = fwd.kernel_ops
-    if not ops or any(op.primitive != "dot_general" or np.ndim(fwd.leaf(op.path)) != 2
+    if not ops:
+        interpret.check_kernel_ops(fwd, "quantize_mlp")   # says which layers it cannot see
+    if any(op.primitive != "dot_general" or np.ndim(fwd.leaf(op.path)) != 2
                       for op in ops):
         raise ValueError(f"{type(model).__name__} is not a chain of dense layers (its layers: "
                          f"{[(op.path, op.primitive) for op in ops]}); use "

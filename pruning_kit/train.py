@@ -348,11 +348,21 @@ _MODE_ARGUMENTS = ("train", "training", "is_training", "deterministic", "use_run
 
 
 def _warn_mode_argument(model: nnx.Module) -> None:
-    """Warn when ``model.__call__`` takes a train/eval argument that ``fit`` cannot set."""
+    """Warn when ``model.__call__`` takes a train/eval argument that ``fit`` cannot set
+    (raise when it requires one: ``model(x)`` would fail)."""
     try:
         params = inspect.signature(type(model).__call__).parameters
     except (TypeError, ValueError):
         return
+    required = [n for n in _MODE_ARGUMENTS
+                if n in params and params[n].default is inspect.Parameter.empty]
+    if required:
+        raise ValueError(
+            f"{type(model).__name__}.__call__ requires {required[0]!r}, but fit calls "
+            "model(x) and sets Dropout and BatchNorm with model.train() / model.eval() "
+            f"(NNX's modes). Give {required[0]!r} a default of None and let the layers "
+            "decide from the mode, or train a wrapper module whose __call__ passes "
+            f"{required[0]}=... to the model.")
     # an argument defaulting to None leaves the choice to the layers' own (NNX) mode
     named = [n for n in _MODE_ARGUMENTS if n in params and params[n].default is not None]
     if named:

@@ -8,12 +8,14 @@ import warnings
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
 from pruning_kit import (
     codec,
     deep_compression,
+    prune,
     quant_storage,
     sparse_storage,
     structure,
@@ -218,3 +220,18 @@ def test_channel_removal_names_the_groups_that_cannot_shrink():
         small, kept = structure.prune_channels(model, 0.5, example=tokens[:2])
     assert not set(kept) & set(info.value.groups) and kept
     assert structure.models_lib.num_params(small) < structure.models_lib.num_params(model)
+
+
+def test_a_required_train_argument_and_missing_masks_are_named():
+    class LinenStyle(nnx.Module):
+        def __init__(self, rngs):
+            self.fc = nnx.Linear(8, 3, rngs=rngs)
+
+        def __call__(self, x, train):
+            return self.fc(x)
+
+    x, y = _data()
+    with pytest.raises(ValueError, match="requires 'train'"):
+        train.fit(LinenStyle(nnx.Rngs(0)), x, y, epochs=1, batch_size=64, progress=False)
+    with pytest.raises(ValueError, match="keep_masked needs the masks"):
+        prune.keep_masked(optax.adam(1e-3), None)
