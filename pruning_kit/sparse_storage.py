@@ -129,20 +129,14 @@ def save_sparse(path: str | os.PathLike, params: Any, masks: Any | None = None, 
     return checkpoint.write(path, arrays, header)
 
 
-#: Dtypes NumPy cannot name by a type string, stored as raw bits (``save_sparse``).
-_RAW_DTYPES = {"bfloat16": jnp.bfloat16, "float8_e4m3fn": jnp.float8_e4m3fn,
-               "float8_e5m2": jnp.float8_e5m2}
-
-
 def _dense(arrays: dict, name: str, info: dict) -> np.ndarray:
     """One leaf of a sparse file, dense again."""
-    shape = tuple(info["shape"])
-    named = info["dtype"] in _RAW_DTYPES          # stored as raw bits of the same width
-    dtype = np.dtype(_RAW_DTYPES[info["dtype"]] if named else info["dtype"])
+    shape, dtype = tuple(info["shape"]), jnp.dtype(info["dtype"])   # jnp knows "bfloat16"
+    raw = dtype.kind == "V"                       # stored as raw bits of the same width
 
     def typed(a):
         a = np.asarray(a)
-        return a.view(dtype) if named else a
+        return a.view(dtype) if raw else a
 
     if info["storage"] == "dense":
         return typed(arrays[name]).reshape(shape)

@@ -428,8 +428,9 @@ def remove_channels(model: nnx.Module, keep: Mapping[str, Any], *,
         problem = _removal_problem(model, small, masks, example)
         if problem is not None:
             # name the groups that fail on their own (the rest can go)
-            bad = [n for n in keep if len(keep) > 1 and _removal_problem(
-                model, None, _masks(model, {n: keep[n]}, example, groups)[1], example)]
+            bad = [n for n in keep if _removal_problem(
+                model, None, _masks(model, {n: keep[n]}, example, groups)[1], example)
+                ] if len(keep) > 1 else []
             raise ChannelRemovalError(bad or sorted(keep), problem, type(model).__name__)
     return small
 

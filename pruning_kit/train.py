@@ -239,7 +239,7 @@ def fit(model: nnx.Module, x: np.ndarray, y: Any, *, epochs: int = 10,
     if batch_size > n:
         raise ValueError(f"batch_size {batch_size} is larger than the data set ({n} "
                          f"examples); use batch_size <= {n}.")
-    _warn_mode_argument(model)
+    _check_mode_argument(model)
     _warn_half_precision(model, tx_given=tx is not None)
     if tx is None:
         tx = default_optimizer(learning_rate, (n // batch_size) * epochs)
@@ -347,7 +347,7 @@ def _warn_half_precision(model: nnx.Module, *, tx_given: bool) -> None:
 _MODE_ARGUMENTS = ("train", "training", "is_training", "deterministic", "use_running_average")
 
 
-def _warn_mode_argument(model: nnx.Module) -> None:
+def _check_mode_argument(model: nnx.Module) -> None:
     """Warn when ``model.__call__`` takes a train/eval argument that ``fit`` cannot set
     (raise when it requires one: ``model(x)`` would fail)."""
     try:

@@ -54,7 +54,7 @@ import numpy as np
 from flax import nnx
 
 from pruning_kit import fold as fold_lib
-from pruning_kit import interpret, validate
+from pruning_kit import interpret, measure, validate
 from pruning_kit.quantize import QParams
 
 
@@ -155,14 +155,6 @@ class IntegerModel:
         return float((self.predict(x, batch_size=batch_size) == np.asarray(y)).mean())
 
 
-def _named_float_params(model: nnx.Module):
-    """``(path, array)`` of every floating-point parameter of ``model`` (host copies)."""
-    for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param)):
-        a = np.asarray(v[...] if isinstance(v, nnx.Variable) else v)
-        if np.issubdtype(a.dtype, np.floating):
-            yield "/".join(map(str, path)), a
-
-
 def quantize_model(model: nnx.Module, calib_x: Any, *, weight_bits: int = 8,
                    act_bits: int = 8, percentile: float | None = None, fold: bool = True,
                    batch_size: int = 256,
@@ -201,7 +193,8 @@ def quantize_model(model: nnx.Module, calib_x: Any, *, weight_bits: int = 8,
         raise ValueError(f"calib_x holds {int((~np.isfinite(calib_x)).sum())} NaN/inf "
                          "value(s); the activation ranges would be meaningless. Calibrate on "
                          "finite inputs (check the data pipeline, or np.nan_to_num).")
-    bad = [k for k, v in _named_float_params(model) if not np.isfinite(v).all()]
+    bad = [k for k, v in measure.named_params(model)
+           if jnp.issubdtype(v.dtype, jnp.floating) and not bool(jnp.isfinite(v).all())]
     if bad:
         raise ValueError(f"the model's parameter(s) {bad[:5]} hold NaN/inf; integer codes "
                          "of them would be meaningless. Fix (or retrain) the model first.")
