@@ -55,6 +55,7 @@ imports ``pruning_kit``.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -178,7 +179,7 @@ def _need_onnx() -> Any:
 
 
 def to_onnx(model: Any, example: Any, path: str | os.PathLike, *, fold: bool = True,
-            dynamic_batch: bool = True) -> Path:
+            dynamic_batch: bool = True, calib_x: Any = None) -> Path:
     """Write ``model``'s inference forward as an ONNX file (opset 17, weights inside).
 
     Args:
@@ -188,6 +189,17 @@ def to_onnx(model: Any, example: Any, path: str | os.PathLike, *, fold: bool = T
             dtype, with any batch size when ``dynamic_batch``.
         path: where to write (atomically; the folder must exist).
         fold: fold BatchNorms into the preceding convolutions first (float models).
+        calib_x: only with an ``IntegerModel``: calibration inputs (a few hundred to a few
+            thousand validation images) with which the file also quantizes each residual
+            ``Add`` between quantized layers. The integer model keeps such an add float, and
+            so the convolutions feeding it stay float in ONNX Runtime (no ``Q`` follows
+            them); with ``calib_x`` each input of the add that has no quantizer yet gets one
+            (scale: its largest ``|value|`` on ``calib_x`` / 127), its output takes the scale
+            of the next layer's quantizer, and ONNX Runtime runs the add as ``QLinearAdd``
+            and those convolutions as ``QLinearConv``. The file then rounds two more
+            tensors than the integer model does, so its predictions agree with the model's
+            slightly less closely (check them). ``None`` (default): the integer model's
+            own quantizers only.
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
@@ -196,6 +208,8 @@ def to_onnx(model: Any, example: Any, path: str | os.PathLike, *, fold: bool = T
         ImportError: the ``[deploy]`` extra is not installed.
         jaxpr_onnx.UnsupportedOpError: an op has no ONNX translation (named, with the
             source line); :func:`to_stablehlo` takes any model.
+        ValueError: ``calib_x`` with a float model, or not a non-empty finite batch shaped
+            like ``example``.
 
     Examples:
         A convolution and its BatchNorm become one ``Conv`` (the norm folded into it); the
@@ -244,6 +258,19 @@ def to_onnx(model: Any, example: Any, path: str | os.PathLike, *, fold: bool = T
     else:
         raise ValueError(f"to_onnx exports an NNX model or a w8a8.IntegerModel, got "
                          f"{type(model).__name__}.")
+    if calib_x is not None:
+        if not quant:
+            raise ValueError("calib_x quantizes the residual adds of an integer model; a float "
+                             "model has no quantizers for them to join. Pass calib_x with a "
+                             "w8a8.IntegerModel, or leave it out.")
+        calib_x = np.asarray(calib_x)
+        if calib_x.ndim != example.ndim or calib_x.shape[1:] != example.shape[1:] \
+                or len(calib_x) == 0:
+            raise ValueError(f"calib_x must be a non-empty batch shaped like example "
+                             f"(*, {', '.join(map(str, example.shape[1:]))}), got shape "
+                             f"{calib_x.shape}.")
+        if np.issubdtype(calib_x.dtype, np.number) and not np.isfinite(calib_x).all():
+            raise ValueError("calib_x holds NaN/inf values; calibrate on finite inputs.")
     copy = program.eval_copy(base)
     graphdef, state = nnx.split(copy)
     paths, leaves, treedef = program.leaf_paths(state)
@@ -260,10 +287,51 @@ def to_onnx(model: Any, example: Any, path: str | os.PathLike, *, fold: bool = T
                                           name=type(base).__name__)
     proto = jaxpr_onnx.build_model(t, x, outs, "input", batch="batch",
                                    producer=type(base).__name__, doc=kind)
+    if calib_x is not None:
+        adds = _integer_adds(proto, calib_x.astype(example.dtype, copy=False))
+        if not adds:
+            warnings.warn("calib_x: the graph has no residual Add between quantized layers "
+                          "that reaches a quantizer, so the file is what it would be without "
+                          "calib_x.", stacklevel=2)
+        else:
+            proto.doc_string = f"{kind}, {adds} residual add(s) quantized (QLinearAdd)"
     onnx.checker.check_model(proto, full_check=True)
     path = Path(path)
     data_lib.atomic_write(path, proto.SerializeToString())
     return path
+
+
+def _integer_adds(proto: Any, calib_x: np.ndarray, batch_size: int = 250) -> int:
+    """Quantize ``proto``'s residual adds in place (see ``to_onnx``'s ``calib_x``)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from pruning_kit import onnx_passes
+
+    g = proto.graph
+    nodes, inits = list(g.node), list(g.initializer)
+    plans = onnx_passes.integer_add_plan(nodes, inits)
+    names = sorted({n for p in plans for kind, n in p["inputs"] if kind == "calibrate"})
+    absmax: dict[str, float] = {}
+    if names:   # run the file itself, with those tensors as extra outputs
+        probe = type(proto)()
+        probe.CopyFrom(proto)
+        probe.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
+                                  for n in names)
+        opts = ort.SessionOptions()
+        opts.add_session_config_entry("session.x64quantprecision", "1")   # exact sums
+        session = ort.InferenceSession(probe.SerializeToString(), opts,
+                                       providers=["CPUExecutionProvider"])
+        for start in range(0, len(calib_x), batch_size):
+            outs = session.run(names, {g.input[0].name: calib_x[start:start + batch_size]})
+            for n, v in zip(names, outs, strict=True):
+                absmax[n] = max(absmax.get(n, 0.0), float(np.abs(v).max()))
+    nodes, done = onnx_passes.quantize_adds(nodes, inits, plans, absmax)
+    del g.node[:]
+    g.node.extend(nodes)
+    del g.initializer[:]
+    g.initializer.extend(inits)
+    return done
 
 
 def _load_proto(path: str | os.PathLike, **kw: Any) -> Any:
@@ -280,12 +348,21 @@ def _load_proto(path: str | os.PathLike, **kw: Any) -> Any:
 
 
 def _has_signed_activations(path: Path) -> bool:
-    """Does the file quantize an activation to int8 (a QuantizeLinear with int8 zero)?"""
+    """Does the file feed int8 activation codes to a Conv/Gemm/MatMul (a QuantizeLinear with
+    an int8 zero point whose DequantizeLinear feeds one)? Codes that only enter an ``Add``
+    never reach the uint8 x int8 kernels ``exact_int8`` is about."""
     onnx = _need_onnx()
     proto = _load_proto(path, load_external_data=False)
     int8 = {t.name for t in proto.graph.initializer
             if t.data_type == onnx.TensorProto.INT8 and not t.dims}
+    users: dict[str, list[Any]] = {}
+    for n in proto.graph.node:
+        for i in n.input:
+            users.setdefault(i, []).append(n)
     return any(n.op_type == "QuantizeLinear" and len(n.input) > 2 and n.input[2] in int8
+               and any(u.op_type in ("Conv", "Gemm", "MatMul")
+                       for dq in users.get(n.output[0], []) if dq.op_type == "DequantizeLinear"
+                       for u in users.get(dq.output[0], []))
                for n in proto.graph.node)
 
 

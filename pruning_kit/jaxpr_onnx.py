@@ -40,7 +40,7 @@ import numpy as np
 from jax.extend import core as jcore
 
 from pruning_kit import interpret, program
-from pruning_kit.onnx_passes import fuse_bias, requantize_outputs
+from pruning_kit.onnx_passes import fuse_bias, pool_before_relu, requantize_outputs
 
 try:  # optional: the [deploy] extra
     import onnx
@@ -491,6 +491,7 @@ def build_model(translator: Translator, input_t: _T, outputs: Sequence[_C | _T],
     nodes = fuse_bias(translator.nodes, translator.inits, [n for n, _ in out_names])
     if translator.quant:
         nodes, _ = requantize_outputs(nodes, translator.inits)
+        nodes, _ = pool_before_relu(nodes)
 
     used = {i for n in nodes for i in n.input}
     translator.inits[:] = [t for t in translator.inits if t.name in used]   # folded away

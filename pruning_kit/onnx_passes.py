@@ -6,7 +6,12 @@ passes then rewrite the node list into the patterns ONNX Runtime runs fastest:
 * :func:`fuse_bias` moves a per-channel constant ``Add`` after a ``Conv``/``Gemm`` into
   the layer (as int32 codes for a quantized layer: what ``QLinearConv``/``QGemm`` take);
 * :func:`requantize_outputs` quantizes a quantized layer's output right after it with the
-  next quantized layer's input scale (ReLU and max-pooling commute with quantization).
+  next quantized layer's input scale (ReLU and max-pooling commute with quantization);
+* :func:`pool_before_relu` pools a float tensor before its ReLU where a quantizer follows
+  (same numbers; keeps ONNX Runtime from pooling uint8 codes with a slow kernel);
+* :func:`integer_add_plan` and :func:`quantize_adds` turn a residual ``Add`` between
+  quantized layers into an integer ``QLinearAdd`` (``export.to_onnx(..., calib_x=...)``),
+  so the layers feeding it run as ``QLinearConv`` too.
 
 Examples:
     >>> from onnx import helper
@@ -27,7 +32,8 @@ try:  # optional: the [deploy] extra
 except ImportError:  # pragma: no cover - checked by export.to_onnx
     helper = numpy_helper = None
 
-__all__ = ["fuse_bias", "requantize_outputs", "topological"]
+__all__ = ["fuse_bias", "integer_add_plan", "pool_before_relu", "quantize_adds",
+           "requantize_outputs", "topological"]
 
 
 def _consumers(nodes: Sequence[Any]) -> dict[str, list[Any]]:
@@ -135,6 +141,9 @@ def requantize_outputs(nodes: list, inits: list) -> tuple[list, int]:
                 producer.get(i) is None or producer[i].op_type != "DequantizeLinear"
                 for i in n.input[:2]):
             continue
+        first = users.get(n.output[0], [])
+        if len(first) == 1 and first[0].op_type == "QuantizeLinear":
+            continue  # already quantized right after the layer
         cur, q = n.output[0], None
         while True:
             after = users.get(cur, [])
@@ -155,3 +164,137 @@ def requantize_outputs(nodes: list, inits: list) -> tuple[list, int]:
         out.append(helper.make_node("DequantizeLinear", [qn, q.input[1], q.input[2]], [dqn]))
         done += 1
     return out, done
+
+
+def pool_before_relu(nodes: list) -> tuple[list, int]:
+    """Swap ``Relu -> MaxPool -> QuantizeLinear`` on a float tensor into ``MaxPool -> Relu``.
+
+    The two commute (max-pooling picks values, ReLU is monotone), so the numbers do not
+    change. ONNX Runtime moves a ``QuantizeLinear`` up across a ``MaxPool`` (not across a
+    ``Relu``), and then pools the uint8 codes in NCHW with a generic kernel: on the course's
+    SmallCNN that one pool took longer than all its convolutions. Pooling first keeps it on
+    the float layer's fast blocked layout. Returns the node list and how many it swapped.
+    """
+    users = _consumers(nodes)
+    producer = {o: n for n in nodes for o in n.output}
+    done = 0
+    for pool in nodes:
+        if pool.op_type != "MaxPool":
+            continue
+        relu = producer.get(pool.input[0])
+        after = users.get(pool.output[0], [])
+        if relu is None or relu.op_type != "Relu" or len(users.get(relu.output[0], [])) != 1 \
+                or [a.op_type for a in after] != ["QuantizeLinear"]:
+            continue
+        before = producer.get(relu.input[0])
+        if before is not None and before.op_type == "DequantizeLinear":
+            continue          # codes already: ONNX Runtime's integer chain handles it
+        src, mid, out = relu.input[0], relu.output[0], pool.output[0]
+        pool.input[0], pool.output[0] = src, mid
+        relu.input[0], relu.output[0] = mid, out
+        done += 1
+    return topological(nodes), done
+
+
+#: ops that map each quantized value to one of their input's values (or clip at zero), so
+#: quantizing before them gives the codes quantizing after them gives.
+_SELECT = ("Relu", "MaxPool", "Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze",
+           "Identity")
+
+
+def integer_add_plan(nodes: list, inits: list) -> list[dict[str, Any]]:
+    """Which float ``Add`` of two tensors can run as an integer ``QLinearAdd``.
+
+    An add qualifies when its result reaches a ``QuantizeLinear`` (or several, with one
+    scale) through ops of ``_SELECT`` (each with one consumer) -- the add's output takes that
+    scale --
+    and each of its two inputs is either a tensor the graph already quantizes for another
+    layer (the add then reads those codes) or the output of a quantized ``Conv``/``Gemm``
+    read by nothing else (it needs a scale: its range on calibration data). Returns one plan
+    per add: ``{"add": node, "inputs": [("codes", dq_name) or ("calibrate", name), ...],
+    "output_q": node}``.
+    """
+    values = {t.name: numpy_helper.to_array(t) for t in inits}
+    consts = set(values)
+    users = _consumers(nodes)
+    producer = {o: n for n in nodes for o in n.output}
+
+    def one_quantizer(after: Sequence[Any]) -> Any:
+        """The first of ``after`` if all are QuantizeLinear with the same scale and zero."""
+        if not after or any(a.op_type != "QuantizeLinear" or len(a.input) < 3
+                            or any(i not in values for i in a.input[1:]) for a in after):
+            return None
+        first = after[0]
+        same = all(np.array_equal(values[a.input[k]], values[first.input[k]])
+                   and values[a.input[k]].dtype == values[first.input[k]].dtype
+                   for a in after for k in (1, 2))
+        return first if same else None
+
+    def quantized_layer(n: Any) -> bool:
+        return n is not None and n.op_type in ("Conv", "Gemm") and all(
+            producer.get(i) is not None and producer[i].op_type == "DequantizeLinear"
+            for i in n.input[:2])
+
+    plans = []
+    for add in nodes:
+        if add.op_type != "Add" or len(add.input) != 2 or any(i in consts for i in add.input):
+            continue
+        cur, q = add.output[0], None
+        while True:
+            after = users.get(cur, [])
+            q = one_quantizer(after)       # several layers may read it, on one scale
+            if q is not None or len(after) != 1 or after[0].op_type not in _SELECT:
+                break
+            cur = after[0].output[0]
+        if q is None:
+            continue
+        inputs = []
+        for t in add.input:
+            codes = [dq.output[0] for qn in users.get(t, []) if qn.op_type == "QuantizeLinear"
+                     for dq in users.get(qn.output[0], [])
+                     if dq.op_type == "DequantizeLinear"
+                     and list(dq.input[1:]) == list(qn.input[1:])]
+            if codes:
+                inputs.append(("codes", codes[0]))
+            elif quantized_layer(producer.get(t)) and len(users.get(t, [])) == 1:
+                inputs.append(("calibrate", t))
+            else:
+                break
+        if len(inputs) == 2:
+            plans.append({"add": add, "inputs": inputs, "output_q": q})
+    return plans
+
+
+def quantize_adds(nodes: list, inits: list, plans: Sequence[dict[str, Any]],
+                  absmax: dict[str, float]) -> tuple[list, int]:
+    """Rewrite the adds of :func:`integer_add_plan` into ``DQ, DQ -> Add -> Q -> DQ``.
+
+    An input to calibrate gets a symmetric int8 quantizer with scale ``absmax[name] / 127``;
+    the add's output is quantized with the scale of the quantizer it reaches (the same codes
+    that quantizer would give). Then every quantized layer whose output now goes only into
+    a ``QuantizeLinear`` runs as ``QLinearConv``/``QGemm`` (:func:`requantize_outputs`).
+    Returns the node list and how many adds it rewrote.
+    """
+    for p in plans:
+        add = p["add"]
+        for k, (kind, name) in enumerate(p["inputs"]):
+            if kind == "codes":
+                add.input[k] = name
+                continue
+            scale = np.float32(max(float(absmax[name]), 1e-8) / 127)
+            s, z = f"{name}_add_scale", f"{name}_add_zero"
+            inits += [numpy_helper.from_array(np.asarray(scale, np.float32), s),
+                      numpy_helper.from_array(np.asarray(0, np.int8), z)]
+            nodes.append(helper.make_node("QuantizeLinear", [name, s, z], [f"{name}_add_q"]))
+            nodes.append(helper.make_node("DequantizeLinear", [f"{name}_add_q", s, z],
+                                          [f"{name}_add_dq"]))
+            add.input[k] = f"{name}_add_dq"
+        q, out = p["output_q"], add.output[0]
+        users = _consumers(nodes)
+        _rewire(users[out], out, f"{out}_dq")
+        nodes.append(helper.make_node("QuantizeLinear", [out, q.input[1], q.input[2]],
+                                      [f"{out}_q"]))
+        nodes.append(helper.make_node("DequantizeLinear", [f"{out}_q", q.input[1], q.input[2]],
+                                      [f"{out}_dq"]))
+    nodes, _ = requantize_outputs(topological(nodes), inits)
+    return topological(nodes), len(plans)

@@ -1,5 +1,7 @@
 """ONNX export: float and int8 files that ONNX Runtime runs, for the course's and users' models."""
 
+from collections import Counter
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -94,3 +96,56 @@ def test_bad_input(tmp_path):
         export.to_onnx(model, X[:0], tmp_path / "e.onnx")
     with pytest.raises(FileNotFoundError, match="No ONNX file"):
         export.load_onnx(tmp_path / "missing.onnx")
+
+
+def _optimized_graph(path, tmp_path):
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "optimized_graph.onnx")
+    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return onnx.load(opts.optimized_model_filepath).graph
+
+
+def test_calib_x_runs_the_residual_add_and_its_convolutions_on_integers(tmp_path):
+    model = models.SmallCNN(1, (4, 8), image_size=8, rngs=nnx.Rngs(0))
+    q = w8a8.quantize_model(model, X)
+    plain = export.to_onnx(q, X[:2], tmp_path / "plain.onnx")
+    adds = export.to_onnx(q, X[:2], tmp_path / "adds.onnx", calib_x=X)
+    plain_ops = Counter(n.op_type for n in _optimized_graph(plain, tmp_path).node)
+    g = _optimized_graph(adds, tmp_path)
+    ops = Counter(n.op_type for n in g.node)
+    # without calib_x the two convolutions feeding the float add stay float ...
+    assert plain_ops["QLinearConv"] == 1 and "QLinearAdd" not in plain_ops
+    # ... with it every quantized layer runs on integers; only the float stem stays float
+    assert ops["QLinearConv"] == 3 and ops["QLinearAdd"] == 1 and ops["QGemm"] == 1
+    assert ops["Conv"] + ops["FusedConv"] == 1
+    # the stem's pool runs before its ReLU (same numbers), so it is never fed uint8 codes
+    made_by = {o: n.op_type for n in g.node for o in n.output}
+    assert not any(n.op_type == "MaxPool" and made_by.get(n.input[0]) == "QuantizeLinear"
+                   for n in g.node)
+    # two more tensors are rounded than in the integer model: close, not identical
+    ref, got = np.asarray(q(X)), export.load_onnx(adds)(X)
+    assert np.abs(got - ref).max() < 0.05 * np.abs(ref).max()
+    np.testing.assert_allclose(export.load_onnx(plain)(X), ref, atol=0.05)
+    assert not export.load_onnx(adds).exact_int8   # add codes never reach a uint8 x int8 kernel
+
+
+def test_calib_x_on_a_users_resnet_and_bad_calib_x(tmp_path):
+    net = user_models.BUILDERS["resnet"](nnx.Rngs(0))
+    q = w8a8.quantize_model(net, X)
+    path = export.to_onnx(q, X[:2], tmp_path / "resnet.onnx", calib_x=X)
+    assert "1 residual add(s) quantized" in onnx.load(str(path)).doc_string
+    assert "QLinearAdd" in _optimized_ops(path, tmp_path)
+    ref = np.asarray(q(X))
+    assert np.abs(export.load_onnx(path)(X) - ref).max() < 0.05 * np.abs(ref).max()
+    mlp = w8a8.quantize_model(user_models.BUILDERS["sequential"](nnx.Rngs(0)), X)
+    with pytest.warns(UserWarning, match="no residual Add"):
+        export.to_onnx(mlp, X[:2], tmp_path / "mlp.onnx", calib_x=X)
+    with pytest.raises(ValueError, match="float model has no quantizers"):
+        export.to_onnx(net, X[:2], tmp_path / "f.onnx", calib_x=X)
+    with pytest.raises(ValueError, match=r"shaped like example \(\*, 8, 8, 1\)"):
+        export.to_onnx(q, X[:2], tmp_path / "bad.onnx", calib_x=X[:, :4])
+    bad = X.copy()
+    bad[0, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        export.to_onnx(q, X[:2], tmp_path / "nan.onnx", calib_x=bad)
+    assert not any((tmp_path / n).exists() for n in ("f.onnx", "bad.onnx", "nan.onnx"))
