@@ -5,8 +5,9 @@
 Models: the cached LeNet-300-100 (``mlp_fashion``), SmallCNN (``cnn_fashion``) and its
 channel-removed copy (``zoo.half_mac_cnn``), seed 0, and their W8A8 integer versions
 (``w8a8.quantize_model``, calibrated on 2,000 validation images). Each is exported to ONNX
-(``export.to_onnx``: float with BatchNorm folded, and int8 QDQ), reloaded in ONNX Runtime
-and compared with JAX on the whole Fashion-MNIST test set. ONNX Runtime's own
+(``export.to_onnx``: float with BatchNorm folded, and int8 QDQ; the two CNNs also as int8
+with their residual add quantized, ``calib_x`` = the same 2,000 images), reloaded in ONNX
+Runtime and compared with JAX on the whole Fashion-MNIST test set. ONNX Runtime's own
 ``quantize_static`` (QDQ, per-channel int8 weights, uint8 activations, MinMax on the same
 2,000 validation images; its int32-bias weight adjustment off, as it fails on per-channel
 Gemm weights in onnxruntime 1.32) quantizes the float export as a peer.
@@ -46,6 +47,7 @@ TARGETS = {
     "onnx_int8_vs_w8a8_pt": "<= 0.3 (absolute)",
     "ort_int8_speedup_mlp_b256": ">= 1.5",
     "ort_int8_speedup_cnn_b256": ">= 1.5",
+    "ort_int8_adds_speedup_cnn_b256": ">= 1.5",
     "ort_vs_jax_cnn_b256": ">= 3",
     "ort_removal_speedup_b1": ">= 1.5",
     "ort_vs_ortquant_delta": ">= 0",
@@ -120,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
                   "cnn_removed": zoo.half_mac_cnn(0, progress=False)}
         ints = {k: w8a8.quantize_model(m, calib) for k, m in floats.items()}
 
-        rows, ort, files = [], {}, {}
+        rows, ort, files, adds = [], {}, {}, {}
         for name, model in floats.items():
             fpath = export.to_onnx(model, calib[:2], folder / f"{name}.onnx")
             ipath = export.to_onnx(ints[name], calib[:2], folder / f"{name}_int8.onnx")
@@ -128,6 +130,12 @@ def main(argv: list[str] | None = None) -> None:
             rpath = ort_quantize_static(fpath, folder / f"{name}_ortquant7.onnx", calib,
                                         reduce_range=True)
             files[name] = (fpath, ipath, qpath)
+            if name != "mlp":        # the CNNs' residual add as QLinearAdd
+                apath = export.to_onnx(ints[name], calib[:2], folder / f"{name}_int8_adds.onnx",
+                                       calib_x=calib)
+                ort[name + "_int8_adds"] = export.load_onnx(apath, threads=THREADS,
+                                                            spinning=False)
+                adds[name] = (apath, logits_of(ort[name + "_int8_adds"], xt))
             ort[name + "_ortquant7"] = export.load_onnx(rpath, threads=THREADS, spinning=False)
             ort[name] = export.load_onnx(fpath, threads=THREADS, spinning=False)
             ort[name + "_int8"] = export.load_onnx(ipath, threads=THREADS, spinning=False)
@@ -148,6 +156,18 @@ def main(argv: list[str] | None = None) -> None:
                 "onnx_float_bytes": fpath.stat().st_size, "onnx_int8_bytes": ipath.stat().st_size,
                 "ortquant_bytes": qpath.stat().st_size})
         print(Table(rows, title="ONNX exports vs JAX, whole Fashion-MNIST test set (10,000)"))
+        add_rows = []
+        for name, (apath, z) in adds.items():
+            r = next(r for r in rows if r["model"] == name)
+            iref = logits_of(ints[name], jnp.asarray(xt)).argmax(-1)
+            add_rows.append({"model": name, "onnx_int8_adds_acc": 100 * float(np.mean(
+                z.argmax(-1) == yt)), "delta_vs_float_pt": 100 * float(np.mean(
+                    z.argmax(-1) == yt)) - r["onnx_float_acc"],
+                "agree_w8a8_pct": 100 * float(np.mean(z.argmax(-1) == iref)),
+                "bytes": apath.stat().st_size,
+                "ops": " ".join(f"{k} {v}" for k, v in export.describe_onnx(apath)["ops"].items())})
+        print(Table(add_rows, title="int8 with the residual add quantized (calib_x): two more "
+                                    "tensors rounded than in the W8A8 model"))
         for name, (fpath, ipath, _) in files.items():
             print(f"{name}: float ops {export.describe_onnx(fpath)['ops']}")
             print(f"{' ' * len(name)}  int8 ops  {export.describe_onnx(ipath)['ops']}")
@@ -162,6 +182,8 @@ def main(argv: list[str] | None = None) -> None:
                  "ort cnn": ort["cnn"], "ort cnn int8": ort["cnn_int8"],
                  "ort cnn removed": ort["cnn_removed"],
                  "ort cnn removed int8": ort["cnn_removed_int8"],
+                 "ort cnn int8 adds": ort["cnn_int8_adds"],
+                 "ort cnn removed int8 adds": ort["cnn_removed_int8_adds"],
                  "ort cnn ortquant": ort["cnn_ortquant"],
                  "ort cnn ortquant 7-bit": ort["cnn_ortquant7"]}
         timings = {}
@@ -199,7 +221,8 @@ def main(argv: list[str] | None = None) -> None:
               f"compiles embedded weights with different fusions, so float rounding differs)")
 
         # ------------------------------------------------------------------ figures
-        best_cnn = min(("ort cnn", "ort cnn int8", "ort cnn removed", "ort cnn removed int8"),
+        best_cnn = min(("ort cnn", "ort cnn int8", "ort cnn removed", "ort cnn removed int8",
+                        "ort cnn int8 adds", "ort cnn removed int8 adds"),
                        key=lambda k: timings[256][k].median_ms)
         emit("onnx_float_maxdiff", max(r["float_maxdiff"] for r in rows), "logit",
              per_model={r["model"]: r["float_maxdiff"] for r in rows})
@@ -213,6 +236,16 @@ def main(argv: list[str] | None = None) -> None:
             s = ratio(256, f"ort {model}", f"ort {model} int8")
             emit(f"ort_int8_speedup_{key}_b256", s.speedup, "x", iqr=s.speedup_iqr,
                  min_max=s.speedup_min_max)
+        for b in (256, 1):
+            s = ratio(b, "ort cnn", "ort cnn int8 adds")
+            emit(f"ort_int8_adds_speedup_cnn_b{b}", s.speedup, "x", iqr=s.speedup_iqr,
+                 min_max=s.speedup_min_max)
+            s = ratio(b, "ort cnn removed", "ort cnn removed int8 adds")
+            emit(f"ort_int8_adds_speedup_cnn_removed_b{b}", s.speedup, "x", iqr=s.speedup_iqr)
+        emit("onnx_int8_adds_agree_pct", min(r["agree_w8a8_pct"] for r in add_rows), "%",
+             per_model={r["model"]: r["agree_w8a8_pct"] for r in add_rows})
+        emit("onnx_int8_adds_delta", min(r["delta_vs_float_pt"] for r in add_rows), "pt",
+             per_model={r["model"]: r["delta_vs_float_pt"] for r in add_rows})
         s = ratio(256, "jax cnn", best_cnn)
         emit("ort_vs_jax_cnn_b256", s.speedup, "x", iqr=s.speedup_iqr, min_max=s.speedup_min_max,
              best=best_cnn)

@@ -132,9 +132,9 @@ def integer_file(qm: w8a8.IntegerModel, path: Path) -> w8a8.IntegerModel:
     return qm
 
 
-def onnx_file(model, example, path: Path):
-    return export.load_onnx(export.to_onnx(model, example, path.with_suffix(".onnx")),
-                            threads=THREADS, spinning=False)
+def onnx_file(model, example, path: Path, calib_x=None):
+    return export.load_onnx(export.to_onnx(model, example, path.with_suffix(".onnx"),
+                                           calib_x=calib_x), threads=THREADS, spinning=False)
 
 
 def methods(ds: data.Dataset, calib: np.ndarray, seeds: tuple[int, ...]) -> list[Method]:
@@ -286,6 +286,13 @@ def methods(ds: data.Dataset, calib: np.ndarray, seeds: tuple[int, ...]) -> list
         M("channels removed, W8A8 int8 ONNX", "cnn", "chain", ort,
           lambda s, p: onnx_file(w8a8.quantize_model(half(s), calib[:CNN_CALIB]), calib[:2],
                                  p), ("cnn_fashion_half",), "ONNX Runtime"),
+        M("W8A8 int8 ONNX, residual add quantized", "cnn", "quantization", ort,
+          lambda s, p: onnx_file(w8a8.quantize_model(cnn(s), calib[:CNN_CALIB]), calib[:2], p,
+                                 calib_x=calib[:CNN_CALIB]), ("cnn_fashion",), "ONNX Runtime"),
+        M("channels removed, W8A8 int8 ONNX, residual add quantized", "cnn", "chain", ort,
+          lambda s, p: onnx_file(w8a8.quantize_model(half(s), calib[:CNN_CALIB]), calib[:2], p,
+                                 calib_x=calib[:CNN_CALIB]), ("cnn_fashion_half",),
+          "ONNX Runtime"),
     ]
 
 

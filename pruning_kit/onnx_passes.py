@@ -171,9 +171,9 @@ def pool_before_relu(nodes: list) -> tuple[list, int]:
 
     The two commute (max-pooling picks values, ReLU is monotone), so the numbers do not
     change. ONNX Runtime moves a ``QuantizeLinear`` up across a ``MaxPool`` (not across a
-    ``Relu``), and then pools the uint8 codes in NCHW with a generic kernel: on the course's
-    SmallCNN that one pool took longer than all its convolutions. Pooling first keeps it on
-    the float layer's fast blocked layout. Returns the node list and how many it swapped.
+    ``Relu``), and then pools the uint8 codes in NCHW with a slow generic kernel (ONNX
+    Runtime 1.32, x86). Pooling first keeps the pool on the float layer's blocked layout.
+    Returns the node list and how many it swapped.
     """
     users = _consumers(nodes)
     producer = {o: n for n in nodes for o in n.output}

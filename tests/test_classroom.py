@@ -8,6 +8,7 @@ without executing them.
 
 import ast
 import copy
+import json
 import re
 from pathlib import Path
 
@@ -338,3 +339,17 @@ def test_sealed_options_check_like_the_open_ones(capsys):
         assert outcomes[0] == outcomes[1], outcomes
     with pytest.raises(ValueError, match="damaged"):
         checks.check_choice("a", checks.SEALED + "not base64!", key=checks.answer_key("a"))
+
+
+def test_guide_compute_times_are_the_recorded_ones():
+    """The classroom guide's compute-time column is notebooks/timings.json, not a drifting copy."""
+    root = Path(__file__).resolve().parents[1]
+    recorded = json.loads((root / "notebooks" / "timings.json").read_text())["seconds"]
+    guide = (root / "classroom" / "README.md").read_text()
+    listed = {m.group(1): float(m.group(2))
+              for m in re.finditer(r"^\| (0\d) [a-z ]+\|.*\| ([\d.]+) s \|$", guide, re.M)}
+    want = {k[:2]: round(v, 1) for k, v in recorded.items()}
+    assert listed == want, ("update classroom/README.md's compute-time column from "
+                            "notebooks/timings.json", listed, want)
+    total = re.search(r"\*\*course\*\*.*\*\*([\d.]+) s\*\*", guide)
+    assert total and float(total.group(1)) == round(sum(recorded.values()), 1)
