@@ -191,15 +191,16 @@ def to_onnx(model: Any, example: Any, path: str | os.PathLike, *, fold: bool = T
         fold: fold BatchNorms into the preceding convolutions first (float models).
         calib_x: only with an ``IntegerModel``: calibration inputs (a few hundred to a few
             thousand validation images) with which the file also quantizes each residual
-            ``Add`` between quantized layers. The integer model keeps such an add float, and
-            so the convolutions feeding it stay float in ONNX Runtime (no ``Q`` follows
-            them); with ``calib_x`` each input of the add that has no quantizer yet gets one
-            (scale: its largest ``|value|`` on ``calib_x`` / 127), its output takes the scale
+            ``Add`` between quantized layers (see ``onnx_passes.integer_add_plan`` for
+            which qualify). The integer model keeps such an add float, and so the
+            convolutions feeding it stay float in ONNX Runtime (no lone ``Q`` follows
+            them). With ``calib_x`` each input of the add without a quantizer gets one
+            (scale: its largest ``|value|`` on ``calib_x`` / 127), the sum takes the scale
             of the next layer's quantizer, and ONNX Runtime runs the add as ``QLinearAdd``
-            and those convolutions as ``QLinearConv``. The file then rounds two more
-            tensors than the integer model does, so its predictions agree with the model's
-            slightly less closely (check them). ``None`` (default): the integer model's
-            own quantizers only.
+            and those convolutions as ``QLinearConv``. The file then rounds tensors the
+            integer model keeps float (the add's inputs as it reads them), so its
+            predictions agree with the model's less closely: check them on your data.
+            ``None`` (default): the integer model's own quantizers only.
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
@@ -269,7 +270,10 @@ def to_onnx(model: Any, example: Any, path: str | os.PathLike, *, fold: bool = T
             raise ValueError(f"calib_x must be a non-empty batch shaped like example "
                              f"(*, {', '.join(map(str, example.shape[1:]))}), got shape "
                              f"{calib_x.shape}.")
-        if np.issubdtype(calib_x.dtype, np.number) and not np.isfinite(calib_x).all():
+        if not np.issubdtype(calib_x.dtype, np.number):
+            raise ValueError(f"calib_x must hold numbers (inputs like example), got dtype "
+                             f"{calib_x.dtype}.")
+        if not np.isfinite(calib_x).all():
             raise ValueError("calib_x holds NaN/inf values; calibrate on finite inputs.")
     copy = program.eval_copy(base)
     graphdef, state = nnx.split(copy)
@@ -294,7 +298,7 @@ def to_onnx(model: Any, example: Any, path: str | os.PathLike, *, fold: bool = T
                           "that reaches a quantizer, so the file is what it would be without "
                           "calib_x.", stacklevel=2)
         else:
-            proto.doc_string = f"{kind}, {adds} residual add(s) quantized (QLinearAdd)"
+            proto.doc_string = f"{kind}; with calib_x: {adds} residual add(s) quantized"
     onnx.checker.check_model(proto, full_check=True)
     path = Path(path)
     data_lib.atomic_write(path, proto.SerializeToString())
@@ -302,7 +306,8 @@ def to_onnx(model: Any, example: Any, path: str | os.PathLike, *, fold: bool = T
 
 
 def _integer_adds(proto: Any, calib_x: np.ndarray, batch_size: int = 250) -> int:
-    """Quantize ``proto``'s residual adds in place (see ``to_onnx``'s ``calib_x``)."""
+    """Quantize ``proto``'s residual adds in place (see ``to_onnx``'s ``calib_x``); returns
+    how many."""
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
@@ -310,23 +315,29 @@ def _integer_adds(proto: Any, calib_x: np.ndarray, batch_size: int = 250) -> int
 
     g = proto.graph
     nodes, inits = list(g.node), list(g.initializer)
-    plans = onnx_passes.integer_add_plan(nodes, inits)
-    names = sorted({n for p in plans for kind, n in p["inputs"] if kind == "calibrate"})
+    adds = onnx_passes.integer_add_plan(nodes, inits)
+    names = sorted({n for p in adds for kind, n in p["inputs"] if kind == "calibrate"})
     absmax: dict[str, float] = {}
     if names:   # run the file itself, with those tensors as extra outputs
         probe = type(proto)()
         probe.CopyFrom(proto)
         probe.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
-                                  for n in names)
+                                  for n in names if n not in {o.name for o in g.output})
         opts = ort.SessionOptions()
         opts.add_session_config_entry("session.x64quantprecision", "1")   # exact sums
         session = ort.InferenceSession(probe.SerializeToString(), opts,
                                        providers=["CPUExecutionProvider"])
-        for start in range(0, len(calib_x), batch_size):
-            outs = session.run(names, {g.input[0].name: calib_x[start:start + batch_size]})
+        first = g.input[0].type.tensor_type.shape.dim[0]
+        fixed = first.dim_value if first.HasField("dim_value") else 0   # dynamic_batch=False
+        step = fixed or batch_size
+        for start in range(0, len(calib_x), step):
+            chunk = calib_x[start:start + step]
+            if fixed and len(chunk) < fixed:   # repeat images: ranges stay the same
+                chunk = np.resize(chunk, (fixed, *chunk.shape[1:]))
+            outs = session.run(names, {g.input[0].name: chunk})
             for n, v in zip(names, outs, strict=True):
                 absmax[n] = max(absmax.get(n, 0.0), float(np.abs(v).max()))
-    nodes, done = onnx_passes.quantize_adds(nodes, inits, plans, absmax)
+    nodes, done = onnx_passes.quantize_adds(nodes, inits, adds, absmax)
     del g.node[:]
     g.node.extend(nodes)
     del g.initializer[:]

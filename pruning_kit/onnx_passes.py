@@ -206,13 +206,15 @@ def integer_add_plan(nodes: list, inits: list) -> list[dict[str, Any]]:
     """Which float ``Add`` of two tensors can run as an integer ``QLinearAdd``.
 
     An add qualifies when its result reaches a ``QuantizeLinear`` (or several, with one
-    scale) through ops of ``_SELECT`` (each with one consumer) -- the add's output takes that
-    scale --
+    scale, and perhaps the next residual ``Add``) through ops of ``_SELECT`` (each with one
+    consumer) -- the add's output takes that scale --
     and each of its two inputs is either a tensor the graph already quantizes for another
     layer (the add then reads those codes) or the output of a quantized ``Conv``/``Gemm``
-    read by nothing else (it needs a scale: its range on calibration data). Returns one plan
-    per add: ``{"add": node, "inputs": [("codes", dq_name) or ("calibrate", name), ...],
-    "output_q": node}``.
+    read by nothing else (it needs a scale: its range on calibration data). ``x + x`` (one
+    tensor read twice) does not qualify. A graph output is never on the way: the exporter
+    writes outputs through ``Identity``, which is not an ``Add`` or a quantizer. Returns one
+    plan per add: ``{"add": node, "inputs": [("codes", dq_name) or ("calibrate", name),
+    ...], "output_q": node}``.
     """
     values = {t.name: numpy_helper.to_array(t) for t in inits}
     consts = set(values)
@@ -220,14 +222,18 @@ def integer_add_plan(nodes: list, inits: list) -> list[dict[str, Any]]:
     producer = {o: n for n in nodes for o in n.output}
 
     def one_quantizer(after: Sequence[Any]) -> Any:
-        """The first of ``after`` if all are QuantizeLinear with the same scale and zero."""
-        if not after or any(a.op_type != "QuantizeLinear" or len(a.input) < 3
-                            or any(i not in values for i in a.input[1:]) for a in after):
+        """The first quantizer among ``after`` if all of them share one scale and zero
+        point and every other reader is an ``Add`` (the next residual add, which reads the
+        same codes once it is rewritten, or the rounded values if not)."""
+        qs = [a for a in after if a.op_type == "QuantizeLinear"]
+        if not qs or any(a.op_type != "Add" for a in after if a.op_type != "QuantizeLinear") \
+                or any(len(a.input) < 3 or any(i not in values for i in a.input[1:])
+                       for a in qs):
             return None
-        first = after[0]
+        first = qs[0]
         same = all(np.array_equal(values[a.input[k]], values[first.input[k]])
                    and values[a.input[k]].dtype == values[first.input[k]].dtype
-                   for a in after for k in (1, 2))
+                   for a in qs for k in (1, 2))
         return first if same else None
 
     def quantized_layer(n: Any) -> bool:
@@ -269,12 +275,16 @@ def quantize_adds(nodes: list, inits: list, plans: Sequence[dict[str, Any]],
                   absmax: dict[str, float]) -> tuple[list, int]:
     """Rewrite the adds of :func:`integer_add_plan` into ``DQ, DQ -> Add -> Q -> DQ``.
 
-    An input to calibrate gets a symmetric int8 quantizer with scale ``absmax[name] / 127``;
-    the add's output is quantized with the scale of the quantizer it reaches (the same codes
-    that quantizer would give). Then every quantized layer whose output now goes only into
-    a ``QuantizeLinear`` runs as ``QLinearConv``/``QGemm`` (:func:`requantize_outputs`).
+    An input to calibrate gets a quantizer with scale ``absmax[name] / 127`` and codes of
+    the output quantizer's type: uint8 with zero point 128 when that one is uint8 (integer
+    ``QLinearAdd``/``QLinearConv`` kernels want one type on all their tensors), int8 with
+    zero point 0 otherwise. The add's output is quantized with the scale of the quantizer
+    it reaches (the codes that quantizer gives for the rounded sum). Then every quantized
+    layer whose output now goes only into a ``QuantizeLinear`` runs as
+    ``QLinearConv``/``QGemm`` (:func:`requantize_outputs`).
     Returns the node list and how many adds it rewrote.
     """
+    values = {t.name: numpy_helper.to_array(t) for t in inits}
     for p in plans:
         add = p["add"]
         for k, (kind, name) in enumerate(p["inputs"]):
@@ -283,8 +293,10 @@ def quantize_adds(nodes: list, inits: list, plans: Sequence[dict[str, Any]],
                 continue
             scale = np.float32(max(float(absmax[name]), 1e-8) / 127)
             s, z = f"{name}_add_scale", f"{name}_add_zero"
+            unsigned = values[p["output_q"].input[2]].dtype == np.uint8
+            zero = np.asarray(128, np.uint8) if unsigned else np.asarray(0, np.int8)
             inits += [numpy_helper.from_array(np.asarray(scale, np.float32), s),
-                      numpy_helper.from_array(np.asarray(0, np.int8), z)]
+                      numpy_helper.from_array(zero, z)]
             nodes.append(helper.make_node("QuantizeLinear", [name, s, z], [f"{name}_add_q"]))
             nodes.append(helper.make_node("DequantizeLinear", [f"{name}_add_q", s, z],
                                           [f"{name}_add_dq"]))
@@ -298,3 +310,4 @@ def quantize_adds(nodes: list, inits: list, plans: Sequence[dict[str, Any]],
                                       [f"{out}_dq"]))
     nodes, _ = requantize_outputs(topological(nodes), inits)
     return topological(nodes), len(plans)
+

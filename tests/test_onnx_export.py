@@ -109,24 +109,26 @@ def test_calib_x_runs_the_residual_add_and_its_convolutions_on_integers(tmp_path
     model = models.SmallCNN(1, (4, 8), image_size=8, rngs=nnx.Rngs(0))
     q = w8a8.quantize_model(model, X)
     plain = export.to_onnx(q, X[:2], tmp_path / "plain.onnx")
-    adds = export.to_onnx(q, X[:2], tmp_path / "adds.onnx", calib_x=X)
-    plain_ops = Counter(n.op_type for n in _optimized_graph(plain, tmp_path).node)
-    g = _optimized_graph(adds, tmp_path)
-    ops = Counter(n.op_type for n in g.node)
-    # without calib_x the two convolutions feeding the float add stay float ...
+    full = export.to_onnx(q, X[:2], tmp_path / "full.onnx", calib_x=X)
+    plain_g = _optimized_graph(plain, tmp_path)
+    plain_ops = Counter(n.op_type for n in plain_g.node)
+    # without calib_x the two convolutions feeding the float add stay float, and so does
+    # the stem (shifted adds in the W8A8 model) ...
     assert plain_ops["QLinearConv"] == 1 and "QLinearAdd" not in plain_ops
-    # ... with it every quantized layer runs on integers; only the float stem stays float
-    assert ops["QLinearConv"] == 3 and ops["QLinearAdd"] == 1 and ops["QGemm"] == 1
-    assert ops["Conv"] + ops["FusedConv"] == 1
-    # the stem's pool runs before its ReLU (same numbers), so it is never fed uint8 codes
-    made_by = {o: n.op_type for n in g.node for o in n.output}
+    # ... whose pool runs before its ReLU (same numbers), so it never pools uint8 codes
+    made_by = {o: n.op_type for n in plain_g.node for o in n.output}
     assert not any(n.op_type == "MaxPool" and made_by.get(n.input[0]) == "QuantizeLinear"
-                   for n in g.node)
-    # two more tensors are rounded than in the integer model: close, not identical
-    ref, got = np.asarray(q(X)), export.load_onnx(adds)(X)
+                   for n in plain_g.node)
+    # with calib_x every quantized layer runs on integers; the float stem stays float
+    ops = Counter(n.op_type for n in _optimized_graph(full, tmp_path).node)
+    assert ops["QLinearConv"] == 3 and ops["QLinearAdd"] == 1 and ops["QGemm"] == 1
+    assert ops["Conv"] + ops["FusedConv"] == 1 and ops["MatMul"] + ops["Gemm"] == 0
+    assert "with calib_x: 1 residual add(s) quantized" in onnx.load(str(full)).doc_string
+    # the add's inputs are rounded, unlike in the integer model: close, not identical
+    ref, got = np.asarray(q(X)), export.load_onnx(full)(X)
     assert np.abs(got - ref).max() < 0.05 * np.abs(ref).max()
     np.testing.assert_allclose(export.load_onnx(plain)(X), ref, atol=0.05)
-    assert not export.load_onnx(adds).exact_int8   # add codes never reach a uint8 x int8 kernel
+    assert not export.load_onnx(full).exact_int8   # add codes never reach a uint8 x int8 kernel
 
 
 def test_calib_x_on_a_users_resnet_and_bad_calib_x(tmp_path):
@@ -149,3 +151,37 @@ def test_calib_x_on_a_users_resnet_and_bad_calib_x(tmp_path):
     with pytest.raises(ValueError, match="NaN"):
         export.to_onnx(q, X[:2], tmp_path / "nan.onnx", calib_x=bad)
     assert not any((tmp_path / n).exists() for n in ("f.onnx", "bad.onnx", "nan.onnx"))
+
+
+class _IdentityBlocks(nnx.Module):
+    """A stem and two identity residual blocks: each block's sum feeds the next block's
+    first convolution *and* its add."""
+
+    def __init__(self):
+        rngs = nnx.Rngs(0)
+        self.stem = nnx.Conv(1, 8, (3, 3), rngs=rngs)
+        self.convs = nnx.List([nnx.Conv(8, 8, (3, 3), rngs=rngs) for _ in range(4)])
+        self.head = nnx.Linear(8 * 8 * 8, 10, rngs=rngs)
+
+    def __call__(self, x):
+        x = nnx.relu(self.stem(x))
+        for k in (0, 2):
+            x = nnx.relu(x + self.convs[k + 1](nnx.relu(self.convs[k](x))))
+        return self.head(x.reshape((x.shape[0], -1)))
+
+
+def test_calib_x_quantizes_a_chain_of_identity_blocks_and_a_fixed_batch(tmp_path):
+    q = w8a8.quantize_model(_IdentityBlocks(), X)
+    path = export.to_onnx(q, X[:2], tmp_path / "blocks.onnx", calib_x=X)
+    assert "2 residual add(s) quantized" in onnx.load(str(path)).doc_string
+    ops = Counter(n.op_type for n in _optimized_graph(path, tmp_path).node)
+    assert ops["QLinearAdd"] == 2 and ops["QLinearConv"] == 5 and ops["Conv"] == 0
+    ref = np.asarray(q(X))
+    assert np.abs(export.load_onnx(path)(X) - ref).max() < 0.05 * np.abs(ref).max()
+    # a file of fixed batch size calibrates in batches of that size (47 images: one short)
+    fixed = export.to_onnx(q, X[:4], tmp_path / "fixed.onnx", calib_x=X[:47],
+                           dynamic_batch=False)
+    np.testing.assert_allclose(export.load_onnx(fixed)(X[:4]), export.load_onnx(path)(X[:4]),
+                               atol=0.05 * np.abs(ref).max())
+    with pytest.raises(ValueError, match="must hold numbers"):
+        export.to_onnx(q, X[:2], tmp_path / "s.onnx", calib_x=X.astype(str))
