@@ -14,8 +14,11 @@ Gemm weights in onnxruntime 1.32) quantizes the float export as a peer.
 
 Latency: every candidate -- JAX/XLA:CPU and ONNX Runtime, float and int8 -- is timed in the
 same interleaved rounds (``measure.compare_latency``), at batch 1 and 256, and each
-speed-up is taken per round with its spread. ONNX Runtime runs with 2 intra-op threads
-(this machine's cores), sequential execution; XLA:CPU uses its own pool on the same cores.
+speed-up is taken per round with its spread. A second session of the float CNN's file is
+timed as one more candidate (``ort_aa_control_cnn_*``): two sessions of one file do the same
+work, so their ratio shows how far apart the measurement itself puts identical candidates.
+ONNX Runtime runs with 2 intra-op threads (this machine's cores), sequential execution;
+XLA:CPU uses its own pool on the same cores.
 StableHLO: the channel-removed int8 model is exported with ``export.to_stablehlo`` and run
 in a fresh Python process that imports only JAX and NumPy; its logits must be identical.
 Prints tables, then the figures (metric, value, unit, target) as a table;
@@ -139,9 +142,13 @@ def main(argv: list[str] | None = None) -> None:
             ort[name + "_ortquant7"] = export.load_onnx(rpath, threads=THREADS, spinning=False)
             ort[name] = export.load_onnx(fpath, threads=THREADS, spinning=False)
             ort[name + "_int8"] = export.load_onnx(ipath, threads=THREADS, spinning=False)
+            if name == "cnn":   # an A/A control: a second session of the same float file
+                ort["cnn_again"] = export.load_onnx(fpath, threads=THREADS, spinning=False)
             ort[name + "_ortquant"] = export.load_onnx(qpath, threads=THREADS, spinning=False)
             ref = logits_of(jax_forward(model), jnp.asarray(xt))
             got = logits_of(ort[name], xt)
+            if name == "cnn":
+                logits_of(ort["cnn_again"], xt)            # the same history as the first
             int_ref = logits_of(ints[name], jnp.asarray(xt))
             int_got = logits_of(ort[name + "_int8"], xt)
             peer = logits_of(ort[name + "_ortquant"], xt)
@@ -180,6 +187,7 @@ def main(argv: list[str] | None = None) -> None:
         ort_c = {"ort mlp": ort["mlp"], "ort mlp int8": ort["mlp_int8"],
                  "ort mlp ortquant": ort["mlp_ortquant"],
                  "ort cnn": ort["cnn"], "ort cnn int8": ort["cnn_int8"],
+                 "ort cnn, same file again": ort["cnn_again"],
                  "ort cnn removed": ort["cnn_removed"],
                  "ort cnn removed int8": ort["cnn_removed_int8"],
                  "ort cnn int8 adds": ort["cnn_int8_adds"],
@@ -235,6 +243,10 @@ def main(argv: list[str] | None = None) -> None:
         for key, model in (("mlp", "mlp"), ("cnn", "cnn")):
             s = ratio(256, f"ort {model}", f"ort {model} int8")
             emit(f"ort_int8_speedup_{key}_b256", s.speedup, "x", iqr=s.speedup_iqr,
+                 min_max=s.speedup_min_max)
+        for b in (256, 1):   # the A/A control: how far apart two sessions of one file time
+            s = ratio(b, "ort cnn", "ort cnn, same file again")
+            emit(f"ort_aa_control_cnn_b{b}", s.speedup, "x", iqr=s.speedup_iqr,
                  min_max=s.speedup_min_max)
         for b in (256, 1):
             s = ratio(b, "ort cnn", "ort cnn int8 adds")
