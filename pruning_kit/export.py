@@ -66,7 +66,7 @@ from flax import nnx
 
 from pruning_kit import data as data_lib
 from pruning_kit import fold as fold_lib
-from pruning_kit import jaxpr_onnx, program
+from pruning_kit import jaxpr_onnx, onnx_passes, program
 from pruning_kit import models as models_lib
 
 #: What a process with nothing but JAX runs to use an exported file.
@@ -311,8 +311,6 @@ def _integer_adds(proto: Any, calib_x: np.ndarray, batch_size: int = 250) -> int
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
-    from pruning_kit import onnx_passes
-
     g = proto.graph
     nodes, inits = list(g.node), list(g.initializer)
     adds = onnx_passes.integer_add_plan(nodes, inits)
@@ -366,10 +364,7 @@ def _has_signed_activations(path: Path) -> bool:
     proto = _load_proto(path, load_external_data=False)
     int8 = {t.name for t in proto.graph.initializer
             if t.data_type == onnx.TensorProto.INT8 and not t.dims}
-    users: dict[str, list[Any]] = {}
-    for n in proto.graph.node:
-        for i in n.input:
-            users.setdefault(i, []).append(n)
+    users = onnx_passes.consumers(proto.graph.node)
     return any(n.op_type == "QuantizeLinear" and len(n.input) > 2 and n.input[2] in int8
                and any(u.op_type in ("Conv", "Gemm", "MatMul")
                        for dq in users.get(n.output[0], []) if dq.op_type == "DequantizeLinear"

@@ -32,11 +32,12 @@ try:  # optional: the [deploy] extra
 except ImportError:  # pragma: no cover - checked by export.to_onnx
     helper = numpy_helper = None
 
-__all__ = ["fuse_bias", "integer_add_plan", "pool_before_relu", "quantize_adds",
+__all__ = ["consumers", "fuse_bias", "integer_add_plan", "pool_before_relu", "quantize_adds",
            "requantize_outputs", "topological"]
 
 
-def _consumers(nodes: Sequence[Any]) -> dict[str, list[Any]]:
+def consumers(nodes: Sequence[Any]) -> dict[str, list[Any]]:
+    """``{tensor name: the nodes that read it}``."""
     users: dict[str, list[Any]] = {}
     for n in nodes:
         for i in n.input:
@@ -59,7 +60,7 @@ def fuse_bias(nodes: list, inits: list, outputs: Sequence[str]) -> list:
     ``DequantizeLinear``: the form ONNX Runtime's integer kernels take.
     """
     values = {t.name: numpy_helper.to_array(t) for t in inits}
-    users = _consumers(nodes)
+    users = consumers(nodes)
     producer = {o: n for n in nodes for o in n.output}
     drop: set[int] = set()
     for layer in nodes:
@@ -131,7 +132,7 @@ def requantize_outputs(nodes: list, inits: list) -> tuple[list, int]:
     residual connection) is left float, as the package's integer path has it. Returns
     the new node list and how many layers it rewrote.
     """
-    users = _consumers(nodes)
+    users = consumers(nodes)
     producer = {o: n for n in nodes for o in n.output}
     out: list = []
     done = 0
@@ -175,7 +176,7 @@ def pool_before_relu(nodes: list) -> tuple[list, int]:
     Runtime 1.32, x86). Pooling first keeps the pool on the float layer's blocked layout.
     Returns the node list and how many it swapped.
     """
-    users = _consumers(nodes)
+    users = consumers(nodes)
     producer = {o: n for n in nodes for o in n.output}
     done = 0
     for pool in nodes:
@@ -194,6 +195,11 @@ def pool_before_relu(nodes: list) -> tuple[list, int]:
         relu.input[0], relu.output[0] = mid, out
         done += 1
     return topological(nodes), done
+
+
+def _scalars(inits: Sequence[Any]) -> dict[str, np.ndarray]:
+    """The scalar initializers (per-tensor scales and zero points) as arrays."""
+    return {t.name: numpy_helper.to_array(t) for t in inits if not t.dims}
 
 
 #: ops that map each quantized value to one of their input's values (or clip at zero), so
@@ -216,9 +222,9 @@ def integer_add_plan(nodes: list, inits: list) -> list[dict[str, Any]]:
     plan per add: ``{"add": node, "inputs": [("codes", dq_name) or ("calibrate", name),
     ...], "output_q": node}``.
     """
-    values = {t.name: numpy_helper.to_array(t) for t in inits}
-    consts = set(values)
-    users = _consumers(nodes)
+    consts = {t.name for t in inits}
+    values = _scalars(inits)       # quantizer scales and zero points; weights need no copy
+    users = consumers(nodes)
     producer = {o: n for n in nodes for o in n.output}
 
     def one_quantizer(after: Sequence[Any]) -> Any:
@@ -284,7 +290,7 @@ def quantize_adds(nodes: list, inits: list, plans: Sequence[dict[str, Any]],
     ``QLinearConv``/``QGemm`` (:func:`requantize_outputs`).
     Returns the node list and how many adds it rewrote.
     """
-    values = {t.name: numpy_helper.to_array(t) for t in inits}
+    values = _scalars(inits)
     for p in plans:
         add = p["add"]
         for k, (kind, name) in enumerate(p["inputs"]):
@@ -302,7 +308,7 @@ def quantize_adds(nodes: list, inits: list, plans: Sequence[dict[str, Any]],
                                           [f"{name}_add_dq"]))
             add.input[k] = f"{name}_add_dq"
         q, out = p["output_q"], add.output[0]
-        users = _consumers(nodes)
+        users = consumers(nodes)
         _rewire(users[out], out, f"{out}_dq")
         nodes.append(helper.make_node("QuantizeLinear", [out, q.input[1], q.input[2]],
                                       [f"{out}_q"]))
