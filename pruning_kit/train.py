@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import numbers
 import time
 from collections.abc import Callable
 from typing import Any
@@ -139,6 +140,22 @@ def _copy_leaf(a):
     return jnp.array(a, copy=True) if isinstance(a, jax.Array) else a
 
 
+def _is_integer(v: Any) -> bool:
+    """A Python or NumPy integer, not a bool."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
+
+
+def _is_positive_number(v: Any) -> bool:
+    """A finite real number above 0 (Python or NumPy scalar, not a bool)."""
+    return (isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
+            and bool(np.isfinite(v)) and v > 0)
+
+
+def _check_epochs(epochs: Any) -> None:
+    if not _is_integer(epochs) or epochs < 1:
+        raise ValueError(f"epochs must be a positive integer, got {epochs!r}.")
+
+
 def check_training_args(x: Any, y: Any, *, epochs: Any, lr: Any, batch_size: Any) -> None:
     """Validate the arguments of a training loop (``x``/``y``, epochs, rate, batch size).
 
@@ -148,13 +165,11 @@ def check_training_args(x: Any, y: Any, *, epochs: Any, lr: Any, batch_size: Any
         ValueError: non-positive or non-integer ``epochs``, a non-positive or non-finite
             ``lr``, a ``batch_size`` outside ``[1, len(x)]``, empty or mismatched data.
     """
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs must be a positive integer, got {epochs!r}.")
-    if not (isinstance(lr, (int, float)) and np.isfinite(lr) and lr > 0):
+    _check_epochs(epochs)
+    if not _is_positive_number(lr):
         raise ValueError(f"lr must be a positive number, got {lr!r}.")
     _check_xy(x, y)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) \
-            or not 1 <= batch_size <= len(x):
+    if not _is_integer(batch_size) or not 1 <= batch_size <= len(x):
         raise ValueError(f"batch_size must be an integer from 1 to {len(x)}, got "
                          f"{batch_size!r}.")
 
@@ -218,13 +233,10 @@ def fit(model: nnx.Module, x: np.ndarray, y: Any, *, epochs: int = 10,
     copied before the jitted step donates them, so a model that shares arrays with this
     one (an ``nnx.clone``, say) is never left holding deleted arrays.
     """
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs must be a positive integer, got {epochs!r}.")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    _check_epochs(epochs)
+    if not _is_integer(batch_size) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
-    if tx is None and not (isinstance(learning_rate, (int, float))
-                           and not isinstance(learning_rate, bool)
-                           and np.isfinite(learning_rate) and learning_rate > 0):
+    if tx is None and not _is_positive_number(learning_rate):
         raise ValueError(f"learning_rate must be a positive finite number, got "
                          f"{learning_rate!r} (typical: 1e-3 for Adam).")
     if isinstance(y, (tuple, list)) and loss_fn is cross_entropy_loss:
@@ -235,6 +247,7 @@ def fit(model: nnx.Module, x: np.ndarray, y: Any, *, epochs: int = 10,
             "loss_fn=pruning_kit.distill.distillation_loss(temperature=4.0, alpha=0.9) for "
             "(labels, teacher_logits), or pass only the labels.")
     _check_xy(x, y)
+    epochs, batch_size = int(epochs), int(batch_size)
     n = len(x)
     if batch_size > n:
         raise ValueError(f"batch_size {batch_size} is larger than the data set ({n} "
@@ -242,7 +255,7 @@ def fit(model: nnx.Module, x: np.ndarray, y: Any, *, epochs: int = 10,
     _check_mode_argument(model)
     _warn_half_precision(model, tx_given=tx is not None)
     if tx is None:
-        tx = default_optimizer(learning_rate, (n // batch_size) * epochs)
+        tx = default_optimizer(float(learning_rate), (n // batch_size) * epochs)
     flags = mode_of(model)
     try:
         model.train()

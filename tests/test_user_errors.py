@@ -83,6 +83,25 @@ def test_fit_refuses_bad_input_before_training_and_keeps_the_mode(case):
     assert _same(nnx.state(model), snap)
 
 
+def test_fit_takes_numpy_scalars_for_its_numbers_and_refuses_bools():
+    x, y = _data()
+    model = EncHead(nnx.Rngs(0))
+    hist = train.fit(model, x, y, epochs=np.int64(1), batch_size=np.int32(64),
+                     learning_rate=np.float32(3e-3), progress=False)
+    assert len(hist["loss"]) == 1 and np.isfinite(hist["loss"][0])
+    for kw, match in [({"learning_rate": True}, "learning_rate must be"),
+                      ({"learning_rate": np.float32("nan")}, "learning_rate must be"),
+                      ({"epochs": True}, "epochs must be"),
+                      ({"batch_size": 64.0}, "batch_size must be")]:
+        args = {"epochs": 1, "batch_size": 64, **kw}
+        with pytest.raises(ValueError, match=match):
+            train.fit(model, x, y, progress=False, **args)
+    with pytest.raises(ValueError, match="lr must be"):
+        train.check_training_args(x, y, epochs=1, lr=np.float32(-1), batch_size=8)
+    train.check_training_args(x, y, epochs=np.int64(2), lr=np.float32(1e-3),
+                              batch_size=np.int64(8))
+
+
 def test_fit_gives_back_the_mode_when_the_loop_raises():
     x, y = _data()
     model = EncHead(nnx.Rngs(0))
