@@ -425,6 +425,10 @@ class OnnxModel:
         #: the dtype the file declares for its input (float32, or int32 for token models)
         self.input_dtype = np.dtype(_ORT_TYPES.get(first.type, "float32"))
 
+    #: tells :func:`pruning_kit.timing.compare_latency` and ``latency`` to call this as it
+    #: is, not to ``jax.jit`` it
+    runs_outside_jax = True
+
     def __call__(self, x: Any) -> np.ndarray:
         x = np.ascontiguousarray(np.asarray(x, self.input_dtype))
         return self.session.run(None, {self.input_name: x})[0]

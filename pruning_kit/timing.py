@@ -67,8 +67,16 @@ def compiled_forward(model_or_fn: ModelOrFn) -> tuple[Callable, Callable]:
     What :func:`latency`, :func:`compare_latency` and :func:`pruning_kit.measure.cost` run.
 
     A model is split in eval mode (the graph definition keeps that mode), then its own
-    train/eval flags are put back, so the caller's model leaves as it came.
+    train/eval flags are put back, so the caller's model leaves as it came. An object with
+    a true ``runs_outside_jax`` attribute (an :class:`pruning_kit.export.OnnxModel`: an
+    ONNX Runtime session) is called as it is; it cannot be lowered.
     """
+    if getattr(model_or_fn, "runs_outside_jax", False):   # e.g. export.OnnxModel
+        def no_lowering(x):
+            raise ValueError(f"{type(model_or_fn).__name__} runs outside JAX, so it has no "
+                             "XLA program to lower or count (MACs, bytes); it can be timed, "
+                             "not costed.")
+        return model_or_fn, no_lowering
     if isinstance(model_or_fn, nnx.Module):
         with train_lib.eval_mode(model_or_fn):
             graphdef, state = nnx.split(model_or_fn)
@@ -107,7 +115,8 @@ def latency(model_or_fn: ModelOrFn, x: Any, *, runs: int = 50, warmup: int = 5
     untimed calls (the first compiles).
 
     Args:
-        model_or_fn: an NNX model, or any function ``fn(x)`` (it is jitted).
+        model_or_fn: an NNX model, any function ``fn(x)`` (it is jitted), or an
+            :class:`pruning_kit.export.OnnxModel` (called as it is).
         x: the input batch; its first axis is the batch size.
         runs: timed calls, ``>= 1``; the median is robust to a few slow ones.
         warmup: untimed calls first, ``>= 0``.
@@ -130,6 +139,8 @@ def latency(model_or_fn: ModelOrFn, x: Any, *, runs: int = 50, warmup: int = 5
     runs = validate.integer("runs", runs, 1)
     warmup = validate.integer("warmup", warmup, 0)
     x = as_batch(x)
+    if getattr(model_or_fn, "runs_outside_jax", False):   # an ONNX Runtime session
+        x = np.asarray(x)
     call, _ = compiled_forward(model_or_fn)
     for _ in range(max(warmup, 1)):
         jax.block_until_ready(call(x))
@@ -322,7 +333,9 @@ def compare_latency(candidates: Mapping[str, ModelOrFn], x: Any, *, rounds: int 
 
     Args:
         candidates: name -> an NNX model (timed in eval mode, like :func:`latency`; the
-            model keeps its own train/eval mode) or a function ``fn(x)`` (jitted).
+            model keeps its own train/eval mode), a function ``fn(x)`` (jitted), or an
+            :class:`pruning_kit.export.OnnxModel` (called as it is, on a NumPy batch), so
+            JAX and ONNX Runtime can be timed in the same rounds.
         x: the input batch for every candidate, or a dict name -> batch when their inputs
             differ.
         rounds: interleaved rounds, ``>= 2`` (their spread is the error bar).
@@ -375,6 +388,9 @@ def compare_latency(candidates: Mapping[str, ModelOrFn], x: Any, *, rounds: int 
         batches = {str(k): check(v, f"x[{k!r}]") for k, v in x.items()}
     else:
         batches = dict.fromkeys(names, check(x, "x"))
+    for name, cand in zip(names, candidates.values(), strict=True):
+        if jit and getattr(cand, "runs_outside_jax", False):   # its input stays on the host
+            batches[name] = np.asarray(batches[name])
     calls = {}
     for name, cand in zip(names, candidates.values(), strict=True):
         if jit:

@@ -185,3 +185,16 @@ def test_calib_x_quantizes_a_chain_of_identity_blocks_and_a_fixed_batch(tmp_path
                                atol=0.05 * np.abs(ref).max())
     with pytest.raises(ValueError, match="must hold numbers"):
         export.to_onnx(q, X[:2], tmp_path / "s.onnx", calib_x=X.astype(str))
+
+
+def test_onnx_runtime_sessions_are_timed_beside_jax_models(tmp_path):
+    from pruning_kit import measure
+    model = models.SmallCNN(1, (4, 8), image_size=8, rngs=nnx.Rngs(0))
+    model.eval()
+    session = export.load_onnx(export.to_onnx(model, X[:2], tmp_path / "cnn.onnx"))
+    r = measure.compare_latency({"jax": model, "ort": session}, X, rounds=2, runs=1)
+    assert r.names == ("jax", "ort") and r["ort"].median_ms > 0
+    assert measure.latency(session, X, runs=2).batch_size == len(X)
+    from pruning_kit import timing
+    with pytest.raises(ValueError, match="runs outside JAX"):
+        timing.compiled_forward(session)[1](X)
