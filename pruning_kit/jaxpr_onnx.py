@@ -471,11 +471,53 @@ class Translator:
                                         self.const(np.asarray([len(idx.shape) - 1]))])
             y = self.node("Gather", [self.name(table), ids], axis=0)
             return _T(y, _ident(len(out_shape)), out_shape, dtype)
+        if isinstance(table, _T) and isinstance(idx, _C):
+            y = self._constant_gather(table, idx, p, out_shape, dtype)
+            if y is not None:
+                return y
         raise UnsupportedOpError(
-            f"a gather other than a table lookup along axis 0 ({where}). Under a symbolic "
-            "batch size JAX traces a plain slice such as h[:, 0] or h[:, :10] as a gather: "
-            "export with dynamic_batch=False (the file then takes the example's batch "
-            "size).")
+            f"a gather other than a table lookup along axis 0 or a slice at indices fixed "
+            f"at export time ({where}). If it comes from indexing with a value computed "
+            "from the input, it cannot be exported; if it is a slice that JAX traced as a "
+            "gather under a symbolic batch size, export with dynamic_batch=False (the file "
+            "then takes the example's batch size).")
+
+
+    def _constant_gather(self, x: _T, idx: _C, p: Mapping, out_shape: tuple,
+                         dtype: Any) -> _T | None:
+        """A gather at indices known at export time: a slice, then a squeeze.
+
+        Under a symbolic batch size JAX traces ``h[:, 0]`` or ``h[:, -1]`` (a transformer's
+        class token) as a gather at a constant index; ONNX gets ``Slice`` + ``Squeeze``.
+        Returns None for any other gather."""
+        dn, sizes = p["dimension_numbers"], p["slice_sizes"]
+        starts, rank = np.asarray(idx.value).reshape(-1), len(x.shape)
+        collapsed, index_map = tuple(dn.collapsed_slice_dims), tuple(dn.start_index_map)
+        kept = [d for d in range(rank) if d not in collapsed]
+        if (np.ndim(idx.value) != 1 or len(starts) != len(index_map)
+                or getattr(dn, "operand_batching_dims", ()) or
+                tuple(dn.offset_dims) != tuple(range(len(kept)))
+                or any(sizes[d] != x.shape[d] for d in range(rank) if d not in index_map)):
+            return None
+        begin, end = [], []
+        for k, d in enumerate(index_map):
+            if not (_static(sizes[d]) and _static(x.shape[d])):
+                return None
+            s = int(starts[k])
+            if "FILL" in str(p.get("mode")) and not 0 <= s <= x.shape[d] - sizes[d]:
+                return None            # out of bounds would be filled, not clipped
+            s = min(max(s, 0), x.shape[d] - sizes[d])   # JAX clips a start into range
+            begin.append(s)
+            end.append(s + int(sizes[d]))
+        axes = [x.perm.index(d) for d in index_map]
+        y = self.node("Slice", [x.name, self.const(np.asarray(begin, np.int64)),
+                                self.const(np.asarray(end, np.int64)),
+                                self.const(np.asarray(axes, np.int64))])
+        if collapsed:
+            y = self.node("Squeeze", [y, self.const(np.asarray(
+                [x.perm.index(d) for d in collapsed], np.int64))])
+        perm = tuple(kept.index(d) for d in x.perm if d not in collapsed)
+        return _T(y, perm, out_shape, dtype)
 
 
 def build_model(translator: Translator, input_t: _T, outputs: Sequence[_C | _T],

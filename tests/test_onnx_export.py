@@ -198,3 +198,27 @@ def test_onnx_runtime_sessions_are_timed_beside_jax_models(tmp_path):
     from pruning_kit import timing
     with pytest.raises(ValueError, match="runs outside JAX"):
         timing.compiled_forward(session)[1](X)
+
+
+class _TokenPick(nnx.Module):
+    """Rows of the image as tokens; the first and last token and a slice of the middle."""
+
+    def __init__(self, rngs):
+        self.embed = nnx.Linear(8, 16, rngs=rngs)
+        self.head = nnx.Linear(3 * 16, 10, rngs=rngs)
+
+    def __call__(self, x):
+        t = self.embed(x.reshape(x.shape[0], 8, 8))
+        mid = t[:, 2:5, 1:2].mean(1).repeat(16, -1)
+        return self.head(jnp.concatenate([t[:, 0], t[:, -1], mid], -1))
+
+
+def test_constant_index_gathers_export_with_a_symbolic_batch(tmp_path):
+    # under a symbolic batch size JAX traces t[:, 0] and t[:, -1] as gathers at constant
+    # indices: they become Slice + Squeeze, and the file runs any batch size
+    model = _TokenPick(nnx.Rngs(0))
+    path = export.to_onnx(model, X[:2], tmp_path / "pick.onnx")
+    ops = export.describe_onnx(path)["ops"]
+    assert "Gather" not in ops and ops["Slice"] >= 2 and ops["Squeeze"] >= 2
+    np.testing.assert_allclose(export.load_onnx(path)(X), np.asarray(model(jnp.asarray(X))),
+                               atol=1e-5)
