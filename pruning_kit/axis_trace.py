@@ -206,7 +206,7 @@ class AxisTracer:
 
     def eqn(self, eqn: Any, ins: list[Value]) -> list[Value]:
         name = eqn.primitive.name
-        where = f"({name} at {source_line(eqn)})"
+        where = f"({name} at {source_line(eqn) or 'a line inside a library function'})"
         shapes = [tuple(getattr(v.aval, "shape", ())) for v in eqn.invars]
         out_shape = tuple(getattr(eqn.outvars[0].aval, "shape", ())) if eqn.outvars else ()
         act = any(v.act for v in ins)
@@ -292,19 +292,40 @@ class AxisTracer:
             return [self._conv(eqn, ins, shapes, out_shape, act, where)]
         if name == "iota":
             return [self.fresh(out_shape, False)]
+        if name == "gather" and self._is_lookup(eqn, shapes, out_shape):
+            # an embedding lookup table[ids]: each output row is a row of the table, so the
+            # output's last axis is the table's feature axis; the rows are picked by value
+            table, ids = ins
+            uf.fix(table.nodes[0], f"rows picked by index {where}")
+            return [Value((*ids.nodes[:-1], table.nodes[1]), act)]
         return self._unknown(eqn, ins, where)
 
+    @staticmethod
+    def _is_lookup(eqn: Any, shapes: list, out_shape: tuple) -> bool:
+        dn, sizes = eqn.params["dimension_numbers"], eqn.params["slice_sizes"]
+        return (len(shapes) == 2 and len(shapes[0]) == 2 and shapes[1][-1:] == (1,)
+                and tuple(dn.collapsed_slice_dims) == (0,)
+                and tuple(dn.start_index_map) == (0,)
+                and tuple(dn.offset_dims) == (len(out_shape) - 1,)
+                and not getattr(dn, "operand_batching_dims", ())
+                and tuple(sizes) == (1, shapes[0][1]))
+
     def _unknown(self, eqn: Any, ins: list[Value], where: str) -> list[Value]:
+        # every input's axes stay whole, a model array's too: the output's axes are not
+        # linked to them, so nothing read through this op could be resized with it
         touched = False
         for v in ins:
-            if v.act:
-                touched = True
-                for n in v.nodes:
-                    self.uf.fix(n, f"passes through an op the tracer does not follow {where}")
+            touched |= v.act
+            for n in v.nodes:
+                self.uf.fix(n, f"passes through an op the tracer does not follow {where}")
         if touched:
             self.unfollowed.append(where.strip("()"))
         act = any(v.act for v in ins)
-        return [self.fresh(tuple(getattr(o.aval, "shape", ())), act) for o in eqn.outvars]
+        outs = [self.fresh(tuple(getattr(o.aval, "shape", ())), act) for o in eqn.outvars]
+        if ins:        # nor its outputs' axes: what they meet cannot be resized either
+            for n in (n for v in outs for n in v.nodes):
+                self.uf.fix(n, f"comes out of an op the tracer does not follow {where}")
+        return outs
 
     def _axiswise(self, name, eqn, x: Value, src, out_shape, act, where) -> Value:
         p = eqn.params

@@ -81,8 +81,8 @@ def _forward(model: Any) -> Callable[[jax.Array], jax.Array]:
         copy = program.eval_copy(model)          # inference mode; the caller's is kept
         graphdef, state = nnx.split(copy)
 
-        def forward(x):
-            return nnx.merge(graphdef, state)(x)
+        def forward(x):   # fresh Variables per trace: a model may write its own in __call__
+            return nnx.merge(graphdef, state, copy=True)(x)
 
         return forward
     if callable(model):

@@ -302,9 +302,9 @@ def sync_widths(model: nnx.Module) -> None:
     ``in_features``/``out_features`` of ``Linear``/``LinearGeneral``/``Conv`` (and a
     depthwise conv's ``feature_group_count``), ``num_features`` of the norms (a
     ``GroupNorm``'s ``num_groups``: channels leave in whole groups), attention's
-    head count and size, ``Embed``'s sizes. Then every module that defines
-    ``after_resize()`` is called, to update widths it stores itself (the course's models
-    re-read their ``.config`` there).
+    head count and size, ``Embed``'s sizes, ``Einsum``'s kernel and bias shapes. Then
+    every module that defines ``after_resize()`` is called, to update widths it stores
+    itself (the course's models re-read their ``.config`` there).
     """
     for _, node in nnx.iter_graph(model):
         if isinstance(node, nnx.Conv):
@@ -340,6 +340,10 @@ def sync_widths(model: nnx.Module) -> None:
                 break
         elif isinstance(node, nnx.Embed):
             node.num_embeddings, node.features = node.embedding.shape
+        elif isinstance(node, nnx.Einsum):
+            node.kernel_shape = tuple(node.kernel.shape)
+            if getattr(node, "bias", None) is not None:
+                node.bias_shape = tuple(node.bias.shape)
     for _, node in nnx.iter_graph(model):
         hook = getattr(node, "after_resize", None)
         if isinstance(node, nnx.Module) and callable(hook):

@@ -82,6 +82,18 @@ def _is_pointwise_conv(node: Any) -> bool:
         and all(d == 1 for d in np.atleast_1d(node.input_dilation or 1))
 
 
+def _key(parent: Any, k: str | int) -> str | int:
+    """``k`` as ``parent`` spells it: a dict of layers may key them by the string "0"."""
+    return str(k) if isinstance(parent, Mapping) and k not in parent else k
+
+
+def _child(parent: Any, k: str | int) -> Any:
+    """One step down a module path: an attribute, a list index or a dict key."""
+    if isinstance(k, int) or isinstance(parent, Mapping):
+        return parent[_key(parent, k)]
+    return getattr(parent, k)
+
+
 def dense_layers(model: nnx.Module) -> dict[str, nnx.Module]:
     """``{path: layer}`` of the model's dense layers -- ``nnx.Linear``, 1x1 convolutions
     (a dense layer applied at every pixel) and low-rank layers -- in the order the model
@@ -95,7 +107,8 @@ def dense_layers(model: nnx.Module) -> dict[str, nnx.Module]:
     found = {program.module_path(path): node for path, node in nnx.iter_graph(model)
              if isinstance(node, (nnx.Linear, models_lib.LowRankLinear))
              or _is_pointwise_conv(node)}
-    return dict(sorted(found.items(), key=lambda kv: tree.split_name(kv[0])))
+    return dict(sorted(found.items(), key=lambda kv: [(isinstance(k, str), k)   # ints first
+                                                       for k in tree.split_name(kv[0])]))
 
 
 def layer_path(model: nnx.Module, layer: int | str) -> str:
@@ -173,9 +186,9 @@ def low_rank(model: nnx.Module, ranks: Mapping[Any, int] | list[int | None]) -> 
         *parent_path, last = tree.split_name(path)
         parent = new
         for k in parent_path:
-            parent = parent[k] if isinstance(k, int) else getattr(parent, k)
-        if isinstance(last, int):
-            parent[last] = layer
+            parent = _child(parent, k)
+        if isinstance(last, int) or isinstance(parent, Mapping):
+            parent[_key(parent, last)] = layer
         else:
             setattr(parent, last, layer)
     graph_lib.sync_widths(new)

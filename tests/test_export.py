@@ -4,6 +4,7 @@ import subprocess
 import sys
 import textwrap
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -55,3 +56,23 @@ def test_bad_input(tmp_path):
         export.to_stablehlo(model, X[:2], tmp_path / "nonexistent" / "x.stablehlo")
     with pytest.raises(FileNotFoundError, match="No StableHLO file"):
         export.load_stablehlo("/nonexistent/x.stablehlo")
+
+
+def test_a_model_that_counts_its_calls_exports_and_is_left_as_it_was(tmp_path):
+    class Calls(nnx.Variable):
+        pass
+
+    class Counting(nnx.Module):          # writes one of its own Variables in __call__
+        def __init__(self, rngs):
+            self.fc = nnx.Linear(64, 10, rngs=rngs)
+            self.calls = Calls(jnp.zeros((), jnp.int32))
+
+        def __call__(self, x):
+            self.calls[...] = self.calls[...] + 1
+            return self.fc(x.reshape(x.shape[0], -1))
+
+    model = Counting(nnx.Rngs(0))
+    path = export.to_stablehlo(model, X[:2], tmp_path / "counting.stablehlo")
+    assert int(model.calls[...]) == 0                  # exporting did not call the model
+    np.testing.assert_allclose(np.asarray(export.load_stablehlo(path)(X)),
+                               np.asarray(model.fc(X.reshape(len(X), -1))), atol=1e-5)

@@ -119,8 +119,49 @@ def test_unfollowed_op_is_reported_not_guessed():
 
     g = graph.trace(Sorter(nnx.Rngs(0)), np.zeros((2, 4), np.float32))
     assert "fc" in g.fixed and not g.groups
-    assert any("sort" in why for why in g.fixed["fc"])
+    assert any("sort" in why for name, whys in g.fixed.items() if name.startswith("fc")
+               for why in whys)
     assert any(u.startswith("sort") for u in g.unfollowed)
+
+
+def test_a_kernel_read_through_an_unfollowed_op_leaves_its_layer_whole():
+    class SortedKernel(nnx.Module):
+        def __init__(self, rngs):
+            self.fc = nnx.Linear(4, 6, rngs=rngs)
+            self.out = nnx.Linear(6, 2, rngs=rngs)
+
+        def __call__(self, x):
+            import jax.numpy as jnp
+            w = jnp.sort(self.fc.kernel[...], axis=0)      # the kernel is read through a sort
+            return self.out(nnx.relu(x @ w + self.fc.bias[...]))
+
+    g = graph.trace(SortedKernel(nnx.Rngs(0)), np.zeros((2, 4), np.float32))
+    assert not g.groups         # fc's bias and out's input meet the sort's output: kept whole
+    assert any("sort" in why for name, whys in g.fixed.items() if name.startswith("fc")
+               for why in whys)
+
+
+def test_an_embedding_lookup_links_the_table_to_what_reads_it():
+    class TiedEmbed(nnx.Module):        # the embedding is also the output head
+        def __init__(self, rngs):
+            self.embed = nnx.Embed(17, 24, rngs=rngs)
+            self.proj = nnx.Linear(24, 24, rngs=rngs)
+
+        def __call__(self, ids):
+            h = self.embed(ids).mean(axis=1)
+            return self.embed.attend(nnx.relu(self.proj(h)))
+
+    model = TiedEmbed(nnx.Rngs(0))
+    ids = (np.arange(4 * 8).reshape(4, 8) % 17).astype(np.int32)
+    g = graph.trace(model, ids)
+    (group,) = g.groups.values()
+    assert {(m.leaf, m.axis) for m in group.members} == {
+        ("embed/embedding", 1), ("proj/kernel", 0), ("proj/kernel", 1), ("proj/bias", 0)}
+    keep = {group.name: np.arange(12)}
+    small = structure.remove_channels(model, keep, example=ids)
+    masked = structure.mask_channels(model, keep, example=ids)
+    assert small.embed.embedding.shape == (17, 12)     # the vocabulary (rows) stays whole
+    np.testing.assert_allclose(np.asarray(small(ids)), np.asarray(masked(ids)), atol=1e-5)
 
 
 def test_search_widths_takes_group_counts_for_any_model():
@@ -146,6 +187,44 @@ def test_low_rank_factorizes_any_linear_and_pointwise_conv():
     small = structure.low_rank(model, {"blocks/1/shortcut_conv": 2})
     assert structure.models_lib.num_params(small) < structure.models_lib.num_params(model)
     assert np.asarray(small(X)).shape == (len(X), 10)
+
+
+def test_low_rank_reaches_layers_in_lists_and_plain_dicts():
+    class Heads(nnx.Module):
+        def __init__(self, rngs):
+            self.body = nnx.List([nnx.Linear(64, 32, rngs=rngs)])
+            self.heads = nnx.data({"digits": nnx.Linear(32, 10, rngs=rngs),
+                                   "0": nnx.Linear(32, 10, rngs=rngs)})
+
+        def __call__(self, x):
+            h = nnx.relu(self.body[0](x.reshape(x.shape[0], -1)))
+            return self.heads["digits"](h) + self.heads["0"](h)
+
+    model = Heads(nnx.Rngs(0))
+    assert set(structure.dense_layers(model)) == {"body/0", "heads/digits", "heads/0"}
+    want = np.asarray(model(X))
+    full = structure.low_rank(model, {"body/0": 32, "heads/digits": 10, "heads/0": 10})
+    np.testing.assert_allclose(np.asarray(full(X)), want, atol=1e-4)   # full rank: exact
+    assert isinstance(full.heads["digits"], structure.models_lib.LowRankLinear)
+    assert isinstance(model.heads["digits"], nnx.Linear)               # the caller's is kept
+    np.testing.assert_array_equal(np.asarray(model(X)), want)
+
+
+def test_flax_einsum_layers_lose_channels():
+    class EinsumNet(nnx.Module):
+        def __init__(self, rngs):
+            self.e1 = nnx.Einsum("bi,io->bo", (64, 32), (32,), rngs=rngs)
+            self.e2 = nnx.Einsum("bi,io->bo", (32, 10), (10,), rngs=rngs)
+
+        def __call__(self, x):
+            return self.e2(nnx.relu(self.e1(x.reshape(x.shape[0], -1))))
+
+    model = EinsumNet(nnx.Rngs(0))
+    (name,) = structure.channel_groups(model, EXAMPLE)
+    small = structure.remove_channels(model, {name: np.arange(16)}, example=EXAMPLE)
+    masked = structure.mask_channels(model, {name: np.arange(16)}, example=EXAMPLE)
+    assert small.e1.kernel_shape == (64, 16) and small.e1.bias_shape == (16,)
+    np.testing.assert_allclose(np.asarray(small(X)), np.asarray(masked(X)), atol=1e-5)
 
 
 def test_flax_multi_head_attention_loses_whole_heads():
