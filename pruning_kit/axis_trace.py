@@ -38,6 +38,8 @@ atan real imag conj population_count shift_left shift_right_logical shift_right_
 """.split())
 REDUCTIONS = frozenset("reduce_sum reduce_max reduce_min reduce_prod reduce_and reduce_or "
                        "reduce_xor argmax argmin".split())
+#: Ops whose k-th output is their k-th operand, unchanged.
+PASS_THROUGH = frozenset("sharding_constraint optimization_barrier device_put".split())
 CUMULATIVE = frozenset("cumsum cumprod cummax cummin cumlogsumexp".split())
 
 
@@ -292,6 +294,8 @@ class AxisTracer:
             return [self._conv(eqn, ins, shapes, out_shape, act, where)]
         if name == "iota":
             return [self.fresh(out_shape, False)]
+        if name in PASS_THROUGH:         # each output is its operand, axis for axis
+            return list(ins[:len(eqn.outvars)])
         if name == "gather" and self._is_lookup(eqn, shapes, out_shape):
             # an embedding lookup table[ids]: each output row is a row of the table, so the
             # output's last axis is the table's feature axis; the rows are picked by value
@@ -313,12 +317,10 @@ class AxisTracer:
     def _unknown(self, eqn: Any, ins: list[Value], where: str) -> list[Value]:
         # every input's axes stay whole, a model array's too: the output's axes are not
         # linked to them, so nothing read through this op could be resized with it
-        touched = False
         for v in ins:
-            touched |= v.act
             for n in v.nodes:
                 self.uf.fix(n, f"passes through an op the tracer does not follow {where}")
-        if touched:
+        if ins:
             self.unfollowed.append(where.strip("()"))
         act = any(v.act for v in ins)
         outs = [self.fresh(tuple(getattr(o.aval, "shape", ())), act) for o in eqn.outvars]

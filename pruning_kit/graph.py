@@ -19,13 +19,16 @@ be sliced together are joined (union-find):
   (so the next layer's rows are sliced as ``(H, W, C)``); splitting ``C`` into
   ``(heads, head_dim)`` gives a node two children; a concatenation is a *concat* node;
 * grouped and depthwise convolutions split their channel axis into ``(groups, per_group)``
-  and keep the number of groups (and a depthwise channel multiplier) whole.
+  and keep the number of groups (and a depthwise channel multiplier) whole;
+* an embedding lookup ``table[ids]`` makes the output's last axis the table's feature
+  axis (the table's rows, picked by value, stay whole).
 
 A class of joined axes that holds arrays of the model and carries activations is a
 *channel group*. Some classes can never shrink, and the graph says why: the model's
 input and output, an axis reduced over (LayerNorm's mean, a softmax), sliced or padded
-partially, or passed through an op the tracer does not follow (reported with the
-primitive and the source line, never guessed).
+partially, or read by or coming out of an op the tracer does not follow -- its inputs'
+axes, a model array's too, and its outputs' axes (reported with the primitive and the
+source line, never guessed).
 
 Examples:
     A residual add ties ``fc``'s outputs to ``res``'s: one group holds both layers'

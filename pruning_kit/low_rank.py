@@ -84,7 +84,9 @@ def _is_pointwise_conv(node: Any) -> bool:
 
 def _key(parent: Any, k: str | int) -> str | int:
     """``k`` as ``parent`` spells it: a dict of layers may key them by the string "0"."""
-    return str(k) if isinstance(parent, Mapping) and k not in parent else k
+    if isinstance(parent, Mapping):
+        return next((key for key in parent if str(key) == str(k)), k)
+    return k
 
 
 def _child(parent: Any, k: str | int) -> Any:
@@ -96,8 +98,9 @@ def _child(parent: Any, k: str | int) -> Any:
 
 def dense_layers(model: nnx.Module) -> dict[str, nnx.Module]:
     """``{path: layer}`` of the model's dense layers -- ``nnx.Linear``, 1x1 convolutions
-    (a dense layer applied at every pixel) and low-rank layers -- in the order the model
-    defines them; an integer layer index elsewhere counts in this order.
+    (a dense layer applied at every pixel) and low-rank layers -- sorted by path (list
+    indices in numeric order, before names); an integer layer index elsewhere counts in
+    this order.
 
     Examples:
         >>> from pruning_kit import models

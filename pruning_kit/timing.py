@@ -75,7 +75,8 @@ def compiled_forward(model_or_fn: ModelOrFn) -> tuple[Callable, Callable]:
         def no_lowering(x):
             raise ValueError(f"{type(model_or_fn).__name__} runs outside JAX, so it has no "
                              "XLA program to lower or count (MACs, bytes); it can be timed, "
-                             "not costed.")
+                             "not costed. Cost the JAX model it was exported from instead "
+                             "(measure.cost or measure.measure on that model).")
         return model_or_fn, no_lowering
     if isinstance(model_or_fn, nnx.Module):
         with train_lib.eval_mode(model_or_fn):
@@ -389,7 +390,7 @@ def compare_latency(candidates: Mapping[str, ModelOrFn], x: Any, *, rounds: int 
     else:
         batches = dict.fromkeys(names, check(x, "x"))
     for name, cand in zip(names, candidates.values(), strict=True):
-        if jit and getattr(cand, "runs_outside_jax", False):   # its input stays on the host
+        if getattr(cand, "runs_outside_jax", False):   # its input stays on the host
             batches[name] = np.asarray(batches[name])
     calls = {}
     for name, cand in zip(names, candidates.values(), strict=True):

@@ -146,9 +146,15 @@ def _is_integer(v: Any) -> bool:
 
 
 def _is_positive_number(v: Any) -> bool:
-    """A finite real number above 0 (Python or NumPy scalar, not a bool)."""
-    return (isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
-            and bool(np.isfinite(v)) and v > 0)
+    """A finite real number above 0: a Python, NumPy or JAX scalar (a 0-d array) of an
+    integer or float dtype; not a bool."""
+    if isinstance(v, (bool, np.bool_)):
+        return False
+    if not isinstance(v, numbers.Real):
+        kind = getattr(getattr(v, "dtype", None), "kind", "")
+        if np.shape(v) != () or kind not in "iuf" or not kind:
+            return False
+    return bool(np.isfinite(v)) and float(v) > 0
 
 
 def _check_epochs(epochs: Any) -> None:
@@ -167,7 +173,7 @@ def check_training_args(x: Any, y: Any, *, epochs: Any, lr: Any, batch_size: Any
     """
     _check_epochs(epochs)
     if not _is_positive_number(lr):
-        raise ValueError(f"lr must be a positive number, got {lr!r}.")
+        raise ValueError(f"lr must be a positive number (a float such as 1e-3), got {lr!r}.")
     _check_xy(x, y)
     if not _is_integer(batch_size) or not 1 <= batch_size <= len(x):
         raise ValueError(f"batch_size must be an integer from 1 to {len(x)}, got "
@@ -237,8 +243,8 @@ def fit(model: nnx.Module, x: np.ndarray, y: Any, *, epochs: int = 10,
     if not _is_integer(batch_size) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
     if tx is None and not _is_positive_number(learning_rate):
-        raise ValueError(f"learning_rate must be a positive finite number, got "
-                         f"{learning_rate!r} (typical: 1e-3 for Adam).")
+        raise ValueError(f"learning_rate must be a positive finite number (a float, or a "
+                         f"NumPy/JAX scalar), got {learning_rate!r} (typical: 1e-3 for Adam).")
     if isinstance(y, (tuple, list)) and loss_fn is cross_entropy_loss:
         raise ValueError(
             f"y is a {type(y).__name__} of {len(y)} arrays (labels plus extra targets, such as "

@@ -195,6 +195,10 @@ def test_onnx_runtime_sessions_are_timed_beside_jax_models(tmp_path):
     r = measure.compare_latency({"jax": model, "ort": session}, X, rounds=2, runs=1)
     assert r.names == ("jax", "ort") and r["ort"].median_ms > 0
     assert measure.latency(session, X, runs=2).batch_size == len(X)
+    r = measure.compare_latency({"ort": session, "again": session},
+                                {"ort": jnp.asarray(X), "again": X}, rounds=2, runs=1,
+                                jit=False)                  # a JAX batch reaches it as NumPy
+    assert r.names == ("ort", "again")
     from pruning_kit import timing
     with pytest.raises(ValueError, match="runs outside JAX"):
         timing.compiled_forward(session)[1](X)
@@ -222,3 +226,40 @@ def test_constant_index_gathers_export_with_a_symbolic_batch(tmp_path):
     assert "Gather" not in ops and ops["Slice"] >= 2 and ops["Squeeze"] >= 2
     np.testing.assert_allclose(export.load_onnx(path)(X), np.asarray(model(jnp.asarray(X))),
                                atol=1e-5)
+
+
+def test_constant_gathers_on_a_channels_first_map_and_out_of_range_indices(tmp_path):
+    class MapPick(nnx.Module):          # a conv's map is held NCHW in the file
+        def __init__(self, rngs):
+            self.conv = nnx.Conv(1, 4, (3, 3), rngs=rngs)
+            self.head = nnx.Linear(2 * 8 * 4, 10, rngs=rngs)
+
+        def __call__(self, x):
+            y = self.conv(x)                                # (N, 8, 8, 4) in JAX
+            rows = jnp.concatenate([y[:, 0], y[:, -1]], 1)  # (N, 16, 4)
+            return self.head(rows.reshape(rows.shape[0], -1))
+
+    model = MapPick(nnx.Rngs(0))
+    path = export.to_onnx(model, X[:2], tmp_path / "map.onnx")
+    np.testing.assert_allclose(export.load_onnx(path)(X), np.asarray(model(jnp.asarray(X))),
+                               atol=1e-5)
+
+    class Clipped(nnx.Module):          # an index past the end: JAX clips it
+        def __init__(self, rngs):
+            self.head = nnx.Linear(8, 10, rngs=rngs)
+
+        def __call__(self, x):
+            return self.head(jnp.take(x.reshape(x.shape[0], 8, 8), 11, axis=1, mode="clip"))
+
+    model = Clipped(nnx.Rngs(0))
+    path = export.to_onnx(model, X[:2], tmp_path / "clip.onnx")
+    np.testing.assert_allclose(export.load_onnx(path)(X), np.asarray(model(jnp.asarray(X))),
+                               atol=1e-5)
+
+    class Filled(Clipped):              # ... or fills it: not a slice, refused
+        def __call__(self, x):
+            return self.head(jnp.take(x.reshape(x.shape[0], 8, 8), 11, axis=1, mode="fill"))
+
+    with pytest.raises(jaxpr_onnx.UnsupportedOpError, match="fixed at export time"):
+        export.to_onnx(Filled(nnx.Rngs(0)), X[:2], tmp_path / "fill.onnx")
+    assert not (tmp_path / "fill.onnx").exists()

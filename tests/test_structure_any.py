@@ -122,6 +122,7 @@ def test_unfollowed_op_is_reported_not_guessed():
     assert any("sort" in why for name, whys in g.fixed.items() if name.startswith("fc")
                for why in whys)
     assert any(u.startswith("sort") for u in g.unfollowed)
+    assert any(u.startswith("sort") for u in g.unfollowed)
 
 
 def test_a_kernel_read_through_an_unfollowed_op_leaves_its_layer_whole():
@@ -139,6 +140,7 @@ def test_a_kernel_read_through_an_unfollowed_op_leaves_its_layer_whole():
     assert not g.groups         # fc's bias and out's input meet the sort's output: kept whole
     assert any("sort" in why for name, whys in g.fixed.items() if name.startswith("fc")
                for why in whys)
+    assert any(u.startswith("sort") for u in g.unfollowed)
 
 
 def test_an_embedding_lookup_links_the_table_to_what_reads_it():
@@ -195,15 +197,18 @@ def test_low_rank_reaches_layers_in_lists_and_plain_dicts():
             self.body = nnx.List([nnx.Linear(64, 32, rngs=rngs)])
             self.heads = nnx.data({"digits": nnx.Linear(32, 10, rngs=rngs),
                                    "0": nnx.Linear(32, 10, rngs=rngs)})
+            self.more = nnx.Dict({"0": nnx.Linear(32, 10, rngs=rngs)})   # Flax's own dict
 
         def __call__(self, x):
             h = nnx.relu(self.body[0](x.reshape(x.shape[0], -1)))
-            return self.heads["digits"](h) + self.heads["0"](h)
+            return self.heads["digits"](h) + self.heads["0"](h) + self.more["0"](h)
 
     model = Heads(nnx.Rngs(0))
-    assert set(structure.dense_layers(model)) == {"body/0", "heads/digits", "heads/0"}
+    assert set(structure.dense_layers(model)) == {"body/0", "heads/digits", "heads/0",
+                                                  "more/0"}
     want = np.asarray(model(X))
-    full = structure.low_rank(model, {"body/0": 32, "heads/digits": 10, "heads/0": 10})
+    full = structure.low_rank(model, {"body/0": 32, "heads/digits": 10, "heads/0": 10,
+                                      "more/0": 10})
     np.testing.assert_allclose(np.asarray(full(X)), want, atol=1e-4)   # full rank: exact
     assert isinstance(full.heads["digits"], structure.models_lib.LowRankLinear)
     assert isinstance(model.heads["digits"], nnx.Linear)               # the caller's is kept

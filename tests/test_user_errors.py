@@ -89,7 +89,13 @@ def test_fit_takes_numpy_scalars_for_its_numbers_and_refuses_bools():
     hist = train.fit(model, x, y, epochs=np.int64(1), batch_size=np.int32(64),
                      learning_rate=np.float32(3e-3), progress=False)
     assert len(hist["loss"]) == 1 and np.isfinite(hist["loss"][0])
+    train.fit(model, x, y, epochs=1, batch_size=64, learning_rate=jnp.float32(1e-3),
+              progress=False)                                   # a JAX scalar too
     for kw, match in [({"learning_rate": True}, "learning_rate must be"),
+                      ({"learning_rate": np.True_}, "learning_rate must be"),
+                      ({"learning_rate": np.array([1e-3])}, "learning_rate must be"),
+                      ({"learning_rate": "1e-3"}, "learning_rate must be"),
+                      ({"epochs": np.True_}, "epochs must be"),
                       ({"learning_rate": np.float32("nan")}, "learning_rate must be"),
                       ({"epochs": True}, "epochs must be"),
                       ({"batch_size": 64.0}, "batch_size must be")]:
