@@ -482,7 +482,6 @@ class Translator:
             "gather under a symbolic batch size, export with dynamic_batch=False (the file "
             "then takes the example's batch size).")
 
-
     def _constant_gather(self, x: _T, idx: _C, p: Mapping, out_shape: tuple,
                          dtype: Any) -> _T | None:
         """A gather at indices known at export time: a slice, then a squeeze.

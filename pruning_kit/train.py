@@ -151,8 +151,8 @@ def _is_positive_number(v: Any) -> bool:
     if isinstance(v, (bool, np.bool_)):
         return False
     if not isinstance(v, numbers.Real):
-        kind = getattr(getattr(v, "dtype", None), "kind", "")
-        if np.shape(v) != () or kind not in "iuf" or not kind:
+        kind = getattr(getattr(v, "dtype", None), "kind", None)
+        if np.shape(v) != () or kind not in ("i", "u", "f"):
             return False
     return bool(np.isfinite(v)) and float(v) > 0
 
