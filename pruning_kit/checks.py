@@ -11,10 +11,12 @@ wrong, and prints one fixed line when it is right, so a notebook re-run (and nbv
 the same output every time. An answer of ``None`` (the student edition's blank) prints
 :data:`BLANK` and returns without raising, so an unanswered question does not stop a run.
 
-A multiple-choice cell never shows its answer: it passes ``key=answer_key(letter)``, a
-short hash, to :func:`check_choice`. In the student edition (:mod:`pruning_kit.classroom`)
-the options' feedback lines are :func:`seal`-ed too, since a wrong option's feedback
-("no: ...") would give the answer away before the learner chooses. Both hide the answer
+A multiple-choice cell never shows its answer: it passes ``key=answer_key(letter, options)``,
+a short hash salted with the question's options (so keys differ between questions), to
+:func:`check_choice`; the lesson's text lists the options the learner chooses from. In the
+student edition (:mod:`pruning_kit.classroom`) the options' feedback lines are
+:func:`seal`-ed too, since a wrong option's feedback ("no: ...") would give the answer away
+before the learner chooses. Both hide the answer
 from a glance, not from a determined reader: a self-check is for the learner's own use.
 
 Examples:
@@ -35,23 +37,36 @@ from collections.abc import Sequence
 BLANK = "Not answered yet: replace None above with your answer and run the cell again."
 
 
-def answer_key(letter) -> str:
+def answer_key(letter, options: dict[str, str] | str | None = None) -> str:
     """The key that :func:`check_choice` compares an answer with (hides the right option).
 
     Args:
         letter: an option's name (``"b"``, ``"bitmap"``); case and surrounding spaces are
             ignored.
+        options: the question's options (a dict, or :func:`seal`-ed). Given, they salt the
+            hash, so the same letter gets a different key in every question and one
+            answered question does not decode the others' keys. Edit an option's text and
+            the key must be rebuilt.
 
     Returns:
-        The first 12 hex digits of ``sha256("pruning_kit:" + letter)``.
+        The first 12 hex digits of ``sha256("pruning_kit:" + letter [+ ":" + a digest of
+        the options])``.
 
     Examples:
         >>> answer_key("b") == answer_key(" B ")
         True
-        >>> len(answer_key("b"))
-        12
+        >>> opts = {"a": "no: ...", "b": "yes: one MAC per weight."}
+        >>> answer_key("b", opts) == answer_key("b"), len(answer_key("b", opts))
+        (False, 12)
     """
     text = "pruning_kit:" + str(letter).strip().lower()
+    if options is not None:
+        options = _unseal(options)
+        if not isinstance(options, dict):
+            raise ValueError(f"options must be the question's dict of options (or sealed), "
+                             f"got {type(options).__name__}.")
+        canonical = sorted((str(k).strip().lower(), str(v)) for k, v in options.items())
+        text += ":" + hashlib.sha256(json.dumps(canonical).encode("utf-8")).hexdigest()
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
 
 
@@ -237,7 +252,9 @@ def check_choice(answer, options: dict[str, str], key: str | None = None,
             when not answered yet (prints :data:`BLANK`).
         options: each option's letter mapped to the line shown when it is chosen, or
             those options :func:`seal`-ed.
-        key: :func:`answer_key` of the right letter, so the cell does not show the answer.
+        key: :func:`answer_key` of the right letter, salted with ``options``
+            (``answer_key(letter, options)``), so the cell does not show the answer; an
+            unsalted ``answer_key(letter)`` is accepted too.
         correct: the right letter in clear; kept for old cells, use ``key`` instead.
 
     Raises:
@@ -248,7 +265,7 @@ def check_choice(answer, options: dict[str, str], key: str | None = None,
 
     Examples:
         >>> opts = {"a": "no: ...", "b": "yes: one MAC per weight."}
-        >>> check_choice("B", opts, key=answer_key("b"))
+        >>> check_choice("B", opts, key=answer_key("b", opts))
         Correct: yes: one MAC per weight.
     """
     options = _unseal(options)
@@ -259,15 +276,20 @@ def check_choice(answer, options: dict[str, str], key: str | None = None,
     if key is None:
         key = answer_key(correct)
     by_letter = {str(k).strip().lower(): v for k, v in options.items()}
-    if not any(answer_key(k) == key for k in by_letter):
+
+    def opens(letter):                  # a key salted with these options, or an unsalted one
+        return key in (answer_key(letter, by_letter), answer_key(letter))
+
+    if not any(opens(k) for k in by_letter):
         raise ValueError(f"key {key!r} matches none of the options {sorted(by_letter)}: "
-                         "build it with checks.answer_key(letter).")
+                         "build it with checks.answer_key(letter, options), again after "
+                         "editing any option's text.")
     if _blank(answer):
         return
     letter = str(answer).strip().lower()
     if letter not in by_letter:
         raise CheckFailed(f"Answer with one of {sorted(by_letter)}, got {answer!r}.")
-    if answer_key(letter) != key:
+    if not opens(letter):
         raise CheckFailed(f"Not this one: {by_letter[letter]}")
     print(f"Correct: {by_letter[letter]}")
 

@@ -63,7 +63,7 @@ __all__ = [
     "accuracy_standard_error", "compare_latency", "cost", "count_nonzero", "count_params",
     "dense_bytes", "format_bytes",
     "format_table", "format_value", "latency", "layer_table", "machine_info",
-    "machine_summary", "measure", "named_params", "serialized_bytes",
+    "machine_summary", "measure", "named_params", "paired_standard_error", "serialized_bytes",
 ]
 
 Params = Any
@@ -74,7 +74,11 @@ def accuracy_standard_error(accuracy: float, n: int, *, percent: bool = False) -
     """One standard error of an accuracy measured on ``n`` images: ``sqrt(p (1 - p) / n)``.
 
     ``accuracy`` is a fraction, or with ``percent`` a percentage (the result is then in
-    percentage points). A difference between two models smaller than this is noise.
+    percentage points). It is the noise of one accuracy as an estimate of how the model does
+    on new images. To compare two models scored on the *same* images use
+    :func:`paired_standard_error` (far smaller: only the images they disagree on count);
+    to compare two training recipes, train several seeds (a second run of one recipe moves
+    its accuracy too, which no test set measures).
 
     Examples:
         >>> round(accuracy_standard_error(0.9, 5000), 4)
@@ -93,6 +97,49 @@ def accuracy_standard_error(accuracy: float, n: int, *, percent: bool = False) -
                          + ("" if percent else "; pass percent=True for a percentage") + ".")
     p = float(accuracy) / scale
     return scale * math.sqrt(p * (1.0 - p) / n)
+
+
+def paired_standard_error(correct_a: Any, correct_b: Any, *,
+                          percent: bool = False) -> float:
+    """One standard error of ``accuracy(b) - accuracy(a)`` for two models on the same images.
+
+    Only the images on which the two disagree move the difference: with ``n01`` images
+    right for ``a`` and wrong for ``b``, ``n10`` the reverse, and ``n`` images in all, the
+    per-image differences have standard error ``sqrt(n01 + n10 - (n01 - n10)^2 / n) / n``
+    (about ``sqrt(n01 + n10) / n``, notebook 00's formula, when the difference is small).
+    It measures the test set's noise for these two trained models, not the noise of
+    training them: a second seed of either recipe moves its accuracy too.
+
+    Args:
+        correct_a, correct_b: one boolean per image, True where that model is right (e.g.
+            ``train.predict(model, x).argmax(-1) == y``), in the same image order.
+        percent: the result in percentage points instead of a fraction.
+
+    Returns:
+        The standard error (0.0 when the two models agree on every image).
+
+    Raises:
+        ValueError: the two are not 1-D, not the same length, empty, or not booleans.
+
+    Examples:
+        >>> import numpy as np
+        >>> a = np.array([True] * 90 + [False] * 10)
+        >>> b = a.copy(); b[:3] = False; b[90:95] = True        # 3 lost, 5 gained
+        >>> round(paired_standard_error(a, b, percent=True), 2)
+        2.82
+    """
+    a, b = np.asarray(correct_a), np.asarray(correct_b)
+    for name, v in (("correct_a", a), ("correct_b", b)):
+        if v.ndim != 1 or v.dtype != np.bool_:
+            raise ValueError(f"{name} must be a 1-D boolean array (True where the model is "
+                             f"right), got dtype {v.dtype} and shape {v.shape}; build it "
+                             "as predictions.argmax(-1) == labels.")
+    if len(a) != len(b) or len(a) == 0:
+        raise ValueError(f"correct_a and correct_b must be non-empty and score the same "
+                         f"images, got {len(a)} and {len(b)} entries.")
+    n, n01, n10 = len(a), int(np.sum(a & ~b)), int(np.sum(~a & b))
+    scale = 100.0 if percent else 1.0
+    return scale * math.sqrt(max(n01 + n10 - (n01 - n10) ** 2 / n, 0.0)) / n
 
 
 # --------------------------------------------------------------------------- counting

@@ -174,7 +174,8 @@ def pool_before_relu(nodes: list) -> tuple[list, int]:
     change. ONNX Runtime moves a ``QuantizeLinear`` up across a ``MaxPool`` (not across a
     ``Relu``), and then pools the uint8 codes in NCHW with a slow generic kernel (ONNX
     Runtime 1.32, x86). Pooling first keeps the pool on the float layer's blocked layout.
-    Returns the node list and how many it swapped.
+    The pooled float tensor is named after the pool's output (``<pool>_before_relu``), so a
+    printed graph reads in the new order. Returns the node list and how many it swapped.
     """
     users = consumers(nodes)
     producer = {o: n for n in nodes for o in n.output}
@@ -190,7 +191,10 @@ def pool_before_relu(nodes: list) -> tuple[list, int]:
         before = producer.get(relu.input[0])
         if before is not None and before.op_type == "DequantizeLinear":
             continue          # codes already: ONNX Runtime's integer chain handles it
-        src, mid, out = relu.input[0], relu.output[0], pool.output[0]
+        src, out = relu.input[0], pool.output[0]
+        mid = out + "_before_relu"      # a name that says what the tensor now holds
+        while mid in producer:
+            mid += "_"
         pool.input[0], pool.output[0] = src, mid
         relu.input[0], relu.output[0] = mid, out
         done += 1

@@ -323,6 +323,27 @@ def test_student_edition_seals_multiple_choice_feedback(path):
         assert found, f"{path.name}: expected multiple-choice self-checks"
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name[:2])
+def test_multiple_choice_questions_list_their_options_and_salt_their_keys(path):
+    """The student edition seals the options, so the question itself must list them, as
+    ``(a) ...`` or ``"name"``; and a key salted with its options differs between questions."""
+    nb = nbformat.read(path, as_version=4)
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type != "code" or "check_choice(" not in cell.source:
+            continue
+        question = nb.cells[i - 1]
+        assert question.cell_type == "markdown", f"{path.name} cell {i}: no question above"
+        (opts,) = choice_options(cell.source)
+        for name in opts:
+            shown = (f"({name})", f'"{name}"')
+            assert any(s in question.source for s in shown), \
+                f"{path.name} cell {i - 1}: the question does not list option {name!r}"
+        answer = re.search(r'answer = "([^"]+)"', cell.source).group(1)
+        key = re.search(r'key="([0-9a-f]{12})"', cell.source).group(1)
+        assert key == checks.answer_key(answer, opts), \
+            f"{path.name} cell {i}: build the key with checks.answer_key(letter, options)"
+
+
 def test_sealed_options_check_like_the_open_ones(capsys):
     opts = {"a": "no: the codes are the same width.", "b": "yes: one MAC per weight — always."}
     cell = f"checks.check_choice(answer, key={checks.answer_key('b')!r}, options={opts!r})"

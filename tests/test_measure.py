@@ -444,3 +444,33 @@ def test_accuracy_standard_error_units_and_bad_input():
         m.accuracy_standard_error(90.0, 5000)
     with pytest.raises(ValueError, match="n"):
         m.accuracy_standard_error(0.9, 0)
+
+
+def test_paired_standard_error_counts_only_the_images_the_models_disagree_on():
+    rng = np.random.default_rng(0)
+    a = rng.random(2000) < 0.9
+    assert measure.paired_standard_error(a, a) == 0.0              # identical predictions
+    b = a.copy()
+    flip = rng.choice(2000, 20, replace=False)
+    b[flip] = ~b[flip]
+    n01, n10 = int(np.sum(a & ~b)), int(np.sum(~a & b))
+    d = b.astype(float) - a.astype(float)                          # per-image differences
+    assert measure.paired_standard_error(a, b) == pytest.approx(d.std() / np.sqrt(2000))
+    assert measure.paired_standard_error(a, b) == pytest.approx(
+        np.sqrt(n01 + n10 - (n01 - n10) ** 2 / 2000) / 2000)
+    assert measure.paired_standard_error(a, b, percent=True) == pytest.approx(
+        100 * measure.paired_standard_error(a, b))
+    # far below one accuracy's standard error when the two models mostly agree
+    assert measure.paired_standard_error(a, b) < 0.5 * measure.accuracy_standard_error(
+        a.mean(), 2000)
+
+
+@pytest.mark.parametrize("a, b, match", [
+    (np.array([1, 0, 1]), np.array([True, False, True]), "boolean"),
+    (np.ones((2, 2), bool), np.ones((2, 2), bool), "1-D"),
+    (np.ones(3, bool), np.ones(4, bool), "same images"),
+    (np.ones(0, bool), np.ones(0, bool), "non-empty"),
+])
+def test_paired_standard_error_refuses_what_it_cannot_pair(a, b, match):
+    with pytest.raises(ValueError, match=match):
+        measure.paired_standard_error(a, b)

@@ -119,6 +119,12 @@ def test_calib_x_runs_the_residual_add_and_its_convolutions_on_integers(tmp_path
     made_by = {o: n.op_type for n in plain_g.node for o in n.output}
     assert not any(n.op_type == "MaxPool" and made_by.get(n.input[0]) == "QuantizeLinear"
                    for n in plain_g.node)
+    # and the swapped nodes' tensors are named for what they now hold
+    written = {n.output[0]: n for n in onnx.load(str(plain)).graph.node}
+    pooled = [n for n in written.values() if n.op_type == "MaxPool"
+              and n.output[0].endswith("_before_relu")]
+    assert pooled and all(written[p.output[0].removesuffix("_before_relu")].op_type == "Relu"
+                          for p in pooled)
     # with calib_x every quantized layer runs on integers; the float stem stays float
     ops = Counter(n.op_type for n in _optimized_graph(full, tmp_path).node)
     assert ops["QLinearConv"] == 3 and ops["QLinearAdd"] == 1 and ops["QGemm"] == 1

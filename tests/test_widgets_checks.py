@@ -191,6 +191,25 @@ def test_answer_key_is_a_stable_short_hash():
     assert checks.answer_key("a") != checks.answer_key("b")
 
 
+def test_answer_key_salted_with_the_options_differs_between_questions(capsys):
+    q1 = {"a": "no: ...", "b": "yes: one MAC per weight."}
+    q2 = {"a": "no: ...", "b": "yes: the bitmap."}
+    keys = {checks.answer_key("b", q) for q in (q1, q2)} | {checks.answer_key("b")}
+    assert len(keys) == 3                           # one answered question decodes no other
+    assert checks.answer_key(" B ", {" A ": "no: ...", "b": q1["b"]}) == \
+        checks.answer_key("b", q1)                  # the options' names are normalised too
+    assert checks.answer_key("b", checks.seal(q1)) == checks.answer_key("b", q1)
+    checks.check_choice("b", q1, key=checks.answer_key("b", q1))
+    checks.check_choice("b", checks.seal(q1), key=checks.answer_key("b", q1))
+    assert capsys.readouterr().out.count("Correct: yes: one MAC per weight.") == 2
+    with pytest.raises(checks.CheckFailed, match="Not this one"):
+        checks.check_choice("a", q1, key=checks.answer_key("b", q1))
+    with pytest.raises(ValueError, match="again after editing"):   # q1's key on edited options
+        checks.check_choice("b", q2, key=checks.answer_key("b", q1))
+    with pytest.raises(ValueError, match="dict of options"):
+        checks.answer_key("b", ["a", "b"])
+
+
 def test_checks_print_blank_for_none_and_do_not_raise(capsys):
     opts = {"a": "no", "b": "yes"}
     for call in (lambda: checks.check_param_count(None), lambda: checks.check_macs(None),
