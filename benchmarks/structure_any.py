@@ -5,7 +5,7 @@ Run from the repository root::
     python -m benchmarks.structure_any            # ~4 min on 2 CPU cores
     python -m benchmarks.structure_any --full     # SmallCNN fine-tuned with the full recipe
 
-1. **The zoo** (:mod:`pruning_kit.zoo`): eight architectures written the way users write
+1. **The zoo** (:mod:`pruning_kit.user_models`): eight architectures written the way users write
    them -- VGG-style, ResNet with a projection shortcut, MLP with LayerNorm and Dropout,
    DenseNet-style concatenation, MobileNet-style depthwise-separable, grouped conv,
    ``nnx.Sequential``, a tiny transformer with hand-written multi-head attention. Each is
