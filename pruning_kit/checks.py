@@ -88,7 +88,7 @@ def seal(options: dict[str, str]) -> str:
         >>> sealed = seal({"a": "no: ...", "b": "yes: one MAC per weight."})
         >>> sealed.startswith(SEALED), "MAC" in sealed
         (True, False)
-        >>> check_choice("b", sealed, key=answer_key("b"))
+        >>> check_choice("b", sealed, key=answer_key("b", sealed))
         Correct: yes: one MAC per weight.
     """
     if not isinstance(options, dict) or not all(
@@ -272,7 +272,8 @@ def check_choice(answer, options: dict[str, str], key: str | None = None,
     if isinstance(options, str) and isinstance(key, dict):  # old order: (answer, correct, options)
         options, key, correct = key, None, options
     if (key is None) == (correct is None):
-        raise ValueError("Give exactly one of key=answer_key(letter) or correct=letter.")
+        raise ValueError("Give exactly one of key=answer_key(letter, options) or "
+                         "correct=letter.")
     if key is None:
         key = answer_key(correct)
     by_letter = {str(k).strip().lower(): v for k, v in options.items()}

@@ -76,7 +76,8 @@ def accuracy_standard_error(accuracy: float, n: int, *, percent: bool = False) -
     ``accuracy`` is a fraction, or with ``percent`` a percentage (the result is then in
     percentage points). It is the noise of one accuracy as an estimate of how the model does
     on new images. To compare two models scored on the *same* images use
-    :func:`paired_standard_error` (far smaller: only the images they disagree on count);
+    :func:`paired_standard_error` (only the images they disagree on count, so it is far
+    smaller when the two mostly agree);
     to compare two training recipes, train several seeds (a second run of one recipe moves
     its accuracy too, which no test set measures).
 

@@ -334,6 +334,8 @@ def test_multiple_choice_questions_list_their_options_and_salt_their_keys(path):
         question = nb.cells[i - 1]
         assert question.cell_type == "markdown", f"{path.name} cell {i}: no question above"
         (opts,) = choice_options(cell.source)
+        assert isinstance(opts, dict), \
+            f"{path.name} cell {i}: write the options as a literal dict, so they can be sealed"
         for name in opts:
             shown = (f"({name})", f'"{name}"')
             assert any(s in question.source for s in shown), \
