@@ -2,10 +2,10 @@
 
 Every model a notebook uses is made once by the code here and cached in
 ``data/checkpoints/<name>_seed<S>.npz`` (``$PRUNING_KIT_CHECKPOINTS`` overrides the folder),
-with how it was made, its data split and its validation accuracy in the file's header
-(``train.read_checkpoint_header``). Notebooks load them, so a lesson that would fine-tune
-for minutes on 2 CPU cores runs in seconds; ``retrain=True`` remakes one. Every setting
-below was chosen on the validation split; the test set is only reported.
+with how it was made, on which machine, its data split and its validation accuracy in the
+file's header (``train.read_checkpoint_header``). Notebooks load them, so a lesson that
+would fine-tune for minutes on 2 CPU cores runs in seconds; ``retrain=True`` remakes one.
+Every setting below was chosen on the validation split; the test set is only reported.
 
 * Baselines (:data:`BASELINES`, :func:`baseline`): LeNet-300-100 and the residual SmallCNN on
   Fashion-MNIST, an MLP on sklearn's digits. ``python -m pruning_kit.zoo baselines NAME
@@ -27,13 +27,11 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import jax
 import optax
 from flax import nnx
 
@@ -87,12 +85,23 @@ def train_baseline(name: str, seed: int = 0, *, dataset: data_lib.Dataset | None
                 "test_accuracy": acc, "epochs": recipe["epochs"],
                 "train_seconds": round(seconds, 1), "final_loss": history["loss"][-1],
                 "history": {k: [round(v, 5) for v in vs] for k, vs in history.items()},
-                "trained_on": f"{platform.machine()} {jax.default_backend()} "
-                              f"({os.cpu_count()} CPUs), jax {jax.__version__}",
+                "trained_on": trained_on(),
                 "date": _dt.date.today().isoformat(),
                 "command": f"python -m pruning_kit.zoo baselines {name} --seed {seed}"}
         train_lib.save_model(model, checkpoint_path(name, seed), metadata=meta, create_parent=True)
     return model
+
+
+def trained_on() -> str:
+    """Where a checkpoint is being made, for its header: CPU, vector instructions, cores, JAX.
+
+    Floating-point rounding differs between CPUs (AVX2 against AVX-512 kernels), so the same
+    recipe trained on two machines gives two slightly different models; the header says
+    which machine made the committed one.
+    """
+    i = measure.machine_info()
+    return (f"{i['cpu']} [{i['isa']}] ({i['cores']} cores, {i['machine']}), "
+            f"{i['backend']}, jax {i['jax']}")
 
 
 def baseline(name: str, seed: int = 0, *, retrain: bool = False, progress: bool = True,
@@ -230,7 +239,8 @@ def cached(name: str, seed: int, make: Callable[[], nnx.Module], *, retrain: boo
     start = time.perf_counter()
     model = make()
     meta = {"name": name, "seed": seed, "seconds": round(time.perf_counter() - start, 1),
-            "date": _dt.date.today().isoformat(), **(metadata or {})}
+            "date": _dt.date.today().isoformat(), "trained_on": trained_on(),
+            **(metadata or {})}
     if dataset is not None:
         meta["dataset"] = dataset.name
         meta["split"] = dataset.split.describe()

@@ -9,7 +9,7 @@ import optax
 import pytest
 from flax import nnx
 
-from pruning_kit import checkpoint, data, models, train, zoo
+from pruning_kit import checkpoint, data, measure, models, train, zoo
 
 
 def test_model_sizes_and_shapes():
@@ -195,6 +195,9 @@ def test_cached_remakes_a_checkpoint_made_by_another_recipe(tmp_path, monkeypatc
     assert len(made) == 2                                     # another recipe: remade
     header = train.read_checkpoint_header(zoo.checkpoint_path("m", 0))["metadata"]
     assert header["recipe"] == {"epochs": 5, "widths": [8, 16]}
+    info = measure.machine_info()                            # which CPU made this model
+    assert header["trained_on"] == zoo.trained_on()
+    assert info["cpu"] in header["trained_on"] and info["isa"] in header["trained_on"]
     zoo.cached("m", 0, make, metadata={"recipe": {"epochs": 5}})   # a subset is enough
     with pytest.warns(zoo.RecipeMismatchWarning, match="'a' recorded, 'b' asked for"):
         zoo.check_recipe(train.save_model(made and make(), tmp_path / "s.npz",
