@@ -448,14 +448,12 @@ RECOVERY = dict(weight_bits=2, weight_method="mse", images=3000, epochs=10, batc
 #: Patient and consistent recovery (notebook 02, section 8): the float model labels
 #: ``views`` mixup blends (``function_matching.mixup_views``) of each recovery image, and the
 #: 2-bit copy is fine-tuned once over all of them with the KD loss at ``(temperature,
-#: alpha)``, with :data:`RECOVERY`'s batch and learning rate. Chosen on validation (seed 0)
-#: against the other cells of ``benchmarks.distillation.RECOVERY_FM_GRID`` (other views,
-#: concentrations and temperatures, and the plain recipes; the benchmark prints them all).
-#: The benchmark fine-tunes every cell on the machine it runs on, for seeds 0, 1 and 2, and
-#: keeps this recipe unless another leads it in mean validation accuracy by more than one
-#: standard error over the seeds: rounding differs between CPUs, and one seed's grid moves
-#: with it (on a 2-core AMD EPYC, seed 0 alone would have picked 80 blends; over the three
-#: seeds this recipe had the best mean there too).
+#: alpha)``, with :data:`RECOVERY`'s batch and learning rate. ``benchmarks.distillation``
+#: checks this choice on validation: it fine-tunes this recipe and every cell of its
+#: ``RECOVERY_FM_GRID`` (other views, concentrations and temperatures, and the plain recipes)
+#: on the machine it runs on, for seeds 0, 1 and 2, and keeps this recipe unless another
+#: leads it in mean validation accuracy by more than one standard error over the seeds (one
+#: seed's grid moves by tenths of a point between machines; it prints them all).
 RECOVERY_FM = dict(views=40, concentration=0.4, temperature=1.0, alpha=1.0)
 #: The concentration of the committed ``_mix<views>`` and ``_fmmix_`` files; another one is
 #: cached with a ``_c<concentration>`` suffix, so a changed recipe never loads the old models.
